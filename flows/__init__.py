@@ -1,0 +1,1 @@
+"""Prefect flows: the pipeline as it reads on the whiteboard."""

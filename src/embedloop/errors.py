@@ -1,0 +1,35 @@
+"""Errors the on-call engineer sees as one line. Anything else is a bug."""
+
+from __future__ import annotations
+
+
+class EmbedloopError(Exception):
+    """Base class: the message is the whole story, printed without a traceback."""
+
+
+class ConfigError(EmbedloopError):
+    pass
+
+
+class InputError(EmbedloopError):
+    """Logs or corpus that cannot be read or are unusable as a whole."""
+
+
+class BatchRejected(EmbedloopError):
+    """A batch-level expectation failed: the run stops before training."""
+
+
+class CorpusInvalid(EmbedloopError):
+    pass
+
+
+class IndexUnavailable(EmbedloopError):
+    """The live index is missing, damaged or was built by another model."""
+
+
+class RegistryError(EmbedloopError):
+    pass
+
+
+class RunInProgress(EmbedloopError):
+    pass

@@ -1,0 +1,166 @@
+"""Versioned FAISS indexes with an atomically swapped `live` pointer.
+
+    indexes/
+      versions/v0001/  index.faiss  doc_ids.json  manifest.json
+      versions/v0002/  ...
+      live -> versions/v0002        (a symlink, replaced with one rename)
+
+A version directory is complete before it is renamed into place, and `live`
+moves with a single `os.replace`, so a reader (or a crash) sees the old index or
+the new one, never a mix. Old versions stay for rollback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedloop.errors import IndexUnavailable
+
+VERSION = re.compile(r"^v(\d{4,})$")
+
+
+@dataclass(frozen=True)
+class IndexManifest:
+    version: str
+    model_name: str
+    model_version: str  # registry version of the model that encoded the corpus
+    dim: int
+    n_docs: int
+    corpus_fingerprint: str
+    precision: str
+    kind: str
+    created_at: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LoadedIndex:
+    manifest: IndexManifest
+    index: Any  # faiss.Index
+    doc_ids: list[str]
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        """(n_queries, dim) unit vectors -> per query, up to k (doc_id, cosine) pairs."""
+        k = min(k, len(self.doc_ids))
+        if k == 0 or len(queries) == 0:
+            return [[] for _ in range(len(queries))]
+        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return [[(self.doc_ids[r], float(s)) for r, s in zip(rr, ss, strict=True) if r >= 0]
+                for rr, ss in zip(rows, scores, strict=True)]
+
+    def require_model(self, model_name: str, model_version: str) -> None:
+        """Vectors from one model are meaningless to another: refuse the mismatch."""
+        m = self.manifest
+        if (m.model_name, m.model_version) != (model_name, str(model_version)):
+            raise IndexUnavailable(
+                f"index {m.version} was built by {m.model_name} v{m.model_version}, not "
+                f"{model_name} v{model_version}; searching it with that model is refused "
+                f"(run `embedloop status`, then `embedloop rollback` or a retrain to realign)")
+
+
+def build_faiss_index(embeddings: np.ndarray) -> Any:
+    """Exact inner-product search over unit vectors (cosine)."""
+    import faiss
+
+    index = faiss.IndexFlatIP(embeddings.shape[1])
+    index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
+    return index
+
+
+class IndexStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.versions_dir = root / "versions"
+        self.live_link = root / "live"
+
+    def versions(self) -> list[str]:
+        if not self.versions_dir.exists():
+            return []
+        return sorted((p.name for p in self.versions_dir.iterdir() if VERSION.match(p.name)),
+                      key=lambda v: int(v[1:]))
+
+    def manifest(self, version: str) -> IndexManifest:
+        path = self.versions_dir / version / "manifest.json"
+        try:
+            return IndexManifest(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise IndexUnavailable(f"index {version} is damaged: {exc}") from None
+
+    def live_version(self) -> str | None:
+        if not self.live_link.is_symlink():
+            return None
+        return Path(os.readlink(self.live_link)).name
+
+    def latest_for_model(self, model_name: str, model_version: str) -> str | None:
+        for version in reversed(self.versions()):
+            m = self.manifest(version)
+            if (m.model_name, m.model_version) == (model_name, str(model_version)):
+                return version
+        return None
+
+    def write_version(self, embeddings: np.ndarray, doc_ids: list[str], *, model_name: str,
+                      model_version: str, corpus_fingerprint: str, precision: str
+                      ) -> IndexManifest:
+        """Build and store a new version without making it live."""
+        import faiss
+
+        if len(doc_ids) != len(embeddings):
+            raise ValueError(f"{len(doc_ids)} doc ids for {len(embeddings)} vectors")
+        existing = self.versions()
+        version = f"v{(int(existing[-1][1:]) + 1) if existing else 1:04d}"
+        manifest = IndexManifest(
+            version=version, model_name=model_name, model_version=str(model_version),
+            dim=int(embeddings.shape[1]), n_docs=len(doc_ids),
+            corpus_fingerprint=corpus_fingerprint, precision=precision, kind="flat-ip",
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"))
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        staging = self.versions_dir / f".staging-{version}-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        faiss.write_index(build_faiss_index(embeddings), str(staging / "index.faiss"))
+        (staging / "doc_ids.json").write_text(json.dumps(doc_ids))
+        (staging / "manifest.json").write_text(json.dumps(manifest.to_json(), indent=1))
+        for name in ("index.faiss", "doc_ids.json", "manifest.json"):
+            with (staging / name).open("rb") as f:
+                os.fsync(f.fileno())
+        os.rename(staging, self.versions_dir / version)
+        return manifest
+
+    def set_live(self, version: str) -> None:
+        """Point `live` at `version` in one atomic rename."""
+        if not (self.versions_dir / version / "manifest.json").exists():
+            raise IndexUnavailable(f"index {version} does not exist")
+        tmp = self.root / f".live-{os.getpid()}"
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        os.symlink(Path("versions") / version, tmp)
+        os.replace(tmp, self.live_link)
+
+    def load(self, version: str | None = None) -> LoadedIndex:
+        import faiss
+
+        version = version or self.live_version()
+        if version is None:
+            raise IndexUnavailable("there is no live index yet: run `embedloop retrain` first")
+        manifest = self.manifest(version)
+        directory = self.versions_dir / version
+        try:
+            index = faiss.read_index(str(directory / "index.faiss"))
+            doc_ids = json.loads((directory / "doc_ids.json").read_text())
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise IndexUnavailable(f"index {version} is damaged: {exc}") from None
+        if index.ntotal != len(doc_ids) or index.ntotal != manifest.n_docs:
+            raise IndexUnavailable(f"index {version} is damaged: {index.ntotal} vectors, "
+                                   f"{len(doc_ids)} ids, manifest says {manifest.n_docs}")
+        return LoadedIndex(manifest=manifest, index=index, doc_ids=doc_ids)

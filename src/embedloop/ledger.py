@@ -1,0 +1,76 @@
+"""What earlier runs consumed, committed atomically at the end of a run.
+
+The ledger holds a cursor per log file and the list of committed batches. Only
+batches listed here count: an accepted-rows file left behind by a crashed run is
+ignored, so a crash never loses rows or ingests them twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from embedloop.logs import Cursor
+
+
+@dataclass
+class Ledger:
+    cursors: dict[str, Cursor] = field(default_factory=dict)
+    batches: list[str] = field(default_factory=list)  # committed batch ids, oldest first
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write-then-rename: readers see the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_ledger(state_dir: Path) -> Ledger:
+    path = state_dir / "ledger.json"
+    if not path.exists():
+        return Ledger()
+    data: dict[str, Any] = json.loads(path.read_text())
+    return Ledger(cursors={k: Cursor.from_json(v) for k, v in data["cursors"].items()},
+                  batches=list(data["batches"]))
+
+
+def batch_dir(state_dir: Path, batch_id: str) -> Path:
+    return state_dir / "batches" / batch_id
+
+
+def save_batch(state_dir: Path, batch_id: str, accepted: pd.DataFrame,
+               quarantined: pd.DataFrame) -> Path:
+    """Write a batch's rows. Invisible until `commit_ledger` lists the batch."""
+    directory = batch_dir(state_dir, batch_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    accepted.to_parquet(directory / "accepted.parquet", index=False)
+    quarantined.to_parquet(directory / "quarantine.parquet", index=False)
+    return directory
+
+
+def commit_ledger(state_dir: Path, ledger: Ledger, new_cursors: dict[str, Cursor],
+                  batch_id: str | None) -> Ledger:
+    cursors = {**ledger.cursors, **new_cursors}
+    batches = ledger.batches + ([batch_id] if batch_id else [])
+    data = {"cursors": {k: c.to_json() for k, c in sorted(cursors.items())}, "batches": batches}
+    atomic_write_text(state_dir / "ledger.json", json.dumps(data, indent=1))
+    return Ledger(cursors=cursors, batches=batches)
+
+
+def load_seen_event_ids(state_dir: Path, ledger: Ledger) -> set[str]:
+    seen: set[str] = set()
+    for batch_id in ledger.batches:
+        path = batch_dir(state_dir, batch_id) / "accepted.parquet"
+        if path.exists():
+            seen.update(pd.read_parquet(path, columns=["event_id"])["event_id"].astype(str))
+    return seen

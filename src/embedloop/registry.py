@@ -1,0 +1,143 @@
+"""MLflow model registry access: versions, the `champion`/`previous` aliases, local copies.
+
+Alias moves are the commit points of promotion and rollback. Each promoted version
+carries a `promoted_from` tag naming the champion it replaced, so `previous` can be
+walked back one step at a time: rollback after rollback is well defined and stops
+at the first champion.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from embedloop.errors import RegistryError
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+CHAMPION = "champion"
+PREVIOUS = "previous"
+# Written into the logged model's requirements instead of letting MLflow infer them
+# (inference imports the model in a subprocess: ~9 s a run).
+MODEL_REQUIREMENTS = ["sentence-transformers", "torch", "transformers"]
+
+
+def configure_mlflow(tracking_uri: str) -> None:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+
+
+class Registry:
+    def __init__(self, tracking_uri: str, model_name: str, artifact_root: Path) -> None:
+        configure_mlflow(tracking_uri)
+        from mlflow import MlflowClient
+
+        self.model_name = model_name
+        self.artifact_root = artifact_root
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    # -- experiments and runs ------------------------------------------------
+    def experiment_id(self) -> str:
+        found = self.client.get_experiment_by_name(self.model_name)
+        if found is not None:
+            return found.experiment_id
+        self.artifact_root.mkdir(parents=True, exist_ok=True)
+        return self.client.create_experiment(self.model_name,
+                                             artifact_location=self.artifact_root.as_uri())
+
+    def start_run(self, run_name: str, tags: dict[str, str]) -> str:
+        run = self.client.create_run(self.experiment_id(), run_name=run_name, tags=tags)
+        return run.info.run_id
+
+    def recent_runs(self, limit: int = 5) -> list[Any]:
+        return self.client.search_runs([self.experiment_id()], max_results=limit,
+                                       order_by=["attributes.start_time DESC"])
+
+    # -- versions and aliases --------------------------------------------------
+    def version_for_alias(self, alias: str) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(self.model_name, alias).version)
+        except MlflowException:
+            return None
+
+    def version_info(self, version: str) -> Any:
+        return self.client.get_model_version(self.model_name, version)
+
+    def log_model(self, run_id: str, model: SentenceTransformer, *, description: str,
+                  tags: dict[str, str]) -> str:
+        """Log `model` to the run and register it as a new version; returns the version."""
+        import mlflow
+
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.sentence_transformers.log_model(
+                model, name="model", registered_model_name=self.model_name,
+                pip_requirements=MODEL_REQUIREMENTS)
+        version = str(info.registered_model_version)
+        self.client.update_model_version(self.model_name, version, description=description)
+        for key, value in tags.items():
+            self.client.set_model_version_tag(self.model_name, version, key, value)
+        return version
+
+    def tag_version(self, version: str, **tags: str) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(self.model_name, version, key, value)
+
+    def promote(self, version: str) -> str | None:
+        """Make `version` the champion; the old champion becomes `previous`.
+        Moving `champion` is the commit point. Returns the old champion."""
+        old = self.version_for_alias(CHAMPION)
+        if old == version:
+            return old
+        if old is not None:
+            self.client.set_registered_model_alias(self.model_name, PREVIOUS, old)
+            self.tag_version(version, promoted_from=old)
+        self.tag_version(version, promoted_at=datetime.now(UTC).isoformat(timespec="seconds"))
+        self.client.set_registered_model_alias(self.model_name, CHAMPION, version)
+        return old
+
+    def rollback(self) -> tuple[str, str]:
+        """champion <- previous, previous <- the champion that one replaced (if any)."""
+        current = self.version_for_alias(CHAMPION)
+        target = self.version_for_alias(PREVIOUS)
+        if current is None:
+            raise RegistryError(f"model {self.model_name!r} has no champion yet: nothing to "
+                                f"roll back")
+        if target is None:
+            raise RegistryError(f"champion v{current} is the first champion: there is no "
+                                f"previous version to roll back to")
+        before = self.version_info(target).tags.get("promoted_from")
+        self.client.set_registered_model_alias(self.model_name, CHAMPION, target)
+        if before:
+            self.client.set_registered_model_alias(self.model_name, PREVIOUS, before)
+        else:
+            self.client.delete_registered_model_alias(self.model_name, PREVIOUS)
+        self.tag_version(current, rolled_back_at=datetime.now(UTC).isoformat(timespec="seconds"))
+        return current, target
+
+    def local_model_path(self, version: str, cache_dir: Path) -> str:
+        """A local folder holding `version` (downloaded once, then reused)."""
+        import mlflow
+
+        target = cache_dir / f"v{version}"
+        if not (target / ".complete").exists():
+            staging = cache_dir / f".download-v{version}-{os.getpid()}"
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{self.model_name}/{version}", dst_path=str(staging))
+            (staging / ".complete").touch()
+            shutil.rmtree(target, ignore_errors=True)
+            os.rename(staging, target)
+        found = sorted(p.parent for p in target.rglob("modules.json"))
+        if not found:
+            raise RegistryError(f"model version {version} holds no sentence-transformers model")
+        return str(found[0])

@@ -1,0 +1,70 @@
+"""The run summary: what happened, in numbers, for the terminal, MLflow and Prefect."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class RunSummary:
+    trigger: str
+    reason: str
+    outcome: str = "running"  # promoted | kept | no-new-data | rejected | failed
+    decision_reason: str = ""
+    rows_ingested: int = 0
+    rows_accepted: int = 0
+    rows_quarantined: int = 0
+    quarantined_by_reason: dict[str, int] = field(default_factory=dict)
+    pairs: int = 0
+    train_queries: int = 0
+    eval_queries: int = 0
+    candidate: dict[str, float] = field(default_factory=dict)
+    incumbent: dict[str, float] = field(default_factory=dict)
+    incumbent_version: str | None = None
+    candidate_version: str | None = None
+    champion_version: str | None = None
+    live_index: str | None = None
+    mlflow_run_id: str | None = None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(label, value) lines in reading order."""
+        out = [("trigger", f"{self.trigger} - {self.reason}"),
+               ("rows ingested", str(self.rows_ingested)),
+               ("  accepted", str(self.rows_accepted)),
+               ("  quarantined", str(self.rows_quarantined))]
+        out += [(f"    {code}", str(n)) for code, n in self.quarantined_by_reason.items()]
+        if self.pairs:
+            out += [("training pairs", f"{self.pairs} ({self.train_queries} queries)"),
+                    ("held-out queries", str(self.eval_queries))]
+        for metric in self.candidate:
+            inc = self.incumbent.get(metric, float("nan"))
+            cand = self.candidate[metric]
+            out.append((metric, f"candidate {cand:.4f}  incumbent {inc:.4f}  "
+                                f"({cand - inc:+.4f})"))
+        out += [("decision", self.outcome.upper()), ("why", self.decision_reason)]
+        if self.candidate_version:
+            out.append(("candidate version", f"v{self.candidate_version}"))
+        out += [("champion now", f"v{self.champion_version}" if self.champion_version else "-"),
+                ("live index", self.live_index or "-")]
+        if self.mlflow_run_id:
+            out.append(("mlflow run", self.mlflow_run_id))
+        if self.stage_seconds:
+            out.append(("seconds", ", ".join(f"{k} {v:.1f}" for k, v in
+                                             self.stage_seconds.items())))
+        out += [("note", n) for n in self.notes]
+        return out
+
+    def to_text(self) -> str:
+        width = max(len(label) for label, _ in self.rows())
+        return "\n".join(f"{label:<{width}}  {value}" for label, value in self.rows())
+
+    def to_markdown(self) -> str:
+        lines = ["| | |", "|---|---|"]
+        lines += [f"| {label.strip()} | {value} |" for label, value in self.rows()]
+        return "\n".join(lines)

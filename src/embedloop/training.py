@@ -1,0 +1,86 @@
+"""Fine-tuning with sentence-transformers: contrastive loss with in-batch negatives."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from embedloop.config import TrainingConfig
+from embedloop.encoding import load_model, resolve_precision
+from embedloop.errors import EmbedloopError
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+
+class TrainingFailed(EmbedloopError):
+    pass
+
+
+@dataclass
+class FineTuneResult:
+    model: SentenceTransformer
+    path: Path
+    steps: int
+    train_loss: float
+    seconds: float
+    precision: str
+    device: str
+
+
+def fine_tune(base_model: str, pairs: pd.DataFrame, output_dir: Path, cfg: TrainingConfig,
+              *, device: str, max_seq_length: int | None = None,
+              show_progress: bool = True) -> FineTuneResult:
+    """Train `base_model` on (anchor, positive) pairs with MultipleNegativesRankingLoss:
+    every other positive in the batch is a negative, so batches never hold the same
+    text twice (NO_DUPLICATES sampler). Saves the model to `output_dir/model`."""
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.training_args import BatchSamplers
+
+    if len(pairs) < 2:
+        raise TrainingFailed(f"need at least 2 training pairs, got {len(pairs)}")
+    model = load_model(base_model, device=device, max_seq_length=max_seq_length)
+    precision = resolve_precision(cfg.precision, device)
+    dataset = Dataset.from_pandas(pairs[["anchor", "positive"]].reset_index(drop=True),
+                                  preserve_index=False)
+    batch_size = min(cfg.batch_size, len(pairs))
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(output_dir / "trainer"),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=cfg.learning_rate,
+        warmup_ratio=cfg.warmup_ratio,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=device == "cpu",
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=max(1, math.ceil(len(pairs) / batch_size / 5)),
+        disable_tqdm=not show_progress,
+    )
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
+                                         loss=MultipleNegativesRankingLoss(model))
+    started = time.perf_counter()
+    output = trainer.train()
+    seconds = time.perf_counter() - started
+    loss = float(output.training_loss)
+    if not math.isfinite(loss):
+        raise TrainingFailed(f"training loss is {loss}; the candidate is discarded")
+    path = output_dir / "model"
+    model.save(str(path))
+    return FineTuneResult(model=model, path=path, steps=int(output.global_step), train_loss=loss,
+                          seconds=seconds, precision=precision, device=device)

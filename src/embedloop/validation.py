@@ -1,0 +1,229 @@
+"""Great Expectations suites (in `expectations/`) run over logs and the corpus.
+
+Row-level: every row either passes every expectation of `interaction_log.json`
+(accepted) or is quarantined with all of its reasons. Batch-level:
+`interaction_batch.json` runs over a one-row summary of the batch; a failure
+there stops the run before training.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from embedloop.logs import LOG_FIELDS, to_typed_frame
+
+EXPECTATIONS_DIR = Path(__file__).resolve().parents[2] / "expectations"
+# Clocks drift; a row stamped a few minutes ahead is not "from the future".
+CLOCK_SKEW = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class SuiteOutcome:
+    suite: str
+    success: bool
+    # (code, reason, row index labels that failed) for each failed expectation
+    failures: list[tuple[str, str, list[Any]]]
+    result: dict[str, Any]  # the GX validation result, JSON-ready
+
+
+@dataclass
+class LogValidation:
+    input_rows: int
+    accepted: pd.DataFrame  # typed columns
+    quarantined: pd.DataFrame  # event_id, source, line, reason_code, reason, raw (JSON)
+    outcome: SuiteOutcome
+    reason_counts: dict[str, int] = field(default_factory=dict)  # primary reason -> rows
+    raw: pd.DataFrame | None = None  # the input, for quarantining a rejected batch whole
+    accepted_rows: list[int] = field(default_factory=list)  # positions in `raw`
+
+    @property
+    def accepted_clicks(self) -> int:
+        return int((self.accepted["clicked"] == True).sum())  # noqa: E712 - object column
+
+    @property
+    def quarantined_share(self) -> float:
+        return len(self.quarantined) / self.input_rows if self.input_rows else 0.0
+
+
+@dataclass(frozen=True)
+class BatchVerdict:
+    ok: bool
+    problems: list[str]  # one sentence each, with the numbers
+    outcome: SuiteOutcome
+
+
+def load_suite_json(name: str, directory: Path = EXPECTATIONS_DIR) -> dict[str, Any]:
+    return json.loads((directory / f"{name}.json").read_text())
+
+
+@functools.cache
+def _gx_context() -> Any:
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return context
+
+
+def run_suite(frame: pd.DataFrame, suite_json: dict[str, Any],
+              parameters: dict[str, Any] | None = None) -> SuiteOutcome:
+    """Validate `frame` with a suite; failing rows are reported by index label."""
+    import great_expectations as gx
+
+    context = _gx_context()
+    suite = gx.ExpectationSuite(name=suite_json["name"], expectations=suite_json["expectations"])
+    name = f"{suite_json['name']}-{id(frame)}"
+    asset = context.data_sources.add_or_update_pandas("embedloop").add_dataframe_asset(name)
+    try:
+        batch = asset.add_batch_definition_whole_dataframe("all").get_batch(
+            batch_parameters={"dataframe": frame})
+        result = batch.validate(suite, result_format={"result_format": "COMPLETE",
+                                                      "partial_unexpected_count": 20},
+                                expectation_parameters=parameters or {})
+    finally:
+        context.data_sources.get("embedloop").delete_asset(name)
+    failures = []
+    for item in result.results:
+        if item.success:
+            continue
+        meta = item.expectation_config.meta or {}
+        rows = list(item.result.get("unexpected_index_list") or [])
+        if item.exception_info and item.exception_info.get("raised_exception"):
+            message = item.exception_info.get("exception_message", "")
+            raise RuntimeError(f"expectation {item.expectation_config.type} crashed: {message}")
+        failures.append((meta.get("code", item.expectation_config.type),
+                         meta.get("reason", item.expectation_config.type), rows))
+    return SuiteOutcome(suite=suite_json["name"], success=bool(result.success),
+                        failures=failures, result=_json_ready(result.to_json_dict()))
+
+
+def _json_ready(data: Any) -> Any:
+    """GX results may carry values (sets of 5k doc ids, NaN) that bloat or break JSON."""
+    if isinstance(data, dict):
+        return {k: (f"<{len(v)} values>" if k == "value_set" and isinstance(v, list | set)
+                    and len(v) > 20 else _json_ready(v)) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_json_ready(v) for v in data]
+    if isinstance(data, float) and math.isnan(data):
+        return None
+    return data
+
+
+def mark_duplicates(event_ids: pd.Series, seen: set[str]) -> pd.Series:
+    """True for a row whose event_id was accepted by an earlier run or appeared
+    earlier in this batch (the first occurrence in the batch is kept)."""
+    in_batch = event_ids.duplicated(keep="first") & event_ids.notna()
+    earlier = event_ids.isin(seen) if seen else pd.Series(False, index=event_ids.index)
+    return in_batch | earlier
+
+
+def _raw_json(row: pd.Series) -> str:
+    record = {f: row[f] for f in LOG_FIELDS}
+    return json.dumps(record, ensure_ascii=False, default=str)
+
+
+def validate_logs(raw: pd.DataFrame, known_doc_ids: set[str], seen_event_ids: set[str],
+                  *, max_query_chars: int, max_position: int,
+                  now: datetime | None = None) -> LogValidation:
+    """Split raw rows into accepted (typed) and quarantined (raw + reasons)."""
+    raw = raw.reset_index(drop=True)
+    typed = to_typed_frame(raw)
+    typed["is_duplicate"] = mark_duplicates(typed["event_id"], seen_event_ids)
+    now = now or datetime.now(UTC)
+    parameters = {"known_doc_ids": sorted(known_doc_ids),
+                  "max_ts_epoch": (now + CLOCK_SKEW).timestamp(),
+                  "max_query_chars": max_query_chars, "max_position": max_position}
+    outcome = run_suite(typed, load_suite_json("interaction_log"), parameters)
+
+    reasons: dict[int, list[tuple[str, str]]] = {}
+    for code, reason, rows in outcome.failures:
+        for i in rows:
+            if code == "wrong_type":
+                reason = typed.at[i, "type_errors"]
+            reasons.setdefault(i, []).append((code, reason))
+    for i, problems in reasons.items():
+        # A value that failed to parse is also null in its typed column; say it once.
+        bad_fields = typed.at[i, "bad_fields"]
+        if "row" in bad_fields:  # not a JSON object: every other complaint is noise
+            reasons[i] = [(c, r) for c, r in problems if c == "wrong_type"]
+        elif bad_fields:
+            reasons[i] = [(c, r) for c, r in problems
+                          if not (c.startswith("missing_") and c[8:] in bad_fields)]
+
+    bad = sorted(reasons)
+    quarantined = _quarantine_frame(raw, bad, {i: reasons[i] for i in bad})
+    accepted = typed.drop(index=bad).drop(columns=["type_errors", "bad_fields", "is_duplicate"])
+    if len(accepted) + len(quarantined) != len(raw):  # the accounting promise, enforced
+        raise AssertionError(f"row accounting broke: {len(accepted)} + {len(quarantined)} "
+                             f"!= {len(raw)}")
+    counts = Counter(quarantined["reason_code"])
+    return LogValidation(input_rows=len(raw), accepted=accepted.reset_index(drop=True),
+                         quarantined=quarantined, outcome=outcome,
+                         reason_counts=dict(counts.most_common()), raw=raw,
+                         accepted_rows=[int(i) for i in accepted.index])
+
+
+def _quarantine_frame(raw: pd.DataFrame, rows: list[int],
+                      reasons: dict[int, list[tuple[str, str]]]) -> pd.DataFrame:
+    bad = rows
+    return pd.DataFrame({
+        "event_id": [None if pd.isna(raw.at[i, "event_id"]) else str(raw.at[i, "event_id"])
+                     for i in bad],
+        "source": [raw.at[i, "source"] for i in bad],
+        "line": [int(raw.at[i, "line"]) for i in bad],
+        "reason_code": [reasons[i][0][0] for i in bad],
+        "reason": ["; ".join(r for _, r in reasons[i]) for i in bad],
+        "raw": [_raw_json(raw.loc[i]) for i in bad],
+    }, columns=["event_id", "source", "line", "reason_code", "reason", "raw"])
+
+
+def quarantine_whole_batch(validation: LogValidation, why: str) -> pd.DataFrame:
+    """A rejected batch goes to quarantine whole: rows keep their own reasons, the
+    rows that passed get the batch-level reason. Nothing is dropped."""
+    assert validation.raw is not None
+    rows = validation.accepted_rows
+    passed = _quarantine_frame(validation.raw, rows,
+                               {i: [("batch_rejected", f"batch rejected: {why}")] for i in rows})
+    return pd.concat([validation.quarantined, passed], ignore_index=True)
+
+
+def check_batch(validation: LogValidation, *, max_quarantine_share: float,
+                min_clicks: int) -> BatchVerdict:
+    """Batch-level expectations over the batch summary: may this batch be trained on?"""
+    summary = pd.DataFrame({"quarantined_share": [validation.quarantined_share],
+                            "accepted_clicks": [validation.accepted_clicks]})
+    outcome = run_suite(summary, load_suite_json("interaction_batch"),
+                        {"max_quarantine_share": max_quarantine_share, "min_clicks": min_clicks})
+    problems = []
+    for code, _, _ in outcome.failures:
+        if code == "too_many_quarantined":
+            problems.append(
+                f"{len(validation.quarantined)} of {validation.input_rows} rows "
+                f"({validation.quarantined_share:.0%}) are malformed, above the "
+                f"{max_quarantine_share:.0%} limit (top reasons: "
+                f"{_top_reasons(validation.reason_counts)})")
+        elif code == "too_few_clicks":
+            problems.append(f"only {validation.accepted_clicks} valid clicks, fewer than the "
+                            f"{min_clicks} needed to train")
+    return BatchVerdict(ok=not problems, problems=problems, outcome=outcome)
+
+
+def _top_reasons(counts: dict[str, int], n: int = 3) -> str:
+    return ", ".join(f"{code} {count}" for code, count in list(counts.items())[:n]) or "none"
+
+
+def validate_corpus(corpus: pd.DataFrame) -> SuiteOutcome:
+    frame = pd.DataFrame({"doc_id": corpus["doc_id"],
+                          "content": (corpus["title"].fillna("") + " "
+                                      + corpus["text"].fillna(""))})
+    return run_suite(frame, load_suite_json("corpus"))

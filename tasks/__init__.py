@@ -1,0 +1,1 @@
+"""Thin Prefect tasks, one per pipeline stage, around the pure `embedloop` library."""

@@ -1,0 +1,136 @@
+"""Everything a reviewer sees in MLflow: one run per retrain, params, counts, both
+models' metrics, per-query results, a plot, the GX validation results, the decision."""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from embedloop.config import Settings
+from embedloop.evaluation import EvalReport
+from embedloop.promotion import Decision
+from embedloop.registry import Registry
+from embedloop.summary import RunSummary
+from embedloop.validation import LogValidation, SuiteOutcome
+
+
+def code_version() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5, cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def start_tracking(registry: Registry, settings: Settings, trigger: str, reason: str,
+                   incumbent: str | None, flow_run_id: str | None) -> str:
+    tags = {"trigger": trigger, "reason": reason, "code_version": code_version(),
+            "incumbent_version": incumbent or "none", "prefect_flow_run_id": flow_run_id or "",
+            "mlflow.note.content": f"{trigger} retrain: {reason}"}
+    run_id = registry.start_run(f"retrain-{trigger}", tags)
+    params: dict[str, Any] = {
+        "logs": settings.logs, "corpus": settings.corpus, "base_model": settings.base_model
+        or "bundled all-MiniLM-L6-v2", "primary_metric": settings.primary_metric,
+        "min_improvement": settings.min_improvement, "holdout_fraction":
+        settings.holdout_fraction, "max_quarantine_share": settings.max_quarantine_share,
+        "min_clicks": settings.min_clicks, "max_seq_length": settings.max_seq_length,
+        **{f"train.{k}": v for k, v in dataclasses.asdict(settings.training).items()}}
+    for key, value in params.items():
+        registry.client.log_param(run_id, key, str(value))
+    return run_id
+
+
+def render_validation_html(outcome: SuiteOutcome, validation: LogValidation) -> str:
+    """A small Data-Docs-like page: each expectation, pass/fail, rows caught."""
+    rows = []
+    for item in outcome.result.get("results", []):
+        config = item.get("expectation_config", {})
+        meta = config.get("meta") or {}
+        unexpected = (item.get("result") or {}).get("unexpected_count", "")
+        status = "pass" if item.get("success") else "FAIL"
+        kind = html.escape(config.get("type", ""))
+        rows.append(f"<tr class='{status}'><td>{status}</td><td>{kind}</td>"
+                    f"<td>{html.escape(str(config.get('kwargs', {}).get('column', '')))}</td>"
+                    f"<td>{html.escape(meta.get('reason', ''))}</td><td>{unexpected}</td></tr>")
+    return (
+        "<html><head><meta charset='utf-8'><style>body{font-family:sans-serif}"
+        "td,th{padding:4px 8px;border-bottom:1px solid #ddd}.FAIL{background:#fdd}</style>"
+        f"</head><body><h2>Suite {html.escape(outcome.suite)}</h2>"
+        f"<p>{validation.input_rows} rows: {len(validation.accepted)} accepted, "
+        f"{len(validation.quarantined)} quarantined.</p><table><tr><th></th><th>expectation</th>"
+        "<th>column</th><th>reason</th><th>rows</th></tr>" + "".join(rows)
+        + "</table></body></html>")
+
+
+def log_validation(registry: Registry, run_id: str, validation: LogValidation,
+                   batch_outcome: SuiteOutcome) -> None:
+    client = registry.client
+    client.log_metric(run_id, "rows_ingested", validation.input_rows)
+    client.log_metric(run_id, "rows_accepted", len(validation.accepted))
+    client.log_metric(run_id, "rows_quarantined", len(validation.quarantined))
+    client.log_metric(run_id, "quarantined_share", validation.quarantined_share)
+    client.log_dict(run_id, validation.outcome.result, "validation/interaction_log.json")
+    client.log_dict(run_id, batch_outcome.result, "validation/interaction_batch.json")
+    client.log_dict(run_id, validation.reason_counts, "validation/quarantined_by_reason.json")
+    client.log_text(run_id, render_validation_html(validation.outcome, validation),
+                    "validation/report.html")
+    if len(validation.quarantined):
+        client.log_table(run_id, validation.quarantined.head(1000),
+                         "validation/quarantine_sample.json")
+
+
+def log_evaluation(registry: Registry, run_id: str, candidate: EvalReport,
+                   incumbent: EvalReport, decision: Decision) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    client = registry.client
+    for name, report in (("candidate", candidate), ("incumbent", incumbent)):
+        for metric, value in report.means.items():
+            client.log_metric(run_id, f"{name}.{metric.replace('@', '_at_')}", value)
+    client.log_metric(run_id, "delta.primary", decision.delta)
+    client.log_metric(run_id, "eval_queries", candidate.n_queries)
+    metric = candidate.primary_metric
+    table = candidate.per_query.merge(incumbent.per_query, on="query",
+                                      suffixes=("_candidate", "_incumbent"))
+    table["delta"] = table[f"{metric}_candidate"] - table[f"{metric}_incumbent"]
+    client.log_table(run_id, table, "eval/per_query.json")
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.hist(table["delta"], bins=21, color="#4472c4")
+    left.axvline(0, color="black", linewidth=1)
+    left.set(title=f"per-query {metric}: candidate - incumbent",
+             xlabel="delta", ylabel="queries")
+    names = list(candidate.means)
+    xs = range(len(names))
+    right.bar([x - 0.2 for x in xs], [incumbent.means[m] for m in names], 0.4, label="incumbent")
+    right.bar([x + 0.2 for x in xs], [candidate.means[m] for m in names], 0.4, label="candidate")
+    right.set_xticks(list(xs), names)
+    right.set(title="held-out metrics", ylim=(0, 1))
+    right.legend()
+    fig.suptitle(("PROMOTE: " if decision.promote else "KEEP: ") + decision.reason, fontsize=9)
+    fig.tight_layout()
+    client.log_figure(run_id, fig, "eval/comparison.png")
+    plt.close(fig)
+
+
+def finish_tracking(registry: Registry, run_id: str, summary: RunSummary,
+                    failed: bool = False) -> None:
+    client = registry.client
+    client.set_tag(run_id, "decision", summary.outcome)
+    client.set_tag(run_id, "decision_reason", summary.decision_reason[:5000])
+    if summary.candidate_version:
+        client.set_tag(run_id, "candidate_version", summary.candidate_version)
+    client.set_tag(run_id, "champion_version", summary.champion_version or "none")
+    for stage, seconds in summary.stage_seconds.items():
+        client.log_metric(run_id, f"seconds.{stage}", seconds)
+    client.log_dict(run_id, summary.to_json(), "summary.json")
+    client.log_text(run_id, summary.to_markdown(), "summary.md")
+    client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+
