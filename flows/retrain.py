@@ -27,6 +27,7 @@ from embedloop.encoding import load_model, pick_device, resolve_precision
 from embedloop.errors import BatchRejected
 from embedloop.index import IndexManifest, IndexStore, LoadedIndex, build_faiss_index
 from embedloop.lock import exclusive
+from embedloop.logs import discover_log_files
 from embedloop.promotion import PromotionPolicy, should_promote
 from embedloop.registry import CHAMPION, Registry
 from embedloop.summary import RunSummary
@@ -80,6 +81,7 @@ def run_retrain(settings: Settings, *, trigger: str, reason: str) -> RunSummary:
     device = pick_device()
     precision = resolve_precision(settings.encode_precision, device)
 
+    discover_log_files(settings.logs)  # a wrong path fails now, not after the bootstrap
     with timed(seconds, "corpus"):
         corpus = load_corpus_stage(settings)
     with timed(seconds, "bootstrap"):

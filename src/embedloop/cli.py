@@ -13,6 +13,7 @@ Errors print one line and exit non-zero; `--debug` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import textwrap
@@ -34,6 +35,24 @@ def _quiet_environment() -> None:
                        "TOKENIZERS_PARALLELISM": "false",
                        "PREFECT_LOGGING_LEVEL": "INFO"}.items():
         os.environ.setdefault(key, value)
+
+
+def _quiet_prefect_console() -> None:
+    """Prefect logs a flow's exception with its traceback; for the errors embedloop
+    raises on purpose the message is the whole story (the Prefect UI keeps the rest)."""
+    make_record = logging.getLogRecordFactory()
+    if getattr(make_record, "embedloop", False):
+        return
+
+    def record_without_known_tracebacks(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        if (record.exc_info and isinstance(record.exc_info[1], EmbedloopError)
+                and record.name.startswith("prefect")):
+            record.exc_info = None
+        return record
+
+    record_without_known_tracebacks.embedloop = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(record_without_known_tracebacks)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -217,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_environment()
+    _quiet_prefect_console()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

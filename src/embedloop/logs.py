@@ -27,7 +27,8 @@ from embedloop.errors import InputError
 
 LOG_FIELDS = ("event_id", "ts", "session_id", "query", "doc_id", "position", "clicked", "dwell_ms")
 REQUIRED_FIELDS = ("event_id", "ts", "session_id", "query", "doc_id", "position", "clicked")
-FORMATS = {".jsonl": "ndjson", ".ndjson": "ndjson", ".json": "ndjson", ".csv": "csv",
+# Plain .json is not read: a log folder often holds a manifest or schema next to the logs.
+FORMATS = {".jsonl": "ndjson", ".ndjson": "ndjson", ".csv": "csv",
            ".parquet": "parquet", ".pq": "parquet"}
 HEAD_BYTES = 4096
 

@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 
 from embedloop.evaluation import EvalReport
 
+# Means of per-query scores carry float noise (0.51 - 0.50 = 0.010000000000000009): a
+# difference this small is no difference.
+EPSILON = 1e-9
+
 
 @dataclass(frozen=True)
 class PromotionPolicy:
@@ -40,14 +44,14 @@ def should_promote(candidate: EvalReport, incumbent: EvalReport,
     if candidate.n_queries < policy.min_eval_queries:
         return Decision(False, f"only {candidate.n_queries} held-out queries; at least "
                         f"{policy.min_eval_queries} are needed to judge", cand, inc, delta, numbers)
-    if delta > policy.min_improvement:
+    if delta > policy.min_improvement + EPSILON:
         return Decision(True, f"{metric} improved by {delta:+.4f} ({inc:.4f} -> {cand:.4f}), "
                         f"more than the required {policy.min_improvement:.4f}",
                         cand, inc, delta, numbers)
-    if delta > 0:
+    if delta > EPSILON:
         why = (f"improved by only {delta:+.4f}, not more than the required "
                f"{policy.min_improvement:.4f}")
-    elif delta == 0:
+    elif delta >= -EPSILON:
         why = "tied with the incumbent (a tie keeps the incumbent)"
     else:
         why = f"is worse than the incumbent by {-delta:.4f}"

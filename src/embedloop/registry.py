@@ -28,8 +28,12 @@ MODEL_REQUIREMENTS = ["sentence-transformers", "torch", "transformers"]
 
 def configure_mlflow(tracking_uri: str) -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import logging
+
     import mlflow
 
+    # It announces every new database's migrations at INFO on stderr.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
 

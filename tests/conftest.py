@@ -1,0 +1,91 @@
+"""Shared fixtures: real data slices from ../shared, the real Prefect test harness."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                   "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                   "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
+                   "TOKENIZERS_PARALLELISM": "false"}.items():
+    os.environ.setdefault(key, value)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "benchmarks"
+
+
+def _shared() -> Path:
+    if not (SHARED / "scifact" / "corpus.jsonl").exists():
+        pytest.fail(f"benchmark data not found at {SHARED}: tests need ../shared beside the repo")
+    return SHARED
+
+
+def make_beir_slice(out: Path, n_queries: int, n_docs: int, seed: int = 0) -> Path:
+    """A small SciFact in BEIR layout: the first train queries, their relevant documents,
+    and random other documents as distractors."""
+    src = _shared() / "scifact"
+    rng = random.Random(seed)
+    qrels: dict[str, list[str]] = {}
+    for line in (src / "qrels" / "train.tsv").read_text().splitlines()[1:]:
+        qid, did, _ = line.split("\t")
+        qrels.setdefault(qid, []).append(did)
+    qids = sorted(qrels)[:n_queries]
+    needed = {d for q in qids for d in qrels[q]}
+    corpus = [json.loads(x) for x in (src / "corpus.jsonl").read_text().splitlines()]
+    others = [d for d in corpus if d["_id"] not in needed]
+    docs = [d for d in corpus if d["_id"] in needed] + rng.sample(others, n_docs - len(needed))
+    queries = {json.loads(x)["_id"]: x for x in (src / "queries.jsonl").read_text().splitlines()}
+    (out / "qrels").mkdir(parents=True, exist_ok=True)
+    (out / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (out / "queries.jsonl").write_text("".join(queries[q] + "\n" for q in qids))
+    (out / "qrels" / "train.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q in qids
+                                                 for d in qrels[q]))
+    return out
+
+
+def simulate(beir: Path, out: Path, *extra: str) -> Path:
+    """Interaction logs written by ../shared/benchmarks/simulate_clicks.py."""
+    subprocess.run([sys.executable, str(_shared() / "simulate_clicks.py"), "--beir", str(beir),
+                    "--split", "train", "--out", str(out), *extra], check=True,
+                   capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_beir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_beir_slice(tmp_path_factory.mktemp("beir"), n_queries=60, n_docs=200)
+
+
+@pytest.fixture(scope="session")
+def sim_logs(tiny_beir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two chronological batches over the tiny slice, with ~2% malformed rows."""
+    return simulate(tiny_beir, tmp_path_factory.mktemp("logs"), "--batches", "2")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> object:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def base_model_path() -> str:
+    from embedloop.config import default_base_model
+
+    return default_base_model()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The repo's own embedloop.toml (the demo's) must not leak into a test."""
+    monkeypatch.chdir(tmp_path)

@@ -1,0 +1,122 @@
+"""Real Great Expectations over real (simulated) interaction logs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from embedloop.corpus import load_corpus
+from embedloop.demo import simulate_logs
+from embedloop.errors import CorpusInvalid
+from embedloop.logs import discover_log_files, read_new_rows
+from embedloop.validation import check_batch, quarantine_whole_batch, validate_logs
+
+LIMITS = {"max_query_chars": 1000, "max_position": 1000}
+
+
+def test_every_malformed_row_of_the_simulator_is_caught(sim_logs: Path,
+                                                       tiny_beir: Path) -> None:
+    """Batches validated in order, as runs would: each manifest id is quarantined (or,
+    for a duplicated event id, its later copy is quarantined as a duplicate)."""
+    doc_ids = set(load_corpus(tiny_beir / "corpus.jsonl")["doc_id"])
+    manifest = json.loads((sim_logs / "manifest.json").read_text())
+    seen: set[str] = set()
+    quarantined, total_in, total_out = [], 0, 0
+    for path in discover_log_files(sim_logs):
+        raw = read_new_rows([path], {}).frame
+        result = validate_logs(raw, doc_ids, seen, **LIMITS)
+        assert len(result.accepted) + len(result.quarantined) == len(raw)
+        total_in += len(raw)
+        total_out += len(result.accepted) + len(result.quarantined)
+        seen |= set(result.accepted["event_id"])
+        quarantined.append(result.quarantined)
+    q = pd.concat(quarantined)
+    assert total_in == total_out == sum(b["rows"] for b in manifest["batches"])
+    missed = set(manifest["malformed_event_ids"]) - set(q["event_id"])
+    assert not missed, f"malformed rows accepted: {sorted(missed)[:5]}"
+    assert (q["reason"].str.len() > 0).all()
+    # nothing well-formed was quarantined: every quarantined id is in the manifest
+    assert set(q["event_id"]) <= set(manifest["malformed_event_ids"])
+
+
+def test_demo_logs_malformed_rows_are_caught() -> None:
+    docs = [{"_id": f"doc{i}", "title": f"doc{i}", "text": f"text about topic {i} " * 5,
+             "summary": f"summary number {i} of something"} for i in range(40)]
+    rows, malformed = simulate_logs(docs, n_queries=30, malformed_rate=0.2, seed=3)
+    raw = pd.DataFrame(rows).assign(source="demo", line=range(1, len(rows) + 1),
+                                    parse_error=None).astype(object)
+    result = validate_logs(raw, {d["_id"] for d in docs}, set(), **LIMITS)
+    assert set(malformed) <= set(result.quarantined["event_id"])
+    assert len(result.accepted) + len(result.quarantined) == len(rows)
+
+
+def test_reasons_name_the_problem_once(tiny_beir: Path) -> None:
+    good = {"event_id": "e1", "ts": "2026-03-01T12:00:05Z", "session_id": "s", "query": "q",
+            "doc_id": "d1", "position": 1, "clicked": True, "dwell_ms": 10}
+    bad = [
+        {**good, "event_id": "e2", "position": "first"},
+        {**good, "event_id": "e3", "ts": "2999-01-01T00:00:00Z"},
+        {**good, "event_id": "e4", "query": "x" * 5000},
+        {**good, "event_id": "e5", "query": "a\x00b"},
+        {**good, "event_id": "e6", "doc_id": "nope"},
+        {**good, "event_id": "e7", "dwell_ms": -50},
+        {**good, "event_id": "e1"},
+        {**good, "event_id": "e8", "query": None, "doc_id": None},
+    ]
+    raw = pd.DataFrame([good, *bad]).assign(source="f", line=range(1, 10),
+                                            parse_error=None).astype(object)
+    result = validate_logs(raw, {"d1"}, set(), **LIMITS)
+    reasons = dict(zip(result.quarantined["line"], result.quarantined["reason"], strict=True))
+    assert list(result.accepted["event_id"]) == ["e1"]
+    assert reasons == {
+        2: "position: not an integer ('first')",
+        3: "ts is in the future",
+        4: "query is longer than max_query_chars",
+        5: "query contains control characters",
+        6: "doc_id is not in the corpus",
+        7: "dwell_ms is negative or over a day",
+        8: "event_id was already seen (duplicate event)",
+        9: "query is missing; doc_id is missing",
+    }
+
+
+def test_mostly_broken_batch_fails_the_batch_check_and_is_kept_whole() -> None:
+    good = {"event_id": "e", "ts": "2026-03-01T12:00:05Z", "session_id": "s", "query": "q",
+            "doc_id": "d1", "position": 1, "clicked": True, "dwell_ms": 10}
+    rows = [{**good, "event_id": f"e{i}", "doc_id": "d1" if i % 3 == 0 else "nope"}
+            for i in range(30)]
+    raw = pd.DataFrame(rows).assign(source="f", line=range(1, 31),
+                                    parse_error=None).astype(object)
+    result = validate_logs(raw, {"d1"}, set(), **LIMITS)
+    verdict = check_batch(result, max_quarantine_share=0.2, min_clicks=5)
+    assert not verdict.ok
+    assert "20 of 30 rows (67%) are malformed" in verdict.problems[0]
+    kept = quarantine_whole_batch(result, "; ".join(verdict.problems))
+    assert len(kept) == 30
+    assert (kept["reason_code"] == "batch_rejected").sum() == 10
+
+
+def test_too_few_clicks_is_a_batch_problem() -> None:
+    good = {"event_id": "e", "ts": "2026-03-01T12:00:05Z", "session_id": "s", "query": "q",
+            "doc_id": "d1", "position": 1, "clicked": False, "dwell_ms": None}
+    raw = pd.DataFrame([{**good, "event_id": f"e{i}"} for i in range(10)]).assign(
+        source="f", line=range(1, 11), parse_error=None).astype(object)
+    verdict = check_batch(validate_logs(raw, {"d1"}, set(), **LIMITS),
+                          max_quarantine_share=0.2, min_clicks=3)
+    assert verdict.problems == ["only 0 valid clicks, fewer than the 3 needed to train"]
+
+
+@pytest.mark.parametrize("lines, message", [
+    (['{"_id": "a", "text": "x"}', '{"_id": "a", "text": "y"}'], "appears more than once"),
+    (['{"_id": "a", "text": "x"}', '{"_id": null, "text": "y"}'], "document id is missing"),
+    (['{"_id": "a", "title": "", "text": "  "}'], "document has no title or text"),
+])
+def test_corpus_problems_stop_with_the_offending_ids(tmp_path: Path, lines: list[str],
+                                                     message: str) -> None:
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(CorpusInvalid, match=message):
+        load_corpus(path)

@@ -1,0 +1,171 @@
+"""The whole pipeline with every real part: Prefect (test harness), MLflow (sqlite in a
+temp dir), Great Expectations, FAISS and MiniLM, on a 200-document slice of SciFact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from embedloop.config import load_settings
+from embedloop.errors import BatchRejected, RegistryError
+from embedloop.index import IndexStore
+from embedloop.ledger import load_ledger
+from embedloop.registry import CHAMPION, PREVIOUS, Registry
+from embedloop.search import search_live
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+FAST = {"max_seq_length": 96, "encode_batch_size": 64, "min_clicks": 10,
+        "training": {"max_steps": 3, "batch_size": 8, "precision": "fp32"}}
+
+
+def make_home(root: Path, logs: Path | str, corpus: Path, **settings: Any) -> Path:
+    """A deployment's home with its own embedloop.toml, as a team would set one up."""
+    root.mkdir(parents=True, exist_ok=True)
+    merged = {**FAST, **settings}
+    training = merged.pop("training")
+    lines = ["[embedloop]", f'home = "{root}"', f'logs = "{logs}"', f'corpus = "{corpus}"']
+    lines += [f"{k} = {json.dumps(v)}" for k, v in merged.items()]
+    lines += ["[embedloop.training]"] + [f"{k} = {json.dumps(v)}" for k, v in training.items()]
+    (root / "embedloop.toml").write_text("\n".join(lines) + "\n")
+    return root / "embedloop.toml"
+
+
+def run(config: Path, reason: str = "test", trigger: str = "manual") -> dict[str, Any]:
+    from flows.retrain import retrain
+
+    return retrain(reason=reason, trigger=trigger, config_file=str(config))
+
+
+def registry_for(config: Path) -> Registry:
+    s = load_settings(config)
+    return Registry(s.resolved_tracking_uri, s.model_name, s.artifact_root)
+
+
+@pytest.fixture(scope="module")
+def promoted(tmp_path_factory: pytest.TempPathFactory, sim_logs: Path,
+             tiny_beir: Path) -> tuple[Path, dict[str, Any]]:
+    """First run on the first week of logs. min_improvement=-1 makes the gate accept any
+    candidate, so this exercises the promotion and re-index path itself (the gate's own
+    decisions are unit-tested, and the tie case below)."""
+    config = make_home(tmp_path_factory.mktemp("promoted"), sim_logs / "batch-001.jsonl",
+                       tiny_beir / "corpus.jsonl", min_improvement=-1.0)
+    return config, run(config, reason="first week")
+
+
+def test_first_run_bootstraps_trains_and_promotes(promoted: tuple[Path, dict]) -> None:
+    config, summary = promoted
+    settings = load_settings(config)
+    registry = registry_for(config)
+    assert summary["outcome"] == "promoted"
+    assert summary["rows_ingested"] == summary["rows_accepted"] + summary["rows_quarantined"]
+    assert summary["rows_quarantined"] == sum(summary["quarantined_by_reason"].values()) > 0
+    assert summary["pairs"] > 0 and summary["eval_queries"] >= 5
+    assert set(summary["candidate"]) == set(summary["incumbent"]) >= {"ndcg@10", "recall@100"}
+
+    # v1 is the base model (bootstrap), v2 the candidate, now champion; v1 is previous
+    assert registry.version_for_alias(CHAMPION) == "2" == summary["champion_version"]
+    assert registry.version_for_alias(PREVIOUS) == "1"
+    store = IndexStore(settings.index_dir)
+    live = store.load()
+    assert live.manifest.version == summary["live_index"] == "v0002"
+    assert live.manifest.model_version == "2" and live.manifest.n_docs == 200
+    assert store.latest_for_model(settings.model_name, "1") == "v0001"  # kept for rollback
+
+    run_data = registry.client.get_run(summary["mlflow_run_id"]).data
+    assert run_data.tags["reason"] == "first week" and run_data.tags["trigger"] == "manual"
+    assert run_data.tags["decision"] == "promoted"
+    assert {"candidate.ndcg_at_10", "incumbent.ndcg_at_10", "rows_quarantined"} <= set(
+        run_data.metrics)
+    artifacts = {a.path for d in ("eval", "validation") for a in
+                 registry.client.list_artifacts(summary["mlflow_run_id"], d)}
+    assert {"eval/per_query.json", "eval/comparison.png", "validation/report.html",
+            "validation/interaction_log.json"} <= artifacts
+
+    ledger = load_ledger(settings.state_dir)
+    assert len(ledger.batches) == 1
+    batch = settings.state_dir / "batches" / ledger.batches[0]
+    assert len(pd.read_parquet(batch / "accepted.parquet")) == summary["rows_accepted"]
+    assert len(pd.read_parquet(batch / "quarantine.parquet")) == summary["rows_quarantined"]
+
+
+def test_search_uses_the_live_index_with_the_champion(promoted: tuple[Path, dict],
+                                                      tiny_beir: Path) -> None:
+    config, _ = promoted
+    first_doc = json.loads((tiny_beir / "corpus.jsonl").read_text().splitlines()[0])
+    hits = search_live(load_settings(config), first_doc["title"], k=5)
+    assert len(hits) == 5
+    assert hits[0].doc_id == first_doc["_id"]  # a document's own title finds it
+
+
+def test_rerun_on_the_same_input_ingests_nothing(promoted: tuple[Path, dict]) -> None:
+    config, _ = promoted
+    again = run(config, reason="rerun")
+    assert again["outcome"] == "no-new-data"
+    assert again["rows_ingested"] == 0
+    assert registry_for(config).version_for_alias(CHAMPION) == "2"
+    assert len(load_ledger(load_settings(config).state_dir).batches) == 1
+
+
+def test_rollback_restores_previous_champion_and_its_index(promoted: tuple[Path, dict]) -> None:
+    from flows.rollback import rollback
+
+    config, _ = promoted
+    result = rollback(reason="test rollback", config_file=str(config))
+    assert (result["from"], result["to"], result["live_index"]) == ("2", "1", "v0001")
+    registry = registry_for(config)
+    assert registry.version_for_alias(CHAMPION) == "1"
+    assert registry.version_for_alias(PREVIOUS) is None
+    settings = load_settings(config)
+    assert IndexStore(settings.index_dir).load().manifest.model_version == "1"
+    assert search_live(settings, "protein", k=3)  # the restored pair is consistent
+
+    with pytest.raises(RegistryError, match="first champion"):
+        rollback(reason="again", config_file=str(config))
+    assert registry.version_for_alias(CHAMPION) == "1"  # a refused rollback changed nothing
+
+
+def test_candidate_no_better_is_not_promoted(tmp_path: Path, sim_logs: Path,
+                                             tiny_beir: Path) -> None:
+    """learning_rate=0: the candidate equals the incumbent, so it ties and must not win."""
+    config = make_home(tmp_path / "home", sim_logs / "batch-001.jsonl",
+                       tiny_beir / "corpus.jsonl",
+                       training={**FAST["training"], "learning_rate": 0.0})
+    summary = run(config)
+    registry = registry_for(config)
+    assert summary["outcome"] == "kept"
+    assert "tied" in summary["decision_reason"]
+    assert summary["candidate"]["ndcg@10"] == pytest.approx(summary["incumbent"]["ndcg@10"],
+                                                            abs=1e-6)
+    assert registry.version_for_alias(CHAMPION) == "1"  # unchanged
+    assert registry.version_info("2").tags["decision"] == "not promoted"  # but recorded
+    assert IndexStore(load_settings(config).index_dir).live_version() == "v0001"
+
+
+def test_mostly_broken_batch_stops_before_training(tmp_path: Path, sim_logs: Path,
+                                                   tiny_beir: Path) -> None:
+    rows = [json.loads(x) for x in (sim_logs / "batch-001.jsonl").read_text().splitlines()]
+    for i, row in enumerate(rows):
+        if i % 2:
+            row["doc_id"] = "not-in-corpus"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "broken.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = make_home(tmp_path / "home", logs, tiny_beir / "corpus.jsonl")
+
+    with pytest.raises(BatchRejected, match=r"rows \(5\d%\) are malformed"):
+        run(config)
+    settings = load_settings(config)
+    registry = registry_for(config)
+    assert registry.version_for_alias(CHAMPION) == "1"
+    assert IndexStore(settings.index_dir).live_version() == "v0001"
+    ledger = load_ledger(settings.state_dir)
+    kept = pd.read_parquet(settings.state_dir / "batches" / ledger.batches[0] /
+                           "quarantine.parquet")
+    assert len(kept) == len(rows)  # the whole batch is kept, nothing dropped
+    failed = registry.recent_runs(1)[0]
+    assert failed.info.status == "FAILED" and failed.data.tags["decision"] == "rejected"

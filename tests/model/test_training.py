@@ -1,0 +1,66 @@
+"""The real MiniLM, a handful of steps: training changes the weights, lr=0 does not,
+and fine-tuning on pairs pulls each query towards its clicked document."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from embedloop.config import TrainingConfig
+from embedloop.encoding import encode, load_model
+from embedloop.training import TrainingFailed, fine_tune
+
+
+@pytest.fixture(scope="module")
+def pairs(tiny_beir: Path) -> pd.DataFrame:
+    docs = {d["_id"]: f"{d['title']} {d['text']}" for d in map(json.loads, (
+        tiny_beir / "corpus.jsonl").read_text().splitlines())}
+    queries = {q["_id"]: q["text"] for q in map(json.loads, (
+        tiny_beir / "queries.jsonl").read_text().splitlines())}
+    rows = [line.split("\t") for line in (tiny_beir / "qrels" / "train.tsv").read_text()
+            .splitlines()[1:]]
+    return pd.DataFrame([{"anchor": queries[q], "positive": docs[d]} for q, d, _ in rows[:24]])
+
+
+def weights(model: object) -> torch.Tensor:
+    return torch.cat([p.detach().flatten().cpu() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("learning_rate, changed", [(5e-5, True), (0.0, False)])
+def test_training_changes_weights_only_when_it_should(
+        pairs: pd.DataFrame, base_model_path: str, tmp_path: Path,
+        learning_rate: float, changed: bool) -> None:
+    before = weights(load_model(base_model_path, "cpu"))
+    result = fine_tune(base_model_path, pairs, tmp_path,
+                       TrainingConfig(max_steps=3, batch_size=8, learning_rate=learning_rate,
+                                      precision="fp32"),
+                       device="cpu", max_seq_length=64, show_progress=False)
+    after = weights(load_model(str(result.path), "cpu"))
+    assert result.steps == 3 and np.isfinite(result.train_loss)
+    assert (not torch.equal(before, after)) is changed
+
+
+def test_fine_tuning_pulls_queries_towards_clicked_documents(
+        pairs: pd.DataFrame, base_model_path: str, tmp_path: Path) -> None:
+    def similarity(path: str) -> float:
+        model = load_model(path, "cpu", max_seq_length=64)
+        q = encode(model, list(pairs["anchor"]))
+        d = encode(model, list(pairs["positive"]))
+        return float(np.mean(np.sum(q * d, axis=1)))
+
+    result = fine_tune(base_model_path, pairs, tmp_path,
+                       TrainingConfig(max_steps=6, batch_size=8, learning_rate=1e-4,
+                                      precision="fp32"),
+                       device="cpu", max_seq_length=64, show_progress=False)
+    assert similarity(str(result.path)) > similarity(base_model_path) + 0.01
+
+
+def test_too_few_pairs_is_refused(base_model_path: str, tmp_path: Path) -> None:
+    with pytest.raises(TrainingFailed, match="at least 2"):
+        fine_tune(base_model_path, pd.DataFrame({"anchor": ["a"], "positive": ["b"]}), tmp_path,
+                  TrainingConfig(), device="cpu")

@@ -1,0 +1,59 @@
+"""The on-call face: one obvious command, one clear line when something is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from embedloop.cli import main
+
+
+def test_retrain_requires_a_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["retrain"])
+    assert exit_info.value.code == 2
+    assert "--reason" in capsys.readouterr().err
+
+
+def test_status_on_a_fresh_home(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "--home", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "champion    none yet" in out and "live index  none" in out
+
+
+def test_search_without_a_champion_is_one_line(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["search", "anything", "--home", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no champion yet" in err and "Traceback" not in err
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_retrain_with_a_wrong_log_path_fails_fast_and_clearly(
+        tmp_path: Path, tiny_beir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["retrain", "--reason", "typo", "--home", str(tmp_path),
+                 "--logs", str(tmp_path / "nope"), "--corpus", str(tiny_beir / "corpus.jsonl")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "no log files found" in err and "Traceback" not in err
+    assert not (tmp_path / ".embedloop" / "indexes").exists()  # nothing was built
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_rollback_with_nothing_to_roll_back(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rollback", "--reason", "3am", "--home", str(tmp_path)]) == 1
+    assert "nothing to roll back" in capsys.readouterr().err
+
+
+def test_validate_is_a_dry_run_with_counts(sim_logs: Path, tiny_beir: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    out_file = tmp_path / "quarantine.parquet"
+    code = main(["validate", str(sim_logs), "--corpus", str(tiny_beir / "corpus.jsonl"),
+                 "--home", str(tmp_path), "--out", str(out_file)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "2400 rows in 2 files" in out and "batch would be accepted" in out
+    assert out_file.exists()
+    assert not (tmp_path / ".embedloop").exists()  # a dry run records nothing

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from embedloop.config import load_settings, parse_column_map
+from embedloop.errors import ConfigError
+
+
+def test_file_then_environment_then_overrides(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "embedloop.toml"
+    config.write_text('[embedloop]\nlogs = "logs"\nmin_clicks = 5\nmin_improvement = 0.1\n'
+                      '[embedloop.training]\nepochs = 3\n')
+    monkeypatch.setenv("EMBEDLOOP_MIN_CLICKS", "7")
+    settings = load_settings(config, min_improvement=0.2, training={"batch_size": 8})
+    assert settings.logs == str(tmp_path / "logs")  # relative to the config file
+    assert settings.min_clicks == 7
+    assert settings.min_improvement == 0.2
+    assert settings.training.epochs == 3 and settings.training.batch_size == 8
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"min_clicks": "many"}, "setting 'min_clicks'"),
+    ({"no_such_setting": 1}, "unknown setting"),
+    ({"training": {"epocs": 1}}, "unknown setting"),
+])
+def test_bad_settings_are_one_clear_error(tmp_path: Path, overrides: dict,
+                                          message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(None, home=tmp_path, **overrides)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml")
+
+
+def test_column_map() -> None:
+    assert parse_column_map("q=query, document=doc_id") == {"q": "query", "document": "doc_id"}
+    with pytest.raises(ConfigError):
+        parse_column_map("q")

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from embedloop.errors import InputError
+from embedloop.logs import discover_log_files, read_new_rows, to_typed_frame
+
+ROW = {"event_id": "e1", "ts": "2026-03-01T12:00:05Z", "session_id": "s1", "query": "q",
+       "doc_id": "d1", "position": 1, "clicked": True, "dwell_ms": 4000}
+
+
+def rows(n: int, start: int = 0) -> list[dict]:
+    return [{**ROW, "event_id": f"e{start + i}"} for i in range(n)]
+
+
+def write_ndjson(path: Path, records: list[dict], mode: str = "w") -> None:
+    with path.open(mode) as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
+def test_ndjson_appended_rows_are_read_once(tmp_path: Path) -> None:
+    log = tmp_path / "a.jsonl"
+    write_ndjson(log, rows(3))
+    first = read_new_rows([log], {})
+    assert list(first.frame["event_id"]) == ["e0", "e1", "e2"]
+    assert read_new_rows([log], first.cursors).frame.empty  # nothing new: nothing read
+
+    write_ndjson(log, rows(2, start=3), mode="a")
+    second = read_new_rows([log], first.cursors)
+    assert list(second.frame["event_id"]) == ["e3", "e4"]
+    assert list(second.frame["line"]) == [4, 5]  # line numbers continue across runs
+
+
+def test_a_line_still_being_written_waits_for_the_next_run(tmp_path: Path) -> None:
+    log = tmp_path / "a.jsonl"
+    log.write_text(json.dumps(ROW) + "\n" + '{"event_id": "e2", "ts": "2026-')
+    first = read_new_rows([log], {})
+    assert list(first.frame["event_id"]) == ["e1"]
+    assert any("incomplete" in note for note in first.notes)
+    with log.open("a") as f:
+        f.write('03-01T12:00:05Z"}\n')
+    assert list(read_new_rows([log], first.cursors).frame["event_id"]) == ["e2"]
+
+
+def test_unparseable_lines_become_rows_not_silence(tmp_path: Path) -> None:
+    log = tmp_path / "a.jsonl"
+    log.write_text(json.dumps(ROW) + "\nnot json at all\n[1, 2]\n\xff\n")
+    frame = read_new_rows([log], {}).frame
+    assert len(frame) == 4
+    assert list(frame["parse_error"].isna()) == [True, False, False, False]
+
+
+def test_rewritten_file_is_read_again_and_noted(tmp_path: Path) -> None:
+    log = tmp_path / "a.jsonl"
+    write_ndjson(log, rows(3))
+    first = read_new_rows([log], {})
+    write_ndjson(log, rows(1, start=100))  # truncated and rewritten
+    again = read_new_rows([log], first.cursors)
+    assert list(again.frame["event_id"]) == ["e100"]
+    assert any("rewritten" in note for note in again.notes)
+
+
+def test_csv_and_parquet_with_a_column_map(tmp_path: Path) -> None:
+    renamed = [{("q" if k == "query" else k): v for k, v in r.items()} for r in rows(2)]
+    pd.DataFrame(renamed).to_csv(tmp_path / "a.csv", index=False)
+    pd.DataFrame(renamed).to_parquet(tmp_path / "b.parquet")
+    files = discover_log_files(tmp_path)
+    new = read_new_rows(files, {}, {"q": "query"})
+    assert len(new.frame) == 4 and set(new.frame["query"]) == {"q"}
+    typed = to_typed_frame(new.frame)
+    assert typed["type_errors"].isna().all(), typed["type_errors"].tolist()
+    assert list(typed["clicked"]) == [True] * 4  # "True" from CSV, bool from Parquet
+    assert read_new_rows(files, new.cursors).frame.empty
+
+    with (tmp_path / "a.csv").open("a") as f:
+        f.write("e9,2026-03-01T12:00:05Z,s1,q,d1,2,false,\n")
+    appended = read_new_rows(files, new.cursors, {"q": "query"})
+    assert list(appended.frame["event_id"]) == ["e9"]
+
+
+def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no log files found"):
+        discover_log_files(str(tmp_path / "nowhere" / "*.jsonl"))
+
+
+@pytest.mark.parametrize("field, value, problem", [
+    ("position", "first", "position: not an integer ('first')"),
+    ("position", True, "position: not an integer (bool)"),
+    ("clicked", "maybe", "clicked: not a boolean ('maybe')"),
+    ("ts", "not a timestamp", "ts: not an ISO-8601 timestamp ('not a timestamp')"),
+    ("ts", 12345, "ts: not a timestamp (int)"),
+    ("query", 42, "query: not a string (int)"),
+    ("dwell_ms", "long", "dwell_ms: not a number ('long')"),
+])
+def test_wrong_types_are_named(field: str, value: object, problem: str) -> None:
+    raw = pd.DataFrame([{**ROW, field: value, "source": "x", "line": 1, "parse_error": None}],
+                       dtype=object)
+    typed = to_typed_frame(raw)
+    assert typed.at[0, "type_errors"] == problem
+    assert typed.at[0, "bad_fields"] == {field}
+
+
+@pytest.mark.parametrize("field, value, typed_value", [
+    ("position", "3", 3.0), ("position", 3.0, 3.0), ("clicked", "false", False),
+    ("clicked", 1, True), ("doc_id", 17, "17"), ("dwell_ms", None, None),
+])
+def test_lenient_but_exact_coercions(field: str, value: object, typed_value: object) -> None:
+    raw = pd.DataFrame([{**ROW, field: value, "source": "x", "line": 1, "parse_error": None}],
+                       dtype=object)
+    typed = to_typed_frame(raw)
+    assert typed.at[0, "type_errors"] is None
+    got = typed.at[0, field]
+    assert (pd.isna(got) and typed_value is None) or got == typed_value
