@@ -26,6 +26,7 @@ from embedloop.corpus import corpus_fingerprint
 from embedloop.encoding import load_model, pick_device, resolve_precision
 from embedloop.errors import BatchRejected
 from embedloop.index import IndexManifest, IndexStore, LoadedIndex, build_faiss_index
+from embedloop.ledger import load_guard_set, save_guard_set
 from embedloop.lock import exclusive
 from embedloop.logs import discover_log_files
 from embedloop.promotion import PromotionPolicy, should_promote
@@ -123,8 +124,10 @@ def run_retrain(settings: Settings, *, trigger: str, reason: str) -> RunSummary:
             raise BatchRejected(f"batch not trained on yet: {why}. Its rows stay unread "
                                 f"and are read again, with newer ones, by the next run")
 
+        guard_qrels = load_guard_set(settings.state_dir)
         with timed(seconds, "pairs"):
-            data = build_pairs_stage(settings, validation.accepted, corpus)
+            data = build_pairs_stage(settings, validation.accepted, corpus,
+                                     set(guard_qrels) if guard_qrels else None)
         summary.pairs, summary.train_queries = len(data.pairs), data.train_queries
         summary.eval_queries = data.eval_queries
 
@@ -143,8 +146,17 @@ def run_retrain(settings: Settings, *, trigger: str, reason: str) -> RunSummary:
                                                precision, summary)
             incumbent = evaluate_stage(settings, "incumbent", incumbent_model, incumbent_index,
                                        data.eval_qrels, precision)
+            guard = None
+            if guard_qrels:  # fixed queries: a gain on new logs must not hide a loss here
+                guard = (evaluate_stage(settings, "candidate on guard set", tuned.model,
+                                        candidate_index, guard_qrels, precision),
+                         evaluate_stage(settings, "incumbent on guard set", incumbent_model,
+                                        incumbent_index, guard_qrels, precision))
         decision = should_promote(candidate, incumbent, PromotionPolicy(
-            primary_metric=settings.primary_metric, min_improvement=settings.min_improvement))
+            primary_metric=settings.primary_metric, min_improvement=settings.min_improvement,
+            alpha=settings.significance_alpha, guard_tolerance=settings.guard_tolerance),
+            guard=guard)
+        summary.gate = decision.numbers
         logger.info("decision: %s - %s", "promote" if decision.promote else "keep",
                     decision.reason)
         log_evaluation(registry, run_id, candidate, incumbent, decision)
@@ -171,6 +183,9 @@ def run_retrain(settings: Settings, *, trigger: str, reason: str) -> RunSummary:
             summary.champion_version = version
 
         with timed(seconds, "commit"):
+            if guard_qrels is None and data.eval_qrels:
+                frozen = dict(sorted(data.eval_qrels.items())[: settings.guard_queries])
+                save_guard_set(settings.state_dir, frozen, batch_id)
             commit_batch_stage(settings, ledger, new.cursors, batch_id, validation.accepted,
                                validation.quarantined)
         shutil.rmtree(work_dir, ignore_errors=True)

@@ -95,6 +95,8 @@ def log_evaluation(registry: Registry, run_id: str, candidate: EvalReport,
         for metric, value in report.means.items():
             client.log_metric(run_id, f"{name}.{metric.replace('@', '_at_')}", value)
     client.log_metric(run_id, "delta.primary", decision.delta)
+    for key, value in decision.numbers.items():
+        client.log_metric(run_id, f"gate.{key}", value)
     client.log_metric(run_id, "eval_queries", candidate.n_queries)
     metric = candidate.primary_metric
     table = candidate.per_query.merge(incumbent.per_query, on="query",

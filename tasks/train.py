@@ -13,11 +13,11 @@ from tasks._stage import stage
 
 
 @stage(name="build pairs")
-def build_pairs_stage(settings: Settings, accepted: pd.DataFrame,
-                      corpus: pd.DataFrame) -> TrainingData:
+def build_pairs_stage(settings: Settings, accepted: pd.DataFrame, corpus: pd.DataFrame,
+                      never_train: set[str] | None = None) -> TrainingData:
     texts = dict(zip(corpus["doc_id"], document_texts(corpus), strict=True))
     data = build_training_data(accepted, texts, settings.holdout_fraction,
-                               settings.min_holdout_queries)
+                               settings.min_holdout_queries, never_train)
     get_run_logger().info("%d training pairs from %d queries; %d held-out queries",
                           len(data.pairs), data.train_queries, data.eval_queries)
     return data

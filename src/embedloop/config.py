@@ -58,6 +58,9 @@ class Settings:
     # promotion gate
     primary_metric: str = "ndcg@10"
     min_improvement: float = 0.005
+    significance_alpha: float = 0.05  # paired randomization test; 1.0 switches it off
+    guard_tolerance: float = 0.01  # largest allowed loss on the guard set
+    guard_queries: int = 100  # the first run's held-out queries, frozen as the guard set
     # encoding
     max_seq_length: int | None = None  # None keeps the model's own (256 for MiniLM)
     encode_batch_size: int = 64

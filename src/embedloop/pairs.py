@@ -37,11 +37,15 @@ def split_queries_by_time(clicks: pd.DataFrame, holdout_fraction: float,
 
 
 def build_training_data(accepted: pd.DataFrame, doc_texts: dict[str, str],
-                        holdout_fraction: float, min_holdout: int) -> TrainingData:
+                        holdout_fraction: float, min_holdout: int,
+                        never_train: set[str] | None = None) -> TrainingData:
     """One (query, clicked document) pair per distinct click, for in-batch-negative
-    training; held-out queries and all their clicks go to evaluation only."""
+    training; held-out queries and all their clicks go to evaluation only, and queries
+    in `never_train` (the guard set) are used for nothing."""
     clicks = accepted[accepted["clicked"] == True].copy()  # noqa: E712 - object column
     clicks["qkey"] = clicks["query"].map(normalize_query)
+    if never_train:
+        clicks = clicks[~clicks["qkey"].isin({normalize_query(q) for q in never_train})]
     train_keys, eval_keys = split_queries_by_time(clicks, holdout_fraction, min_holdout)
 
     train = clicks[clicks["qkey"].isin(train_keys)]

@@ -1,10 +1,22 @@
-"""The promotion gate: a pure decision that says why, in words and numbers."""
+"""The promotion gate: a pure decision that says why, in words and numbers.
+
+A candidate is promoted only if, on the same held-out queries as the incumbent,
+1. its primary metric is higher by more than `min_improvement` (a tie keeps the
+   incumbent),
+2. the gain is credible: a paired randomization test over per-query deltas gives
+   p < `alpha` (the bootstrap confidence interval is recorded beside it), and
+3. on the guard set (fixed queries re-checked every run) it does not lose more
+   than `guard_tolerance`, so a gain on new logs cannot hide a regression elsewhere.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from embedloop.evaluation import EvalReport
+from embedloop.significance import bootstrap_ci, randomization_p_value
 
 # Means of per-query scores carry float noise (0.51 - 0.50 = 0.010000000000000009): a
 # difference this small is no difference.
@@ -16,6 +28,9 @@ class PromotionPolicy:
     primary_metric: str = "ndcg@10"
     min_improvement: float = 0.005  # absolute, on the primary metric
     min_eval_queries: int = 5
+    alpha: float = 0.05  # 1.0 turns the significance requirement off
+    guard_tolerance: float = 0.01  # largest allowed loss on the guard set
+    confidence: float = 0.95
 
 
 @dataclass(frozen=True)
@@ -28,32 +43,62 @@ class Decision:
     numbers: dict[str, float] = field(default_factory=dict)
 
 
-def should_promote(candidate: EvalReport, incumbent: EvalReport,
-                   policy: PromotionPolicy) -> Decision:
-    """Promote only on a strict improvement of at least `min_improvement`; a tie
-    (or anything less) keeps the incumbent."""
+def paired_deltas(candidate: EvalReport, incumbent: EvalReport, metric: str) -> np.ndarray:
+    """Per-query candidate - incumbent, matched by query; (n_queries,)."""
+    merged = candidate.per_query.merge(incumbent.per_query, on="query", suffixes=("_c", "_i"))
+    return (merged[f"{metric}_c"] - merged[f"{metric}_i"]).to_numpy(dtype=np.float64)
+
+
+def should_promote(candidate: EvalReport, incumbent: EvalReport, policy: PromotionPolicy,
+                   guard: tuple[EvalReport, EvalReport] | None = None) -> Decision:
     metric = policy.primary_metric
     cand, inc = candidate.means[metric], incumbent.means[metric]
     delta = cand - inc
-    numbers = {"candidate": cand, "incumbent": inc, "delta": delta,
-               "min_improvement": policy.min_improvement,
-               "eval_queries": float(candidate.n_queries)}
-    if candidate.n_queries != incumbent.n_queries:
-        return Decision(False, "candidate and incumbent were not scored on the same queries",
-                        cand, inc, delta, numbers)
+    numbers: dict[str, float] = {"candidate": cand, "incumbent": inc, "delta": delta,
+                                 "min_improvement": policy.min_improvement,
+                                 "eval_queries": float(candidate.n_queries)}
+
+    def keep(why: str) -> Decision:
+        return Decision(False, why, cand, inc, delta, numbers)
+
+    same = set(candidate.per_query["query"]) == set(incumbent.per_query["query"])
+    if not same or candidate.n_queries != incumbent.n_queries:
+        return keep("candidate and incumbent were not scored on the same queries")
     if candidate.n_queries < policy.min_eval_queries:
-        return Decision(False, f"only {candidate.n_queries} held-out queries; at least "
-                        f"{policy.min_eval_queries} are needed to judge", cand, inc, delta, numbers)
-    if delta > policy.min_improvement + EPSILON:
-        return Decision(True, f"{metric} improved by {delta:+.4f} ({inc:.4f} -> {cand:.4f}), "
-                        f"more than the required {policy.min_improvement:.4f}",
-                        cand, inc, delta, numbers)
-    if delta > EPSILON:
-        why = (f"improved by only {delta:+.4f}, not more than the required "
-               f"{policy.min_improvement:.4f}")
-    elif delta >= -EPSILON:
-        why = "tied with the incumbent (a tie keeps the incumbent)"
-    else:
-        why = f"is worse than the incumbent by {-delta:.4f}"
-    return Decision(False, f"candidate {metric} {why} ({inc:.4f} -> {cand:.4f})",
+        return keep(f"only {candidate.n_queries} held-out queries; at least "
+                    f"{policy.min_eval_queries} are needed to judge")
+    deltas = paired_deltas(candidate, incumbent, metric)
+    p_value = randomization_p_value(deltas)
+    low, high = bootstrap_ci(deltas, policy.confidence)
+    numbers.update(p_value=p_value, ci_low=low, ci_high=high, alpha=policy.alpha,
+                   queries_better=float(np.sum(deltas > EPSILON)),
+                   queries_worse=float(np.sum(deltas < -EPSILON)))
+    evidence = (f"p={p_value:.3f}, {policy.confidence:.0%} CI [{low:+.4f}, {high:+.4f}], "
+                f"{int(numbers['queries_better'])} queries better, "
+                f"{int(numbers['queries_worse'])} worse")
+    scores = f"({inc:.4f} -> {cand:.4f})"
+    if delta <= policy.min_improvement + EPSILON:
+        if delta > EPSILON:
+            why = (f"improved by only {delta:+.4f}, not more than the required "
+                   f"{policy.min_improvement:.4f}")
+        elif delta >= -EPSILON:
+            why = "tied with the incumbent (a tie keeps the incumbent)"
+        else:
+            why = f"is worse than the incumbent by {-delta:.4f}"
+        return keep(f"candidate {metric} {why} {scores}")
+    if policy.alpha < 1.0 and p_value >= policy.alpha:
+        return keep(f"candidate {metric} improved by {delta:+.4f} {scores} but not credibly: "
+                    f"{evidence}; p must be below {policy.alpha}")
+    if guard is not None:
+        guard_delta = guard[0].means[metric] - guard[1].means[metric]
+        numbers.update(guard_delta=guard_delta, guard_queries=float(guard[0].n_queries),
+                       guard_tolerance=policy.guard_tolerance)
+        if guard_delta < -policy.guard_tolerance - EPSILON:
+            return keep(f"candidate {metric} improved by {delta:+.4f} {scores} but regressed "
+                        f"by {-guard_delta:.4f} on the {guard[0].n_queries} guard queries "
+                        f"(tolerance {policy.guard_tolerance})")
+    guard_note = (f"; guard set {numbers['guard_delta']:+.4f} on {guard[0].n_queries} queries"
+                  if guard is not None else "")
+    return Decision(True, f"{metric} improved by {delta:+.4f} {scores}, more than the required "
+                    f"{policy.min_improvement:.4f}, credibly ({evidence}){guard_note}",
                     cand, inc, delta, numbers)

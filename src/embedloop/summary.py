@@ -21,6 +21,7 @@ class RunSummary:
     eval_queries: int = 0
     candidate: dict[str, float] = field(default_factory=dict)
     incumbent: dict[str, float] = field(default_factory=dict)
+    gate: dict[str, float] = field(default_factory=dict)  # every number the decision used
     incumbent_version: str | None = None
     candidate_version: str | None = None
     champion_version: str | None = None
@@ -47,6 +48,13 @@ class RunSummary:
             cand = self.candidate[metric]
             out.append((metric, f"candidate {cand:.4f}  incumbent {inc:.4f}  "
                                 f"({cand - inc:+.4f})"))
+        if "p_value" in self.gate:
+            low, high = self.gate["ci_low"], self.gate["ci_high"]
+            out.append(("significance", f"p={self.gate['p_value']:.3f}, 95% CI of the gain "
+                                        f"[{low:+.4f}, {high:+.4f}]"))
+        if "guard_delta" in self.gate:
+            out.append(("guard set", f"{self.gate['guard_delta']:+.4f} on "
+                                     f"{int(self.gate['guard_queries'])} fixed queries"))
         out += [("decision", self.outcome.upper()), ("why", self.decision_reason)]
         if self.candidate_version:
             out.append(("candidate version", f"v{self.candidate_version}"))

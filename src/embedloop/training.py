@@ -60,7 +60,7 @@ def fine_tune(base_model: str, pairs: pd.DataFrame, output_dir: Path, cfg: Train
         max_steps=cfg.max_steps,
         per_device_train_batch_size=batch_size,
         learning_rate=cfg.learning_rate,
-        warmup_ratio=cfg.warmup_ratio,
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio (transformers v5)
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=precision == "bf16",

@@ -49,11 +49,12 @@ def registry_for(config: Path) -> Registry:
 @pytest.fixture(scope="module")
 def promoted(tmp_path_factory: pytest.TempPathFactory, sim_logs: Path,
              tiny_beir: Path) -> tuple[Path, dict[str, Any]]:
-    """First run on the first week of logs. min_improvement=-1 makes the gate accept any
-    candidate, so this exercises the promotion and re-index path itself (the gate's own
-    decisions are unit-tested, and the tie case below)."""
+    """First run on the first week of logs. min_improvement=-1 and no significance test
+    make the gate accept any candidate, so this exercises the promotion and re-index path
+    itself (the gate's own decisions are unit-tested, and the tie case below)."""
     config = make_home(tmp_path_factory.mktemp("promoted"), sim_logs / "batch-001.jsonl",
-                       tiny_beir / "corpus.jsonl", min_improvement=-1.0)
+                       tiny_beir / "corpus.jsonl", min_improvement=-1.0,
+                       significance_alpha=1.0)
     return config, run(config, reason="first week")
 
 

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from embedloop.evaluation import METRICS, EvalReport
 from embedloop.promotion import PromotionPolicy, should_promote
+from embedloop.significance import bootstrap_ci, randomization_p_value
 
 
 def report(scores: list[float]) -> EvalReport:
@@ -12,7 +14,8 @@ def report(scores: list[float]) -> EvalReport:
     return EvalReport(per_query=pd.DataFrame(rows))
 
 
-POLICY = PromotionPolicy(min_improvement=0.01, min_eval_queries=2)
+# alpha=1.0: significance off, to test the threshold rules on their own
+THRESHOLD_ONLY = PromotionPolicy(min_improvement=0.01, min_eval_queries=2, alpha=1.0)
 
 
 @pytest.mark.parametrize("cand, inc, promote, words", [
@@ -24,13 +27,68 @@ POLICY = PromotionPolicy(min_improvement=0.01, min_eval_queries=2)
     ([0.9], [0.1], False, "only 1 held-out queries"),              # too few to judge
     ([0.9, 0.9], [0.1], False, "not scored on the same queries"),
 ])
-def test_gate(cand: list[float], inc: list[float], promote: bool, words: str) -> None:
-    decision = should_promote(report(cand), report(inc), POLICY)
+def test_threshold_rules(cand: list[float], inc: list[float], promote: bool,
+                         words: str) -> None:
+    decision = should_promote(report(cand), report(inc), THRESHOLD_ONLY)
     assert decision.promote is promote
     assert words in decision.reason
 
 
-def test_decision_records_the_numbers_it_used() -> None:
-    decision = should_promote(report([0.7, 0.5]), report([0.5, 0.5]), POLICY)
-    assert decision.numbers == pytest.approx({"candidate": 0.6, "incumbent": 0.5, "delta": 0.1,
-                                              "min_improvement": 0.01, "eval_queries": 2.0})
+@pytest.mark.parametrize("deltas, expected", [
+    # all 2^n sign patterns, counted by hand: share with mean >= the observed mean
+    ([1.0, 1.0, 1.0], 1 / 8),               # only +++ reaches 1
+    ([0.1, 0.2, -0.05], 2 / 8),             # sums 0.35 (+++) and 0.25 (++-) reach 0.25
+    ([0.3, -0.3], 3 / 4),                   # observed 0: ++, +- and -+ have mean >= 0
+    ([0.0, 0.0], 1.0),                      # no difference at all
+    ([], 1.0),
+])
+def test_randomization_p_value_by_hand(deltas: list[float], expected: float) -> None:
+    assert randomization_p_value(np.array(deltas)) == pytest.approx(expected)
+
+
+def test_randomization_monte_carlo_agrees_with_exact_at_the_boundary() -> None:
+    rng = np.random.default_rng(1)
+    deltas = rng.normal(0.02, 0.1, size=16)
+    exact = randomization_p_value(deltas)
+    sampled = randomization_p_value(np.concatenate([deltas, [0.0]]))  # 17: Monte Carlo
+    assert sampled == pytest.approx(exact, abs=0.02)  # a zero delta changes nothing
+
+
+def test_bootstrap_ci() -> None:
+    assert bootstrap_ci(np.full(10, 0.05)) == pytest.approx((0.05, 0.05))  # no spread
+    low, high = bootstrap_ci(np.array([0.0, 0.1] * 50))
+    assert low < 0.05 < high and high - low < 0.04  # around the mean, shrinking with n
+    assert bootstrap_ci(np.array([0.0, 0.1] * 50)) == (low, high)  # seeded: reproducible
+
+
+def test_gain_that_is_not_credible_keeps_the_incumbent() -> None:
+    # mean +0.05, but one query carries it all: p = 4/8 with n=3 (exact)
+    decision = should_promote(report([0.65, 0.5, 0.5]), report([0.5, 0.5, 0.5]),
+                              PromotionPolicy(min_improvement=0.01, min_eval_queries=2))
+    assert not decision.promote
+    assert "not credibly" in decision.reason
+    assert decision.numbers["p_value"] == pytest.approx(4 / 8)
+
+
+def test_credible_gain_is_promoted_and_records_every_number() -> None:
+    cand = report([0.6] * 8)
+    inc = report([0.5] * 8)
+    decision = should_promote(cand, inc, PromotionPolicy(min_improvement=0.01,
+                                                         min_eval_queries=2))
+    assert decision.promote
+    assert decision.numbers["p_value"] == pytest.approx(1 / 256)
+    assert decision.numbers == pytest.approx({
+        "candidate": 0.6, "incumbent": 0.5, "delta": 0.1, "min_improvement": 0.01,
+        "eval_queries": 8.0, "p_value": 1 / 256, "ci_low": 0.1, "ci_high": 0.1,
+        "alpha": 0.05, "queries_better": 8.0, "queries_worse": 0.0})
+
+
+@pytest.mark.parametrize("guard_cand, promote", [(0.48, True), (0.45, False)])
+def test_guard_set_regression_blocks_promotion(guard_cand: float, promote: bool) -> None:
+    policy = PromotionPolicy(min_improvement=0.01, min_eval_queries=2, guard_tolerance=0.03)
+    guard = (report([guard_cand] * 4), report([0.5] * 4))
+    decision = should_promote(report([0.6] * 8), report([0.5] * 8), policy, guard=guard)
+    assert decision.promote is promote
+    assert decision.numbers["guard_delta"] == pytest.approx(guard_cand - 0.5)
+    if not promote:
+        assert "regressed by 0.0500 on the 4 guard queries" in decision.reason

@@ -1,0 +1,198 @@
+"""The benchmark protocol of ../shared/benchmarks/README.md, end to end.
+
+1. Simulate train-split interaction logs (seed 0, N batches) and a noise-only batch.
+2. Start from the stock model; run the retrain flow once per batch as a nightly
+   deployment would (each run sees only the logs that have arrived so far).
+3. After each run score the champion on the TEST qrels (never trained on):
+   NDCG@10, MRR@10, Recall@100. The base model is scored from its own index (v0001).
+4. Feed the noise-only batch: it must not be promoted.
+5. The ceiling: a bare sentence-transformers MNRL fine-tune on the clean train qrels.
+
+Prints a markdown table (paste it into BENCHMARKS.md with the command) and writes
+results.json under --out. Any BEIR-layout folder works (--beir), any language.
+
+    .venv/bin/python bench/protocol.py --beir ../shared/benchmarks/scifact --out bench/out/scifact
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+for key, value in {"HF_HUB_OFFLINE": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                   "MLFLOW_DISABLE_TELEMETRY": "true", "TOKENIZERS_PARALLELISM": "false"}.items():
+    os.environ.setdefault(key, value)
+
+REPO = Path(__file__).resolve().parents[1]
+SIMULATOR = REPO.parent / "shared" / "benchmarks" / "simulate_clicks.py"
+TEST_METRICS = ("ndcg@10", "mrr@10", "recall@100")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    qrels: dict[str, dict[str, int]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines()[1:]:
+        qid, did, score = line.split("\t")
+        if int(score) > 0:
+            qrels.setdefault(qid, {})[did] = int(score)
+    return qrels
+
+
+def simulate(beir: Path, out: Path, *extra: str) -> dict[str, Any]:
+    subprocess.run([sys.executable, str(SIMULATOR), "--beir", str(beir), "--split", "train",
+                    "--out", str(out), *extra], check=True)
+    return json.loads((out / "manifest.json").read_text())
+
+
+def score_index(model: Any, index: Any, queries: dict[str, str],
+                qrels: dict[str, dict[str, int]], precision: str) -> dict[str, float]:
+    from embedloop.encoding import encode
+    from embedloop.evaluation import evaluate_rankings
+
+    qids = sorted(q for q in qrels if q in queries)
+    vectors = encode(model, [queries[q] for q in qids], precision=precision)
+    hits = index.search(vectors, 100)
+    rankings = {q: [d for d, _ in h] for q, h in zip(qids, hits, strict=True)}
+    means = evaluate_rankings(rankings, {q: qrels[q] for q in qids}).means
+    return {m: means[m] for m in TEST_METRICS}
+
+
+def score_version(settings: Any, version: str, queries: dict[str, str],
+                  qrels: dict[str, dict[str, int]]) -> dict[str, float]:
+    """The test score of a registered version, through the index it built."""
+    from embedloop.encoding import load_model, pick_device
+    from embedloop.index import IndexStore
+    from embedloop.registry import Registry
+
+    registry = Registry(settings.resolved_tracking_uri, settings.model_name,
+                        settings.artifact_root)
+    store = IndexStore(settings.index_dir)
+    index_version = store.latest_for_model(settings.model_name, version)
+    assert index_version is not None, f"v{version} has no index"
+    index = store.load(index_version)
+    model = load_model(registry.local_model_path(version, settings.state_dir / "models"),
+                       pick_device(), settings.max_seq_length)
+    return score_index(model, index, queries, qrels, index.manifest.precision)
+
+
+def ceiling(beir: Path, queries: dict[str, str], test: dict[str, dict[str, int]],
+            work: Path, epochs: float) -> dict[str, Any]:
+    """A bare sentence-transformers fine-tune on the clean train qrels, no pipeline."""
+    import pandas as pd
+
+    from embedloop.config import TrainingConfig, default_base_model
+    from embedloop.encoding import encode, pick_device, resolve_precision
+    from embedloop.index import LoadedIndex, build_faiss_index
+    from embedloop.training import fine_tune
+
+    corpus = read_jsonl(beir / "corpus.jsonl")
+    texts = {d["_id"]: f"{d.get('title', '')} {d.get('text', '')}".strip() for d in corpus}
+    train = read_qrels(beir / "qrels" / "train.tsv")
+    pairs = pd.DataFrame([{"anchor": queries[q], "positive": texts[d]}
+                          for q, docs in sorted(train.items()) if q in queries
+                          for d in sorted(docs) if d in texts])
+    device = pick_device()
+    started = time.perf_counter()
+    result = fine_tune(default_base_model(), pairs, work, TrainingConfig(epochs=epochs),
+                       device=device)
+    train_s = time.perf_counter() - started
+    precision = resolve_precision("auto", device)
+    started = time.perf_counter()
+    vectors = encode(result.model, list(texts.values()), precision=precision,
+                     show_progress=True)
+    encode_s = time.perf_counter() - started
+    index = LoadedIndex(None, build_faiss_index(vectors), list(texts))  # type: ignore[arg-type]
+    scores = score_index(result.model, index, queries, test, precision)
+    return {"pairs": len(pairs), "epochs": epochs, "train_s": train_s, "encode_s": encode_s,
+            **scores}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--beir", type=Path, default=REPO.parent / "shared/benchmarks/scifact")
+    ap.add_argument("--out", type=Path, default=REPO / "bench/out/scifact")
+    ap.add_argument("--batches", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ceiling-epochs", type=float, default=3.0)
+    ap.add_argument("--no-ceiling", action="store_true")
+    ap.add_argument("--config", type=Path, help="an embedloop.toml for the pipeline's settings")
+    args = ap.parse_args()
+
+    from embedloop.config import load_settings
+    from flows.retrain import retrain
+
+    shutil.rmtree(args.out, ignore_errors=True)
+    home, arrived = args.out / "home", args.out / "arrived"
+    arrived.mkdir(parents=True)
+    manifest = simulate(args.beir, args.out / "logs", "--batches", str(args.batches),
+                        "--seed", str(args.seed))
+    # A broken tracker, one week after the last batch; its own seed keeps event ids apart.
+    noise = simulate(args.beir, args.out / "noise", "--batches", "1", "--noise-only",
+                     "--seed", str(args.seed + 1000), "--start", "2026-06-01")
+    queries = {q["_id"]: q["text"] for q in read_jsonl(args.beir / "queries.jsonl")}
+    test = read_qrels(args.beir / "qrels" / "test.tsv")
+    overrides = {"home": str(home), "logs": str(arrived),
+                 "corpus": str(args.beir / "corpus.jsonl")}
+    settings = load_settings(args.config, **overrides)
+
+    cycles: list[dict[str, Any]] = []
+    feeds = [(b["file"], args.out / "logs" / b["file"]) for b in manifest["batches"]]
+    feeds.append(("noise-only", args.out / "noise" / noise["batches"][0]["file"]))
+    for name, path in feeds:
+        shutil.copy(path, arrived / f"{len(cycles) + 1:03d}-{path.name}")
+        started = time.perf_counter()
+        try:
+            summary = retrain(reason=f"benchmark: {name}", trigger="schedule",
+                              config_file=str(args.config) if args.config else None,
+                              overrides=overrides)
+        except Exception as exc:  # a rejected batch is a result, not a crash of the bench
+            summary = {"outcome": "rejected", "decision_reason": str(exc), "stage_seconds": {}}
+        wall = time.perf_counter() - started
+        if not cycles:
+            cycles.append({"batch": "base model", "champion": "1",
+                           **score_version(settings, "1", queries, test)})
+        champion = summary.get("champion_version") or cycles[-1]["champion"]
+        row = {"batch": name, "outcome": summary["outcome"], "champion": champion,
+               "why": summary["decision_reason"], "wall_s": wall,
+               "stages_s": summary["stage_seconds"], "pairs": summary.get("pairs", 0),
+               "heldout": {"candidate": summary.get("candidate", {}),
+                           "incumbent": summary.get("incumbent", {})},
+               **score_version(settings, champion, queries, test)}
+        cycles.append(row)
+        print(json.dumps(row), flush=True)
+
+    results: dict[str, Any] = {"beir": str(args.beir), "cycles": cycles}
+    if not args.no_ceiling:
+        results["ceiling"] = ceiling(args.beir, queries, test, args.out / "ceiling",
+                                     args.ceiling_epochs)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+
+    print("\n| after | decision | champion | NDCG@10 | MRR@10 | Recall@100 | wall s |")
+    print("|---|---|---|---|---|---|---|")
+    for c in cycles:
+        print(f"| {c['batch']} | {c.get('outcome', '-')} | v{c['champion']} | "
+              f"{c['ndcg@10']:.4f} | {c['mrr@10']:.4f} | {c['recall@100']:.4f} | "
+              f"{c.get('wall_s', 0):.0f} |")
+    if "ceiling" in results:
+        c = results["ceiling"]
+        print(f"| ceiling: bare MNRL, clean qrels, {c['epochs']:g} epochs | - | - | "
+              f"{c['ndcg@10']:.4f} | {c['mrr@10']:.4f} | {c['recall@100']:.4f} | "
+              f"{c['train_s'] + c['encode_s']:.0f} |")
+    print("\nstage seconds per cycle:")
+    for c in cycles[1:]:
+        print(f"  {c['batch']}: " + ", ".join(f"{k} {v:.0f}" for k, v in c["stages_s"].items()))
+
+
+if __name__ == "__main__":
+    main()
