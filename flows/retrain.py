@@ -26,7 +26,7 @@ from embedloop.corpus import corpus_fingerprint
 from embedloop.encoding import load_model, pick_device, resolve_precision
 from embedloop.errors import BatchRejected
 from embedloop.index import IndexManifest, IndexStore, LoadedIndex, build_faiss_index
-from embedloop.ledger import load_guard_set, save_guard_set
+from embedloop.ledger import load_accepted_history, load_guard_set, save_guard_set
 from embedloop.lock import exclusive
 from embedloop.logs import discover_log_files
 from embedloop.promotion import PromotionPolicy, should_promote
@@ -127,7 +127,8 @@ def run_retrain(settings: Settings, *, trigger: str, reason: str) -> RunSummary:
         guard_qrels = load_guard_set(settings.state_dir)
         with timed(seconds, "pairs"):
             data = build_pairs_stage(settings, validation.accepted, corpus,
-                                     set(guard_qrels) if guard_qrels else None)
+                                     set(guard_qrels) if guard_qrels else None,
+                                     load_accepted_history(settings.state_dir, ledger))
         summary.pairs, summary.train_queries = len(data.pairs), data.train_queries
         summary.eval_queries = data.eval_queries
 

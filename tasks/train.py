@@ -14,12 +14,20 @@ from tasks._stage import stage
 
 @stage(name="build pairs")
 def build_pairs_stage(settings: Settings, accepted: pd.DataFrame, corpus: pd.DataFrame,
-                      never_train: set[str] | None = None) -> TrainingData:
+                      never_train: set[str] | None = None,
+                      history: pd.DataFrame | None = None) -> TrainingData:
     texts = dict(zip(corpus["doc_id"], document_texts(corpus), strict=True))
     data = build_training_data(accepted, texts, settings.holdout_fraction,
-                               settings.min_holdout_queries, never_train)
-    get_run_logger().info("%d training pairs from %d queries; %d held-out queries",
-                          len(data.pairs), data.train_queries, data.eval_queries)
+                               settings.min_holdout_queries, never_train, history=history,
+                               min_relevance=settings.min_click_relevance,
+                               hard_negatives=settings.hard_negatives,
+                               replay_fraction=settings.replay_fraction,
+                               seed=settings.training.seed)
+    get_run_logger().info(
+        "%d training pairs from %d queries (%d replayed, %d clicks judged noise); %d held-out "
+        "queries; estimated examination by position: %s", len(data.pairs), data.train_queries,
+        data.replayed, data.dropped_as_noise, data.eval_queries,
+        {k: round(v, 3) for k, v in list(data.examination.items())[:10]})
     return data
 
 

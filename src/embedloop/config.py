@@ -55,6 +55,11 @@ class Settings:
     # pairs and held-out evaluation
     holdout_fraction: float = 0.2
     min_holdout_queries: int = 10
+    # Clicks -> pairs, through a position-based click model fitted on all logs so far:
+    # keep a clicked pair only if its debiased relevance is at least this (0 keeps all).
+    min_click_relevance: float = 0.5
+    hard_negatives: bool = True  # one examined-and-skipped document per pair
+    replay_fraction: float = 0.5  # share of earlier batches' pairs trained on again
     # promotion gate
     primary_metric: str = "ndcg@10"
     min_improvement: float = 0.005
@@ -111,6 +116,12 @@ def _coerce(name: str, value: Any, target: Any) -> Any:
     try:
         if kind == "Path":
             return Path(value).expanduser()
+        if kind == "bool":
+            if isinstance(value, str):
+                if value.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError("not a boolean")
+                return value.strip().lower() in ("true", "1", "yes")
+            return bool(value)
         if kind.startswith("int"):
             return int(value)
         if kind.startswith("float"):

@@ -156,7 +156,7 @@ def _malform(row: dict[str, Any], rng: random.Random, earlier: list[str]) -> dic
     return bad
 
 
-def simulate_logs(docs: list[dict[str, str]], *, n_queries: int = 320, sessions: int = 3,
+def simulate_logs(docs: list[dict[str, str]], *, n_queries: int = 640, sessions: int = 3,
                   shown: int = 10, malformed_rate: float = 0.02, seed: int = 0,
                   start: datetime = datetime(2026, 1, 5, tzinfo=UTC),
                   days: int = 7) -> tuple[list[dict[str, Any]], list[str]]:

@@ -85,3 +85,12 @@ def load_guard_set(state_dir: Path) -> dict[str, dict[str, int]] | None:
 def save_guard_set(state_dir: Path, qrels: dict[str, dict[str, int]], batch_id: str) -> None:
     atomic_write_text(state_dir / "guard.json",
                       json.dumps({"batch": batch_id, "qrels": qrels}, indent=1))
+
+
+def load_accepted_history(state_dir: Path, ledger: Ledger) -> pd.DataFrame | None:
+    """Every committed batch's accepted rows: click-model evidence and replay material."""
+    frames = [pd.read_parquet(batch_dir(state_dir, b) / "accepted.parquet")
+              for b in ledger.batches
+              if (batch_dir(state_dir, b) / "accepted.parquet").exists()]
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else None

@@ -51,8 +51,10 @@ def fine_tune(base_model: str, pairs: pd.DataFrame, output_dir: Path, cfg: Train
         raise TrainingFailed(f"need at least 2 training pairs, got {len(pairs)}")
     model = load_model(base_model, device=device, max_seq_length=max_seq_length)
     precision = resolve_precision(cfg.precision, device)
-    dataset = Dataset.from_pandas(pairs[["anchor", "positive"]].reset_index(drop=True),
-                                  preserve_index=False)
+    # (anchor, positive[, negative]): MNRL uses every other positive and negative in the
+    # batch as negatives for each anchor, plus the anchor's own hard negative.
+    columns = [c for c in ("anchor", "positive", "negative") if c in pairs.columns]
+    dataset = Dataset.from_pandas(pairs[columns].reset_index(drop=True), preserve_index=False)
     batch_size = min(cfg.batch_size, len(pairs))
     args = SentenceTransformerTrainingArguments(
         output_dir=str(output_dir / "trainer"),

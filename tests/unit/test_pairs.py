@@ -44,3 +44,53 @@ def test_split_keeps_at_least_half_for_training() -> None:
     frame = pd.DataFrame({"qkey": list("abcd"), "ts": pd.date_range("2026-01-01", periods=4)})
     train, held = split_queries_by_time(frame, holdout_fraction=0.9, min_holdout=10)
     assert held == {"c", "d"} and train == {"a", "b"}
+
+
+def impressions(sessions: list[tuple[str, str, list[str], set[str]]]) -> pd.DataFrame:
+    """(ts, query, shown documents in order, clicked documents) -> log rows."""
+    rows = []
+    for s, (ts, query, shown, clicked) in enumerate(sessions):
+        for position, doc in enumerate(shown, start=1):
+            rows.append({"event_id": f"e{s}-{position}", "ts": pd.Timestamp(ts, tz="UTC"),
+                         "query": query, "doc_id": doc, "position": position,
+                         "clicked": doc in clicked})
+    return pd.DataFrame(rows)
+
+
+def test_click_model_drops_noise_clicks_and_picks_skipped_negatives() -> None:
+    sessions = []
+    for day in range(1, 9):  # the ranker's order varies a little from day to day
+        odd = day % 2
+        sessions.append((f"2026-01-0{day}", "good query",
+                         ["d1", "d2", "d3", "d4"] if odd else ["d2", "d1", "d4", "d3"], {"d2"}))
+        sessions.append((f"2026-01-0{day}", "other query",
+                         ["d3", "d4", "d1", "d2"] if odd else ["d4", "d3", "d2", "d1"],
+                         {"d3", "d4"} if day == 1 else {"d3"}))  # one stray click on d4
+    sessions.append(("2026-01-09", "late query", ["d1", "d2", "d3", "d4"], {"d1"}))
+    accepted = impressions(sessions)
+    texts = {d: f"text {d}" for d in ("d1", "d2", "d3", "d4")}
+    data = build_training_data(accepted, texts, holdout_fraction=0.3, min_holdout=1,
+                               min_relevance=0.5, hard_negatives=True)
+    assert set(zip(data.pairs["anchor"], data.pairs["doc_id"], strict=True)) == {
+        ("good query", "d2"), ("other query", "d3")}
+    assert data.dropped_as_noise == 1  # the stray click on d4
+    negatives = dict(zip(data.pairs["anchor"], data.pairs["negative"], strict=True))
+    # d1 sits at the top half the time and is never clicked: examined and skipped
+    assert negatives["good query"] == "text d1"
+    # the other query's skipped documents sat low (rarely examined: no evidence), so its
+    # negative is random, but never d4 or d3, which users clicked for it
+    assert negatives["other query"] in {"text d1", "text d2"}
+    assert data.examination[1] == 1.0 and data.examination[4] < 1.0
+    assert list(data.eval_qrels) == ["late query"]
+
+
+def test_replay_trains_again_on_part_of_earlier_batches() -> None:
+    shown = ["d1", "d2"]
+    history = impressions([("2026-01-01", f"old {i}", shown, {"d1"}) for i in range(10)])
+    current = impressions([(f"2026-02-0{i + 1}", f"new {i}", shown, {"d2"}) for i in range(4)])
+    data = build_training_data(current, {"d1": "a", "d2": "b"}, holdout_fraction=0.25,
+                               min_holdout=1, history=history, replay_fraction=0.5)
+    assert data.replayed == 5
+    assert sum(a.startswith("old") for a in data.pairs["anchor"]) == 5
+    assert sum(a.startswith("new") for a in data.pairs["anchor"]) == 3
+    assert list(data.eval_qrels) == ["new 3"]
