@@ -59,7 +59,7 @@ class Settings:
     # keep a clicked pair only if its debiased relevance is at least this (0 keeps all).
     min_click_relevance: float = 0.5
     hard_negatives: bool = True  # one examined-and-skipped document per pair
-    replay_fraction: float = 0.5  # share of earlier batches' pairs trained on again
+    replay_fraction: float = 0.25  # share of earlier batches' pairs trained on again
     # promotion gate
     primary_metric: str = "ndcg@10"
     min_improvement: float = 0.005
