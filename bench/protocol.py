@@ -129,10 +129,13 @@ def main() -> None:
     ap.add_argument("--config", type=Path, help="an embedloop.toml for the pipeline's settings")
     args = ap.parse_args()
 
+    shutil.rmtree(args.out, ignore_errors=True)
+    # Its own Prefect database: a run beside the bench (a demo, tests) must not share one.
+    os.environ.setdefault("PREFECT_HOME", str((args.out / "prefect").resolve()))
+
     from embedloop.config import load_settings
     from flows.retrain import retrain
 
-    shutil.rmtree(args.out, ignore_errors=True)
     home, arrived = args.out / "home", args.out / "arrived"
     arrived.mkdir(parents=True)
     manifest = simulate(args.beir, args.out / "logs", "--batches", str(args.batches),
