@@ -126,7 +126,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ceiling-epochs", type=float, default=3.0)
     ap.add_argument("--no-ceiling", action="store_true")
-    ap.add_argument("--config", type=Path, help="an embedloop.toml for the pipeline's settings")
+    ap.add_argument("--config", type=Path, default=REPO / "bench/protocol.toml",
+                    help="the pipeline's settings (default: bench/protocol.toml)")
     args = ap.parse_args()
 
     shutil.rmtree(args.out, ignore_errors=True)
@@ -157,7 +158,7 @@ def main() -> None:
         started = time.perf_counter()
         try:
             summary = retrain(reason=f"benchmark: {name}", trigger="schedule",
-                              config_file=str(args.config) if args.config else None,
+                              config_file=str(args.config),
                               overrides=overrides)
         except Exception as exc:  # a rejected batch is a result, not a crash of the bench
             summary = {"outcome": "rejected", "decision_reason": str(exc), "stage_seconds": {}}
@@ -175,7 +176,8 @@ def main() -> None:
         cycles.append(row)
         print(json.dumps(row), flush=True)
 
-    results: dict[str, Any] = {"beir": str(args.beir), "cycles": cycles}
+    results: dict[str, Any] = {"beir": str(args.beir), "config": args.config.read_text(),
+                               "cycles": cycles}
     if not args.no_ceiling:
         results["ceiling"] = ceiling(args.beir, queries, test, args.out / "ceiling",
                                      args.ceiling_epochs)

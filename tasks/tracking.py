@@ -11,6 +11,7 @@ from typing import Any
 
 from embedloop.config import Settings
 from embedloop.evaluation import EvalReport
+from embedloop.history import champion_history
 from embedloop.promotion import Decision
 from embedloop.registry import Registry
 from embedloop.summary import RunSummary
@@ -132,7 +133,53 @@ def finish_tracking(registry: Registry, run_id: str, summary: RunSummary,
     client.set_tag(run_id, "champion_version", summary.champion_version or "none")
     for stage, seconds in summary.stage_seconds.items():
         client.log_metric(run_id, f"seconds.{stage}", seconds)
+    if summary.outcome in ("promoted", "kept"):
+        log_history_plot(registry, run_id, summary.gate.get("min_improvement", 0.0))
     client.log_dict(run_id, summary.to_json(), "summary.json")
     client.log_text(run_id, summary.to_markdown(), "summary.md")
     client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
+
+
+def log_history_plot(registry: Registry, run_id: str, min_improvement: float) -> None:
+    """The champion across all judged retrains so far, this one included: what each
+    candidate scored against its incumbent, which were promoted, and (comparable from
+    run to run) the champion's score on the fixed guard set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = registry.client.search_runs([registry.experiment_id()], max_results=500,
+                                       order_by=["attributes.start_time ASC"])
+    history = champion_history({"started": r.info.start_time, "tags": r.data.tags,
+                                "metrics": r.data.metrics} for r in runs)
+    if history.empty:
+        return
+    xs = list(range(1, len(history) + 1))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.7 * len(xs) + 3), 4.5))
+    ax.plot(xs, history["champion_after"], color="black", linewidth=1.5,
+            label="champion after the run (held-out)")
+    ax.scatter(xs, history["incumbent"], marker="o", facecolors="none", edgecolors="gray",
+               label="incumbent (held-out)")
+    promoted = history["promoted"]
+    ax.scatter([x for x, p in zip(xs, promoted, strict=True) if p],
+               history["candidate"][promoted], marker="^", color="#2e7d32", s=60,
+               label="candidate, promoted")
+    ax.scatter([x for x, p in zip(xs, promoted, strict=True) if not p],
+               history["candidate"][~promoted], marker="x", color="#c62828", s=60,
+               label="candidate, kept out")
+    if history["guard_champion_after"].notna().any():
+        ax.plot(xs, history["guard_champion_after"], color="#1565c0", linestyle="--",
+                marker=".", label="champion on the guard set (comparable across runs)")
+    for x, row in zip(xs, history.itertuples(), strict=True):
+        champion = row.candidate_version if row.promoted else row.incumbent_version
+        ax.annotate(f"v{champion}", (x, row.champion_after), textcoords="offset points",
+                    xytext=(0, 8), ha="center", fontsize=8)
+    ax.set(xticks=xs, xlabel="retrain run (oldest first)", ylabel="primary metric")
+    ax.set_title(f"champion history: {len(xs)} judged runs\n(promotion needs more than "
+                 f"+{min_improvement:.3f}, credibly, and no guard-set regression)", fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    registry.client.log_figure(run_id, fig, "eval/champion_history.png")
+    plt.close(fig)

@@ -57,6 +57,13 @@ def should_promote(candidate: EvalReport, incumbent: EvalReport, policy: Promoti
     numbers: dict[str, float] = {"candidate": cand, "incumbent": inc, "delta": delta,
                                  "min_improvement": policy.min_improvement,
                                  "eval_queries": float(candidate.n_queries)}
+    guard_delta = 0.0
+    if guard is not None:  # recorded whatever the outcome: the history plot reads it
+        guard_delta = guard[0].means[metric] - guard[1].means[metric]
+        numbers.update(guard_candidate=guard[0].means[metric],
+                       guard_incumbent=guard[1].means[metric], guard_delta=guard_delta,
+                       guard_queries=float(guard[0].n_queries),
+                       guard_tolerance=policy.guard_tolerance)
 
     def keep(why: str) -> Decision:
         return Decision(False, why, cand, inc, delta, numbers)
@@ -90,9 +97,6 @@ def should_promote(candidate: EvalReport, incumbent: EvalReport, policy: Promoti
         return keep(f"candidate {metric} improved by {delta:+.4f} {scores} but not credibly: "
                     f"{evidence}; p must be below {policy.alpha}")
     if guard is not None:
-        guard_delta = guard[0].means[metric] - guard[1].means[metric]
-        numbers.update(guard_delta=guard_delta, guard_queries=float(guard[0].n_queries),
-                       guard_tolerance=policy.guard_tolerance)
         if guard_delta < -policy.guard_tolerance - EPSILON:
             return keep(f"candidate {metric} improved by {delta:+.4f} {scores} but regressed "
                         f"by {-guard_delta:.4f} on the {guard[0].n_queries} guard queries "

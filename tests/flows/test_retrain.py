@@ -84,7 +84,8 @@ def test_first_run_bootstraps_trains_and_promotes(promoted: tuple[Path, dict]) -
         run_data.metrics)
     artifacts = {a.path for d in ("eval", "validation") for a in
                  registry.client.list_artifacts(summary["mlflow_run_id"], d)}
-    assert {"eval/per_query.json", "eval/comparison.png", "validation/report.html",
+    assert {"eval/per_query.json", "eval/comparison.png", "eval/champion_history.png",
+            "validation/report.html",
             "validation/interaction_log.json"} <= artifacts
 
     ledger = load_ledger(settings.state_dir)

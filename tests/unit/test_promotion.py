@@ -92,3 +92,12 @@ def test_guard_set_regression_blocks_promotion(guard_cand: float, promote: bool)
     assert decision.numbers["guard_delta"] == pytest.approx(guard_cand - 0.5)
     if not promote:
         assert "regressed by 0.0500 on the 4 guard queries" in decision.reason
+
+
+def test_guard_scores_are_recorded_even_when_kept_for_another_reason() -> None:
+    policy = PromotionPolicy(min_improvement=0.2, min_eval_queries=2)
+    guard = (report([0.7] * 4), report([0.6] * 4))
+    decision = should_promote(report([0.6] * 8), report([0.5] * 8), policy, guard=guard)
+    assert not decision.promote and "not more than the required 0.2000" in decision.reason
+    assert decision.numbers["guard_candidate"] == pytest.approx(0.7)
+    assert decision.numbers["guard_incumbent"] == pytest.approx(0.6)
