@@ -39,9 +39,10 @@ def write_index_stage(settings: Settings, vectors: np.ndarray, corpus: pd.DataFr
     """A new index version on disk, not live yet."""
     manifest = IndexStore(settings.index_dir).write_version(
         vectors, list(corpus["doc_id"]), model_name=settings.model_name, model_version=version,
-        corpus_fingerprint=corpus_fingerprint(corpus), precision=precision)
-    get_run_logger().info("wrote index %s (%d docs, model v%s)", manifest.version,
-                          manifest.n_docs, version)
+        corpus_fingerprint=corpus_fingerprint(corpus), precision=precision,
+        spec=settings.index_spec(len(corpus)))
+    get_run_logger().info("wrote index %s (%s %s, %d docs, model v%s)", manifest.version,
+                          manifest.kind, manifest.params, manifest.n_docs, version)
     return manifest
 
 

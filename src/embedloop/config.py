@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from embedloop.errors import ConfigError
+from embedloop.index import IndexSpec, choose_index
 
 DEFAULT_MODEL_NAME = "embedloop-minilm"
 
@@ -70,6 +71,19 @@ class Settings:
     max_seq_length: int | None = None  # None keeps the model's own (256 for MiniLM)
     encode_batch_size: int = 64
     encode_precision: str = "auto"
+    # Re-indexing fans out in chunks over a Prefect task runner: "threads" (this
+    # process) or "dask" (a cluster at dask_address; empty starts a local one).
+    encode_chunk_docs: int = 50_000
+    task_runner: str = "threads"
+    encode_workers: int = 1
+    dask_address: str = ""
+    # A stage that runs past its limit fails the run (production unchanged) instead of
+    # hanging the nightly slot.
+    train_timeout_s: int = 6 * 3600
+    encode_timeout_s: int = 4 * 3600  # per chunk
+    # FAISS index type by corpus size: exact below the first, HNSW, then IVF (index.py)
+    index_hnsw_min_docs: int = 100_000
+    index_ivf_min_docs: int = 2_000_000
     training: TrainingConfig = field(default_factory=TrainingConfig)
     tracking_uri: str = ""  # empty: sqlite:///<home>/mlruns/mlflow.db
 
@@ -94,6 +108,9 @@ class Settings:
     @property
     def index_dir(self) -> Path:
         return self.state_dir / "indexes"
+
+    def index_spec(self, n_docs: int) -> IndexSpec:
+        return choose_index(n_docs, self.index_hnsw_min_docs, self.index_ivf_min_docs)
 
     @property
     def resolved_base_model(self) -> str:

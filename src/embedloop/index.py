@@ -16,7 +16,7 @@ import json
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ class IndexManifest:
     precision: str
     kind: str
     created_at: str
+    params: dict[str, int] = field(default_factory=dict)  # how `kind` was built and searched
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,13 +70,58 @@ class LoadedIndex:
                 f"(run `embedloop status`, then `embedloop rollback` or a retrain to realign)")
 
 
-def build_faiss_index(embeddings: np.ndarray) -> Any:
-    """Exact inner-product search over unit vectors (cosine)."""
+@dataclass(frozen=True)
+class IndexSpec:
+    kind: str  # flat-ip | hnsw-ip | ivf-flat-ip
+    params: dict[str, int] = field(default_factory=dict)
+
+
+# Below ~100k documents exact search is fast enough (a 384-d flat scan of 100k vectors is
+# ~40 MB and a few ms per query) and loses nothing; above it HNSW keeps queries in the
+# sub-millisecond range; from a few million, IVF builds far faster and uses less memory.
+HNSW_MIN_DOCS = 100_000
+IVF_MIN_DOCS = 2_000_000
+
+
+def choose_index(n_docs: int, hnsw_min_docs: int = HNSW_MIN_DOCS,
+                 ivf_min_docs: int = IVF_MIN_DOCS) -> IndexSpec:
+    """The FAISS index type for a corpus of `n_docs`, with its build and search parameters."""
+    if n_docs >= ivf_min_docs:
+        nlist = 1 << max(4, round(np.log2(4 * np.sqrt(n_docs))))  # ~4 sqrt(n), a power of 2
+        return IndexSpec("ivf-flat-ip", {"nlist": nlist, "nprobe": max(16, nlist // 64)})
+    if n_docs >= hnsw_min_docs:
+        return IndexSpec("hnsw-ip", {"M": 32, "efConstruction": 200, "efSearch": 128})
+    return IndexSpec("flat-ip")
+
+
+def build_faiss_index(embeddings: np.ndarray, spec: IndexSpec = IndexSpec("flat-ip")) -> Any:
+    """Inner-product search over unit vectors (cosine): exact, HNSW or IVF per `spec`."""
     import faiss
 
-    index = faiss.IndexFlatIP(embeddings.shape[1])
-    index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
+    vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
+    dim = vectors.shape[1]
+    if spec.kind == "flat-ip":
+        index = faiss.IndexFlatIP(dim)
+    elif spec.kind == "hnsw-ip":
+        index = faiss.IndexHNSWFlat(dim, spec.params["M"], faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = spec.params["efConstruction"]
+    elif spec.kind == "ivf-flat-ip":
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, spec.params["nlist"],
+                                   faiss.METRIC_INNER_PRODUCT)
+        index.train(vectors)
+    else:
+        raise ValueError(f"unknown index kind {spec.kind!r}")
+    index.add(vectors)
+    apply_search_params(index, spec)
     return index
+
+
+def apply_search_params(index: Any, spec: IndexSpec) -> None:
+    """Search-time knobs are not all stored in the FAISS file: set them from the manifest."""
+    if spec.kind == "hnsw-ip":
+        index.hnsw.efSearch = spec.params["efSearch"]
+    elif spec.kind == "ivf-flat-ip":
+        index.nprobe = spec.params["nprobe"]
 
 
 class IndexStore:
@@ -110,25 +156,26 @@ class IndexStore:
         return None
 
     def write_version(self, embeddings: np.ndarray, doc_ids: list[str], *, model_name: str,
-                      model_version: str, corpus_fingerprint: str, precision: str
-                      ) -> IndexManifest:
+                      model_version: str, corpus_fingerprint: str, precision: str,
+                      spec: IndexSpec | None = None) -> IndexManifest:
         """Build and store a new version without making it live."""
         import faiss
 
         if len(doc_ids) != len(embeddings):
             raise ValueError(f"{len(doc_ids)} doc ids for {len(embeddings)} vectors")
+        spec = spec or choose_index(len(doc_ids))
         existing = self.versions()
         version = f"v{(int(existing[-1][1:]) + 1) if existing else 1:04d}"
         manifest = IndexManifest(
             version=version, model_name=model_name, model_version=str(model_version),
             dim=int(embeddings.shape[1]), n_docs=len(doc_ids),
-            corpus_fingerprint=corpus_fingerprint, precision=precision, kind="flat-ip",
-            created_at=datetime.now(UTC).isoformat(timespec="seconds"))
+            corpus_fingerprint=corpus_fingerprint, precision=precision, kind=spec.kind,
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"), params=spec.params)
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         staging = self.versions_dir / f".staging-{version}-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
-        faiss.write_index(build_faiss_index(embeddings), str(staging / "index.faiss"))
+        faiss.write_index(build_faiss_index(embeddings, spec), str(staging / "index.faiss"))
         (staging / "doc_ids.json").write_text(json.dumps(doc_ids))
         (staging / "manifest.json").write_text(json.dumps(manifest.to_json(), indent=1))
         for name in ("index.faiss", "doc_ids.json", "manifest.json"):
@@ -160,6 +207,7 @@ class IndexStore:
             doc_ids = json.loads((directory / "doc_ids.json").read_text())
         except (OSError, RuntimeError, ValueError) as exc:
             raise IndexUnavailable(f"index {version} is damaged: {exc}") from None
+        apply_search_params(index, IndexSpec(manifest.kind, manifest.params))
         if index.ntotal != len(doc_ids) or index.ntotal != manifest.n_docs:
             raise IndexUnavailable(f"index {version} is damaged: {index.ntotal} vectors, "
                                    f"{len(doc_ids)} ids, manifest says {manifest.n_docs}")

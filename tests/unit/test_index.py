@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from embedloop.errors import IndexUnavailable
-from embedloop.index import IndexStore
+from embedloop.index import IndexSpec, IndexStore, build_faiss_index, choose_index
 
 
 def unit(rows: list[list[float]]) -> np.ndarray:
@@ -58,3 +58,36 @@ def test_missing_and_damaged_indexes_are_clear_errors(tmp_path: Path) -> None:
         store.load()
     with pytest.raises(IndexUnavailable, match="does not exist"):
         store.set_live("v0099")
+
+
+def test_index_type_follows_corpus_size() -> None:
+    assert choose_index(5_183).kind == "flat-ip"
+    assert choose_index(150_000).kind == "hnsw-ip"
+    big = choose_index(4_000_000)
+    assert big.kind == "ivf-flat-ip" and big.params["nlist"] == 8192  # ~4 sqrt(4M), power of 2
+    assert big.params["nprobe"] == 128
+
+
+@pytest.mark.parametrize("spec", [IndexSpec("hnsw-ip", {"M": 16, "efConstruction": 80,
+                                                        "efSearch": 64}),
+                                  IndexSpec("ivf-flat-ip", {"nlist": 32, "nprobe": 8})])
+def test_approximate_indexes_find_what_exact_search_finds(tmp_path: Path,
+                                                          spec: IndexSpec) -> None:
+    """Built through the store, reloaded from disk with the manifest's search parameters:
+    recall@10 against exact search stays high on clustered 64-d vectors."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(40, 64))
+    docs = centres[rng.integers(0, 40, 4_000)] + 0.3 * rng.normal(size=(4_000, 64))
+    docs = (docs / np.linalg.norm(docs, axis=1, keepdims=True)).astype(np.float32)
+    queries = docs[rng.choice(4_000, 100, replace=False)] + 0.05 * rng.normal(size=(100, 64))
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    store = IndexStore(tmp_path)
+    ids = [f"d{i}" for i in range(len(docs))]
+    version = store.write_version(docs, ids, model_name="m", model_version="1",
+                                  corpus_fingerprint="c", precision="fp32", spec=spec).version
+    loaded = store.load(version)
+    assert (loaded.manifest.kind, loaded.manifest.params) == (spec.kind, spec.params)
+    exact = build_faiss_index(docs).search(queries, 10)[1]
+    approx = loaded.index.search(queries, 10)[1]
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)])
+    assert recall >= 0.9
