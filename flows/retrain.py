@@ -33,6 +33,7 @@ from embedloop.promotion import PromotionPolicy, should_promote
 from embedloop.registry import CHAMPION, Registry
 from embedloop.summary import RunSummary
 from embedloop.validation import quarantine_whole_batch
+from flows.alerts import notify_failure
 from tasks.evaluate import encode_corpus_stage, evaluate_stage
 from tasks.ingest import ingest_logs, load_corpus_stage
 from tasks.publish import (
@@ -43,7 +44,13 @@ from tasks.publish import (
     promote_stage,
     write_index_stage,
 )
-from tasks.tracking import finish_tracking, log_evaluation, log_validation, start_tracking
+from tasks.tracking import (
+    finish_tracking,
+    log_evaluation,
+    log_validation,
+    mlflow_run_link,
+    start_tracking,
+)
 from tasks.train import build_pairs_stage, fine_tune_stage
 from tasks.validate import check_batch_stage, validate_logs_stage
 
@@ -57,7 +64,8 @@ def timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
         seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - started
 
 
-@flow(name="retrain", flow_run_name="retrain-{trigger}")
+@flow(name="retrain", flow_run_name="retrain-{trigger}", on_failure=[notify_failure],
+      on_crashed=[notify_failure])
 def retrain(reason: str, trigger: str = "manual", config_file: str | None = None,
             overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Retrain from the logs that arrived since the last run; promote only on improvement.
@@ -134,10 +142,12 @@ def run_retrain(settings: Settings, *, trigger: str, reason: str) -> RunSummary:
 
         work_dir = settings.state_dir / "work" / batch_id
         with timed(seconds, "train"):
-            tuned = fine_tune_stage(settings, champion.model_path, data.pairs, work_dir, device)
+            tuned = fine_tune_stage.with_options(timeout_seconds=settings.train_timeout_s)(
+                settings, champion.model_path, data.pairs, work_dir, device)
 
         with timed(seconds, "evaluate"):
-            candidate_vectors = encode_corpus_stage(settings, tuned.model, corpus, precision)
+            candidate_vectors = encode_corpus_stage(settings, tuned.model, str(tuned.path),
+                                                    corpus, precision)
             candidate_index = _in_memory_index(settings, "candidate", candidate_vectors, corpus,
                                                precision)
             candidate = evaluate_stage(settings, "candidate", tuned.model, candidate_index,
@@ -199,6 +209,7 @@ def run_retrain(settings: Settings, *, trigger: str, reason: str) -> RunSummary:
         with contextlib.suppress(Exception):
             summary.live_index = IndexStore(settings.index_dir).live_version()
             finish_tracking(registry, run_id, summary, failed=True)
+            _summary_artifact(settings, registry, summary)
         raise
 
 
@@ -206,19 +217,31 @@ def _finish(settings: Settings, registry: Registry, summary: RunSummary) -> RunS
     summary.live_index = IndexStore(settings.index_dir).live_version()
     assert summary.mlflow_run_id is not None
     finish_tracking(registry, summary.mlflow_run_id, summary)
-    create_markdown_artifact(key="retrain-summary", markdown=summary.to_markdown(),
-                             description=f"{summary.outcome}: {summary.decision_reason}"[:500])
+    _summary_artifact(settings, registry, summary)
     return summary
+
+
+def _summary_artifact(settings: Settings, registry: Registry, summary: RunSummary) -> None:
+    """The run's summary in the Prefect UI, failed runs included, linked to MLflow."""
+    assert summary.mlflow_run_id is not None
+    link = mlflow_run_link(settings.resolved_tracking_uri, registry.experiment_id(),
+                           summary.mlflow_run_id)
+    create_markdown_artifact(key="retrain-summary",
+                             markdown=f"{summary.to_markdown()}\n\nMLflow run: {link}\n",
+                             description=f"{summary.outcome}: {summary.decision_reason}"[:500])
 
 
 def _in_memory_index(settings: Settings, version: str, vectors: Any, corpus: pd.DataFrame,
                      precision: str) -> LoadedIndex:
+    """Built like the live index would be, so candidate and incumbent search alike."""
+    spec = settings.index_spec(len(corpus))
     manifest = IndexManifest(version=version, model_name=settings.model_name,
                              model_version=version, dim=int(vectors.shape[1]),
                              n_docs=len(corpus), corpus_fingerprint=corpus_fingerprint(corpus),
-                             precision=precision, kind="flat-ip",
-                             created_at=datetime.now(UTC).isoformat(timespec="seconds"))
-    return LoadedIndex(manifest, build_faiss_index(vectors), list(corpus["doc_id"]))
+                             precision=precision, kind=spec.kind,
+                             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                             params=spec.params)
+    return LoadedIndex(manifest, build_faiss_index(vectors, spec), list(corpus["doc_id"]))
 
 
 def _incumbent_index(settings: Settings, champion: Champion, model: Any, corpus: pd.DataFrame,
@@ -231,7 +254,7 @@ def _incumbent_index(settings: Settings, champion: Champion, model: Any, corpus:
         return live
     summary.notes.append(f"the corpus changed since live index {live.manifest.version} was "
                          f"built; the incumbent was re-encoded for a fair comparison")
-    vectors = encode_corpus_stage(settings, model, corpus, precision)
+    vectors = encode_corpus_stage(settings, model, champion.model_path, corpus, precision)
     return _in_memory_index(settings, "incumbent", vectors, corpus, precision)
 
 
@@ -250,7 +273,8 @@ def ensure_champion(settings: Settings, registry: Registry, corpus: pd.DataFrame
             f"Base model {settings.resolved_base_model}, registered as the first champion."),
             tags={"decision": "bootstrap"})
         cache_local_model(settings, version, Path(settings.resolved_base_model))
-        vectors = encode_corpus_stage(settings, model, corpus, precision)
+        vectors = encode_corpus_stage(settings, model, settings.resolved_base_model, corpus,
+                                      precision)
         manifest = write_index_stage(settings, vectors, corpus, version, precision)
         promote_stage(settings, registry, version, manifest.version)
         registry.client.set_terminated(run_id, "FINISHED")
@@ -258,7 +282,7 @@ def ensure_champion(settings: Settings, registry: Registry, corpus: pd.DataFrame
         get_run_logger().warning("champion v%s has no index: rebuilding it", version)
         path = registry.local_model_path(version, settings.state_dir / "models")
         model = load_model(path, device, settings.max_seq_length)
-        vectors = encode_corpus_stage(settings, model, corpus, precision)
+        vectors = encode_corpus_stage(settings, model, path, corpus, precision)
         manifest = write_index_stage(settings, vectors, corpus, version, precision)
         IndexStore(settings.index_dir).set_live(manifest.version)
     return Champion(version, registry.local_model_path(version, settings.state_dir / "models"))

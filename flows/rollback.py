@@ -12,9 +12,11 @@ from embedloop.errors import IndexUnavailable
 from embedloop.index import IndexStore
 from embedloop.lock import exclusive
 from embedloop.registry import PREVIOUS, Registry
+from flows.alerts import notify_failure
 
 
-@flow(name="rollback", flow_run_name="rollback")
+@flow(name="rollback", flow_run_name="rollback", on_failure=[notify_failure],
+      on_crashed=[notify_failure])
 def rollback(reason: str, config_file: str | None = None,
              overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Move `champion` back to `previous` and make its newest index live.

@@ -70,6 +70,9 @@ def render_validation_html(outcome: SuiteOutcome, validation: LogValidation) -> 
 def log_validation(registry: Registry, run_id: str, validation: LogValidation,
                    batch_outcome: SuiteOutcome) -> None:
     client = registry.client
+    if len(validation.accepted):  # the data window this run learned from
+        client.set_tag(run_id, "data_window_start", str(validation.accepted["ts"].min()))
+        client.set_tag(run_id, "data_window_end", str(validation.accepted["ts"].max()))
     client.log_metric(run_id, "rows_ingested", validation.input_rows)
     client.log_metric(run_id, "rows_accepted", len(validation.accepted))
     client.log_metric(run_id, "rows_quarantined", len(validation.quarantined))
@@ -126,6 +129,10 @@ def log_evaluation(registry: Registry, run_id: str, candidate: EvalReport,
 def finish_tracking(registry: Registry, run_id: str, summary: RunSummary,
                     failed: bool = False) -> None:
     client = registry.client
+    # The run page's description: the decision and why first, then the whole summary.
+    client.set_tag(run_id, "mlflow.note.content",
+                   f"**{summary.outcome.upper()}** ({summary.trigger}: {summary.reason}): "
+                   f"{summary.decision_reason}\n\n{summary.to_markdown()}")
     client.set_tag(run_id, "decision", summary.outcome)
     client.set_tag(run_id, "decision_reason", summary.decision_reason[:5000])
     if summary.candidate_version:
@@ -183,3 +190,11 @@ def log_history_plot(registry: Registry, run_id: str, min_improvement: float) ->
     fig.tight_layout()
     registry.client.log_figure(run_id, fig, "eval/champion_history.png")
     plt.close(fig)
+
+
+def mlflow_run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """Where a reviewer opens the run: the server's page, or the command that serves one."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return (f"`mlflow ui --backend-store-uri {tracking_uri}` then "
+            f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}")

@@ -6,6 +6,7 @@
     embedloop search "text" -k 10      top results from the live index
     embedloop validate PATH            dry run of validation only (nothing is recorded)
     embedloop demo                     make the bundled demo data and retrain on it
+    embedloop serve                    serve the nightly/manual/rollback deployments
 
 Errors print one line and exit non-zero; `--debug` shows the traceback.
 """
@@ -189,6 +190,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.deployments import serve_deployments
+
+    _settings(args)  # a broken config fails now, not at 2 a.m.
+    api = os.environ.get("PREFECT_API_URL")
+    print(f"serving retrain/nightly ({args.cron} {args.timezone}), retrain/manual and "
+          f"rollback/rollback against {api or 'a local Prefect server started for this process'}"
+          f"; Ctrl-C stops serving (the schedule stays)")
+    if not api:
+        print("  for a UI and runs that outlive this process: `prefect server start`, then "
+              "PREFECT_API_URL=http://127.0.0.1:4200/api embedloop serve")
+    # Runs start later, maybe elsewhere: pin the config file by its absolute path.
+    config = Path(args.config) if args.config else Path.cwd() / "embedloop.toml"
+    serve_deployments(str(config.resolve()) if config.exists() else None, _overrides(args),
+                      args.cron, args.timezone)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="an embedloop.toml (default: ./embedloop.toml)")
@@ -231,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="make the bundled demo data (if missing) and retrain on it")
     p.add_argument("--reason", help="why (default: demo)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("serve", parents=[common],
+                       help="serve the nightly, manual and rollback Prefect deployments")
+    p.add_argument("--cron", default="0 2 * * *", help="nightly schedule (default 02:00)")
+    p.add_argument("--timezone", default="UTC")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -45,6 +45,9 @@ class Registry:
 
         self.model_name = model_name
         self.artifact_root = artifact_root
+        # A tracking server stores artifacts where it is configured to (S3, MinIO...);
+        # only a local sqlite store is told to keep them under mlruns/.
+        self.remote = tracking_uri.startswith(("http://", "https://"))
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     # -- experiments and runs ------------------------------------------------
@@ -52,6 +55,8 @@ class Registry:
         found = self.client.get_experiment_by_name(self.model_name)
         if found is not None:
             return found.experiment_id
+        if self.remote:
+            return self.client.create_experiment(self.model_name)
         self.artifact_root.mkdir(parents=True, exist_ok=True)
         return self.client.create_experiment(self.model_name,
                                              artifact_location=self.artifact_root.as_uri())

@@ -16,24 +16,9 @@ from embedloop.index import IndexStore
 from embedloop.ledger import load_ledger
 from embedloop.registry import CHAMPION, PREVIOUS, Registry
 from embedloop.search import search_live
+from tests.helpers import FAST, make_home
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-
-FAST = {"max_seq_length": 96, "encode_batch_size": 64, "min_clicks": 10,
-        "training": {"max_steps": 3, "batch_size": 8, "precision": "fp32"}}
-
-
-def make_home(root: Path, logs: Path | str, corpus: Path, **settings: Any) -> Path:
-    """A deployment's home with its own embedloop.toml, as a team would set one up."""
-    root.mkdir(parents=True, exist_ok=True)
-    merged = {**FAST, **settings}
-    training = merged.pop("training")
-    lines = ["[embedloop]", f'home = "{root}"', f'logs = "{logs}"', f'corpus = "{corpus}"']
-    lines += [f"{k} = {json.dumps(v)}" for k, v in merged.items()]
-    lines += ["[embedloop.training]"] + [f"{k} = {json.dumps(v)}" for k, v in training.items()]
-    (root / "embedloop.toml").write_text("\n".join(lines) + "\n")
-    return root / "embedloop.toml"
-
 
 def run(config: Path, reason: str = "test", trigger: str = "manual") -> dict[str, Any]:
     from flows.retrain import retrain
@@ -171,3 +156,19 @@ def test_mostly_broken_batch_stops_before_training(tmp_path: Path, sim_logs: Pat
     assert len(kept) == len(rows)  # the whole batch is kept, nothing dropped
     failed = registry.recent_runs(1)[0]
     assert failed.info.status == "FAILED" and failed.data.tags["decision"] == "rejected"
+
+
+def test_training_past_its_time_limit_fails_the_run_and_changes_nothing(
+        tmp_path: Path, sim_logs: Path, tiny_beir: Path) -> None:
+    config = make_home(tmp_path / "home", sim_logs / "batch-001.jsonl",
+                       tiny_beir / "corpus.jsonl", train_timeout_s=3,
+                       training={**FAST["training"], "max_steps": 500})
+    with pytest.raises(Exception, match="(?i)timed out|timeout"):
+        run(config)
+    settings = load_settings(config)
+    registry = registry_for(config)
+    assert registry.version_for_alias(CHAMPION) == "1"
+    assert IndexStore(settings.index_dir).live_version() == "v0001"
+    assert load_ledger(settings.state_dir).batches == []  # the rows will be read again
+    failed = registry.recent_runs(1)[0]
+    assert failed.info.status == "FAILED" and failed.data.tags["decision"] == "failed"

@@ -1,0 +1,22 @@
+"""Helpers shared by test modules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+FAST = {"max_seq_length": 96, "encode_batch_size": 64, "min_clicks": 10,
+        "training": {"max_steps": 3, "batch_size": 8, "precision": "fp32"}}
+
+
+def make_home(root: Path, logs: Path | str, corpus: Path, **settings: Any) -> Path:
+    """A deployment's home with its own embedloop.toml, as a team would set one up."""
+    root.mkdir(parents=True, exist_ok=True)
+    merged = {**FAST, **settings}
+    training = merged.pop("training")
+    lines = ["[embedloop]", f'home = "{root}"', f'logs = "{logs}"', f'corpus = "{corpus}"']
+    lines += [f"{k} = {json.dumps(v)}" for k, v in merged.items()]
+    lines += ["[embedloop.training]"] + [f"{k} = {json.dumps(v)}" for k, v in training.items()]
+    (root / "embedloop.toml").write_text("\n".join(lines) + "\n")
+    return root / "embedloop.toml"

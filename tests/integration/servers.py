@@ -1,0 +1,118 @@
+"""Postgres, a Postgres-backed MLflow tracking server and a Postgres-backed Prefect server,
+started from the packages on this machine on loopback: the team setup of
+infra/docker-compose.yml without Docker."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pg_bin(name: str) -> str:
+    found = shutil.which(name) or next(
+        (str(p) for p in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))), None)
+    if found is None:
+        pytest.fail(f"PostgreSQL's {name} not found: install the postgresql package "
+                    f"(.ci/run does) to run the team-setup integration test")
+    return found
+
+
+def wait_for(url: str, process: subprocess.Popen[bytes], what: str, log: Path,
+             timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n"
+                               f"{log.read_text()[-3000:]}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        time.sleep(0.5)
+    raise RuntimeError(f"{what} not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def postgres(databases: tuple[str, ...]) -> Iterator[str]:
+    """A throwaway cluster on a loopback port; yields 'user@127.0.0.1:port'."""
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    data = Path(tempfile.mkdtemp(prefix="embedloop-pg-"))  # not under a root-only dir
+    if as_postgres:
+        shutil.chown(data, "postgres", "postgres")
+    port = free_port()
+    subprocess.run([*as_postgres, pg_bin("initdb"), "-D", str(data / "db"), "-U", "embedloop",
+                    "--auth=trust", "--no-sync"], check=True, capture_output=True)
+    subprocess.run([*as_postgres, pg_bin("pg_ctl"), "-D", str(data / "db"), "-w", "-l",
+                    str(data / "log"), "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
+                    "start"], check=True, capture_output=True)
+    try:
+        for db in databases:
+            subprocess.run([pg_bin("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "embedloop",
+                            "-d", "postgres", "-c", f"CREATE DATABASE {db}"], check=True,
+                           capture_output=True)
+        yield f"embedloop@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_postgres, pg_bin("pg_ctl"), "-D", str(data / "db"), "-m", "fast",
+                        "stop"], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def server(command: list[str], env: dict[str, str], health: str, what: str,
+           log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        wait_for(health, process, what, log)
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, 15)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+
+
+@contextlib.contextmanager
+def mlflow_server(db: str, artifacts: Path, env: dict[str, str], log: Path) -> Iterator[str]:
+    """Yields the tracking URI."""
+    port = free_port()
+    with server([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                 "--backend-store-uri", f"postgresql+psycopg2://{db}/mlflow",
+                 "--artifacts-destination", artifacts.as_uri(), "--serve-artifacts",
+                 "--workers", "1"],
+                env, f"http://127.0.0.1:{port}/health", "MLflow server", log):
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def prefect_server(db: str, home: Path, env: dict[str, str], log: Path) -> Iterator[str]:
+    """Yields PREFECT_API_URL."""
+    port = free_port()
+    env = {**env, "PREFECT_HOME": str(home),
+           "PREFECT_API_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://{db}/prefect"}
+    with server([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+                 str(port)],
+                env, f"http://127.0.0.1:{port}/api/health", "Prefect server", log):
+        yield f"http://127.0.0.1:{port}/api"
