@@ -34,7 +34,10 @@ def _quiet_environment() -> None:
                        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                        "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
                        "TOKENIZERS_PARALLELISM": "false",
-                       "PREFECT_LOGGING_LEVEL": "INFO"}.items():
+                       "PREFECT_LOGGING_LEVEL": "INFO",
+                       # Prefect's 20 s default is too short on a busy 2-core machine:
+                       # a run would fail before it could even say what holds the lock.
+                       "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}.items():
         os.environ.setdefault(key, value)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from embedloop.errors import CorpusInvalid, InputError
+from embedloop.logs import is_missing
 from embedloop.validation import validate_corpus
 
 
@@ -34,7 +35,7 @@ def load_corpus(path: str | Path) -> pd.DataFrame:
         if column not in frame.columns:
             frame[column] = ""
     frame = frame[["doc_id", "title", "text"]].copy()
-    frame["doc_id"] = frame["doc_id"].map(lambda v: None if pd.isna(v) else str(v))
+    frame["doc_id"] = frame["doc_id"].map(lambda v: None if is_missing(v) else str(v))
     outcome = validate_corpus(frame)
     if not outcome.success:
         problems = []

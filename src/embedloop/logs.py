@@ -77,6 +77,11 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def is_missing(value: object) -> bool:
+    """None/NaN/NaT, without pd.isna's element-wise answer for a list or dict value."""
+    return pd.api.types.is_scalar(value) and bool(pd.isna(value))
+
+
 def _fingerprint(path: Path, kind: str, consumed: int) -> str:
     """What must not change under a cursor: the consumed head of an NDJSON file, or a
     CSV file's header line (CSV cursors count rows, not bytes)."""
@@ -125,6 +130,12 @@ def _read_ndjson(path: Path, start: int, first_line: int, column_map: dict[str, 
             continue
         if not isinstance(record, dict):
             rows.append(_row({}, path.name, i, "line is not a JSON object"))
+            continue
+        try:  # JSON may escape a lone surrogate ("\ud800"): no UTF-8 store can hold it
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            rows.append(_row({}, path.name, i, "text is not valid Unicode (a lone surrogate "
+                                               "escape)"))
             continue
         rows.append(_row(_rename(record, column_map), path.name, i, None))
     return rows, consumed, first_line + len(lines), notes

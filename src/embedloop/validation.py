@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from embedloop.logs import LOG_FIELDS, to_typed_frame
+from embedloop.logs import LOG_FIELDS, is_missing, to_typed_frame
 
 EXPECTATIONS_DIR = Path(__file__).resolve().parents[2] / "expectations"
 # Clocks drift; a row stamped a few minutes ahead is not "from the future".
@@ -177,7 +177,7 @@ def _quarantine_frame(raw: pd.DataFrame, rows: list[int],
                       reasons: dict[int, list[tuple[str, str]]]) -> pd.DataFrame:
     bad = rows
     return pd.DataFrame({
-        "event_id": [None if pd.isna(raw.at[i, "event_id"]) else str(raw.at[i, "event_id"])
+        "event_id": [None if is_missing(raw.at[i, "event_id"]) else str(raw.at[i, "event_id"])
                      for i in bad],
         "source": [raw.at[i, "source"] for i in bad],
         "line": [int(raw.at[i, "line"]) for i in bad],

@@ -49,10 +49,12 @@ def test_a_line_still_being_written_waits_for_the_next_run(tmp_path: Path) -> No
 
 def test_unparseable_lines_become_rows_not_silence(tmp_path: Path) -> None:
     log = tmp_path / "a.jsonl"
-    log.write_text(json.dumps(ROW) + "\nnot json at all\n[1, 2]\n\xff\n")
+    surrogate = json.dumps({**ROW, "query": "heart \ud800 attack"})  # escaped in JSON
+    log.write_text(json.dumps(ROW) + "\nnot json at all\n[1, 2]\n\xff\n" + surrogate + "\n")
     frame = read_new_rows([log], {}).frame
-    assert len(frame) == 4
-    assert list(frame["parse_error"].isna()) == [True, False, False, False]
+    assert len(frame) == 5
+    assert list(frame["parse_error"].isna()) == [True, False, False, False, False]
+    assert "not valid Unicode" in frame["parse_error"][4]
 
 
 def test_rewritten_file_is_read_again_and_noted(tmp_path: Path) -> None:

@@ -1,0 +1,99 @@
+"""Property-based: whatever the log lines hold, the reader and the real GX validation
+never raise, and every line ends up accepted or quarantined with a reason."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from embedloop.logs import LOG_FIELDS, read_new_rows
+from embedloop.validation import validate_logs
+
+DOC_IDS = {"d1", "d2", "d3"}
+GOOD = {"event_id": "e", "ts": "2026-03-01T12:00:05Z", "session_id": "s", "query": "heart attack",
+        "doc_id": "d1", "position": 1, "clicked": True, "dwell_ms": 1200}
+ANY_VALUE = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-2**70, max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40),
+    st.sampled_from(["", " ", "\x00", "\x1b[31m", "NaN", "true", "1e309", "2026-13-45T99:00Z",
+                     "9999-12-31T23:59:59Z", "d1 ", "é" * 2000, "-1", "1.5"]),
+    st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(),
+                                                         max_size=2))
+MISSING = object()
+
+
+@st.composite
+def log_line(draw: st.DrawFn, index: int) -> str:
+    """A row of the contract with any of its fields replaced, dropped or added to, or a
+    line that is not a JSON object at all."""
+    kind = draw(st.sampled_from(["row", "row", "row", "garbage", "not-object"]))
+    if kind == "garbage":
+        # (a file holds UTF-8: surrogates reach the reader only as JSON escapes, below)
+        text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=60)
+        return draw(text.filter(
+            lambda t: "\n" not in t and "\r" not in t and t.strip() != ""))
+    if kind == "not-object":
+        return json.dumps(draw(st.one_of(st.lists(st.integers(), max_size=3), st.integers(),
+                                         st.text(max_size=10))))
+    row: dict[str, Any] = {**GOOD, "event_id": f"e{index}", "session_id": f"s{index}"}
+    for field in draw(st.lists(st.sampled_from(LOG_FIELDS), max_size=4, unique=True)):
+        value = draw(st.one_of(st.just(MISSING), ANY_VALUE))
+        if value is MISSING:
+            row.pop(field)
+        else:
+            row[field] = value
+    if draw(st.booleans()):
+        row[draw(st.text(min_size=1, max_size=8))] = draw(ANY_VALUE)  # an extra column
+    return json.dumps(row)
+
+
+def lines_strategy() -> st.SearchStrategy[list[str]]:
+    return st.integers(min_value=1, max_value=25).flatmap(
+        lambda n: st.tuples(*[log_line(i) for i in range(n)]).map(list))
+
+
+def check(path: Path, expected_rows: int) -> None:
+    raw = read_new_rows([path], {}).frame
+    assert len(raw) == expected_rows  # the reader drops nothing
+    result = validate_logs(raw, DOC_IDS, set(), max_query_chars=1000, max_position=1000)
+    assert len(result.accepted) + len(result.quarantined) == expected_rows
+    assert result.input_rows == expected_rows
+    if len(result.quarantined):
+        assert (result.quarantined["reason"].str.len() > 0).all()
+        assert set(result.quarantined["reason_code"]) <= set(result.reason_counts)
+    assert sum(result.reason_counts.values()) == len(result.quarantined)
+
+
+# 30 examples per test in CI; EMBEDLOOP_FUZZ_EXAMPLES=1000 for a deeper search.
+FUZZ = settings(max_examples=int(os.environ.get("EMBEDLOOP_FUZZ_EXAMPLES", "30")), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@FUZZ
+@given(lines=lines_strategy())
+def test_ndjson_lines_of_any_shape(lines: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "logs.jsonl"
+        path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        check(path, len(lines))
+
+
+@FUZZ
+@given(rows=st.lists(st.fixed_dictionaries(
+    {f: st.one_of(st.just(str(GOOD[f])), st.text(max_size=30)) for f in LOG_FIELDS}),
+    min_size=1, max_size=25))
+def test_csv_cells_of_any_text(rows: list[dict[str, str]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "logs.csv"
+        with path.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        check(path, len(rows))
