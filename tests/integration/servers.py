@@ -15,6 +15,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,13 +95,40 @@ def server(command: list[str], env: dict[str, str], health: str, what: str,
             os.killpg(process.pid, 9)
 
 
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "embedloop", "AWS_SECRET_ACCESS_KEY": "embedloop-test",
+                  "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def s3_client(endpoint: str) -> Any:
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+
+
 @contextlib.contextmanager
-def mlflow_server(db: str, artifacts: Path, env: dict[str, str], log: Path) -> Iterator[str]:
-    """Yields the tracking URI."""
+def s3_server(bucket: str, env: dict[str, str], log: Path) -> Iterator[str]:
+    """An S3-compatible server (moto) standing in for MinIO; yields its endpoint URL with
+    `bucket` created."""
     port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    with server([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                {**env, **S3_CREDENTIALS}, f"{endpoint}/moto-api/", "S3 server", log):
+        s3_client(endpoint).create_bucket(Bucket=bucket)
+        yield endpoint
+
+
+@contextlib.contextmanager
+def mlflow_server(db: str, s3_endpoint: str, bucket: str, env: dict[str, str],
+                  log: Path) -> Iterator[str]:
+    """Runs in Postgres, artifacts in S3 behind the server's artifact proxy (as in
+    docker-compose.yml). Yields the tracking URI."""
+    port = free_port()
+    env = {**env, **S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
     with server([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
                  "--backend-store-uri", f"postgresql+psycopg2://{db}/mlflow",
-                 "--artifacts-destination", artifacts.as_uri(), "--serve-artifacts",
+                 "--artifacts-destination", f"s3://{bucket}/artifacts", "--serve-artifacts",
                  "--workers", "1"],
                 env, f"http://127.0.0.1:{port}/health", "MLflow server", log):
         yield f"http://127.0.0.1:{port}"

@@ -18,7 +18,13 @@ from typing import Any
 import pytest
 
 from tests.helpers import make_home
-from tests.integration.servers import mlflow_server, postgres, prefect_server
+from tests.integration.servers import (
+    mlflow_server,
+    postgres,
+    prefect_server,
+    s3_client,
+    s3_server,
+)
 
 BIN = Path(sys.executable).parent
 MODEL = "embedloop-minilm"
@@ -47,7 +53,8 @@ def team(tmp_path_factory: pytest.TempPathFactory, sim_logs: Path,
     env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", MLFLOW_DISABLE_TELEMETRY="true",
                HF_HUB_OFFLINE="1", PREFECT_HOME=str(root / "prefect-client"))
     with (postgres(("mlflow", "prefect")) as db,
-          mlflow_server(db, root / "artifacts", env, root / "mlflow.log") as tracking,
+          s3_server("mlflow", env, root / "s3.log") as s3,
+          mlflow_server(db, s3, "mlflow", env, root / "mlflow.log") as tracking,
           prefect_server(db, root / "prefect-server", env, root / "prefect.log") as api):
         env.update(PREFECT_API_URL=api, EMBEDLOOP_TRACKING_URI=tracking,
                    EMBEDLOOP_ALERT_WEBHOOK=f"http://127.0.0.1:{hook.server_port}/alert")
@@ -59,7 +66,7 @@ def team(tmp_path_factory: pytest.TempPathFactory, sim_logs: Path,
                                    env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         try:
-            yield {"env": env, "tracking": tracking, "api": api, "root": root,
+            yield {"env": env, "tracking": tracking, "api": api, "root": root, "s3": s3,
                    "serve_log": root / "serve.log"}
         finally:
             os.killpg(serving.pid, 15)
@@ -90,9 +97,8 @@ def test_manual_retrain_through_the_served_deployment(team: dict[str, Any]) -> N
     nightly = prefect(team, "deployment", "inspect", "retrain/nightly")
     assert "0 2 * * *" in nightly and "'limit': 1" in nightly.replace('"', "'")
 
-    out = prefect(team, "deployment", "run", "retrain/manual", "--params",
-                  json.dumps({"reason": "integration: first week"}), "--watch",
-                  "--watch-timeout", "800")
+    out = prefect(team, "deployment", "run", "retrain/manual", "-p",  # as in the README
+                  "reason=integration: first week", "--watch", "--watch-timeout", "800")
     assert "rc=0" in out and "Completed" in out, out + team["serve_log"].read_text()[-3000:]
 
     client = MlflowClient(team["tracking"], registry_uri=team["tracking"])
@@ -104,6 +110,12 @@ def test_manual_retrain_through_the_served_deployment(team: dict[str, Any]) -> N
     assert run.data.tags["decision"] == "promoted" and "data_window_start" in run.data.tags
     stored = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
     assert {"eval/per_query.json", "eval/comparison.png", "eval/champion_history.png"} <= stored
+    # ...and they really are in the S3 bucket, model weights included
+    s3 = s3_client(team["s3"])
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="mlflow")
+            for o in page.get("Contents", [])]
+    assert any(k.endswith(f"{run.info.run_id}/artifacts/eval/comparison.png") for k in keys)
+    assert any(k.endswith("model.safetensors") for k in keys)
 
     out = prefect(team, "artifact", "inspect", "retrain-summary", "--output", "json")
     [artifact] = json.loads(out.split("\n", 1)[1])
@@ -129,3 +141,16 @@ def test_a_failed_run_alerts_and_changes_nothing(team: dict[str, Any]) -> None:
     [alert] = Webhook.received
     assert alert["state"] == "Failed" and alert["reason"] == "integration: logs gone"
     assert "/nonexistent/logs" in alert["text"] and f"champion v{before}" in alert["text"]
+
+
+def test_rollback_through_the_served_deployment(team: dict[str, Any]) -> None:
+    from mlflow import MlflowClient
+
+    wait_for_deployments(team)
+    out = prefect(team, "deployment", "run", "rollback/rollback", "-p",
+                  "reason=integration: 3 a.m. rollback", "--watch", "--watch-timeout", "300")
+    assert "rc=0" in out and "Completed" in out, out
+    client = MlflowClient(team["tracking"], registry_uri=team["tracking"])
+    assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
+    live = team["root"] / "home" / ".embedloop" / "indexes" / "live"
+    assert os.readlink(live) == "versions/v0001"
