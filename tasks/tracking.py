@@ -13,7 +13,7 @@ from embedloop.config import Settings
 from embedloop.evaluation import EvalReport
 from embedloop.history import champion_history
 from embedloop.promotion import Decision
-from embedloop.registry import Registry
+from embedloop.registry import Registry, is_tracking_server
 from embedloop.summary import RunSummary
 from embedloop.validation import LogValidation, SuiteOutcome
 
@@ -194,7 +194,7 @@ def log_history_plot(registry: Registry, run_id: str, min_improvement: float) ->
 
 def mlflow_run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     """Where a reviewer opens the run: the server's page, or the command that serves one."""
-    if tracking_uri.startswith(("http://", "https://")):
+    if is_tracking_server(tracking_uri):
         return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
     return (f"`mlflow ui --backend-store-uri {tracking_uri}` then "
             f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}")

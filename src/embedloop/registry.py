@@ -26,6 +26,11 @@ PREVIOUS = "previous"
 MODEL_REQUIREMENTS = ["sentence-transformers", "torch", "transformers"]
 
 
+def is_tracking_server(tracking_uri: str) -> bool:
+    """An MLflow server (it decides where artifacts go), not a local sqlite store."""
+    return tracking_uri.startswith(("http://", "https://"))
+
+
 def configure_mlflow(tracking_uri: str) -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import logging
@@ -47,7 +52,7 @@ class Registry:
         self.artifact_root = artifact_root
         # A tracking server stores artifacts where it is configured to (S3, MinIO...);
         # only a local sqlite store is told to keep them under mlruns/.
-        self.remote = tracking_uri.startswith(("http://", "https://"))
+        self.remote = is_tracking_server(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     # -- experiments and runs ------------------------------------------------
