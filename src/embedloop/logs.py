@@ -16,6 +16,7 @@ import glob
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -237,6 +238,10 @@ def _as_text(value: Any) -> tuple[str | None, str | None]:
     return None, f"not a string ({type(value).__name__})"
 
 
+# str.isdigit() accepts "²" and other digits int() refuses: only ASCII counts here.
+ASCII_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
 def _as_position(value: Any) -> tuple[float | None, str | None]:
     if _missing(value):
         return None, None
@@ -246,7 +251,7 @@ def _as_position(value: Any) -> tuple[float | None, str | None]:
         return float(value), None
     if isinstance(value, float) and value.is_integer():
         return value, None
-    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+    if isinstance(value, str) and ASCII_INTEGER.fullmatch(value.strip()):
         return float(int(value)), None
     return None, f"not an integer ({_short(value)})"
 

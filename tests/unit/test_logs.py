@@ -93,6 +93,7 @@ def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize("field, value, problem", [
     ("position", "first", "position: not an integer ('first')"),
     ("position", True, "position: not an integer (bool)"),
+    ("position", "²", "position: not an integer ('²')"),  # isdigit() says yes; int() no
     ("clicked", "maybe", "clicked: not a boolean ('maybe')"),
     ("ts", "not a timestamp", "ts: not an ISO-8601 timestamp ('not a timestamp')"),
     ("ts", 12345, "ts: not a timestamp (int)"),
