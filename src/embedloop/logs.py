@@ -17,11 +17,12 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from embedloop.errors import InputError
@@ -32,6 +33,7 @@ REQUIRED_FIELDS = ("event_id", "ts", "session_id", "query", "doc_id", "position"
 FORMATS = {".jsonl": "ndjson", ".ndjson": "ndjson", ".csv": "csv",
            ".parquet": "parquet", ".pq": "parquet"}
 HEAD_BYTES = 4096
+FRAME_COLUMNS = [*LOG_FIELDS, "source", "line", "parse_error"]
 
 
 @dataclass(frozen=True)
@@ -92,75 +94,106 @@ def _fingerprint(path: Path, kind: str, consumed: int) -> str:
         return _sha256(f.read(min(consumed, HEAD_BYTES)))
 
 
-def _rename(record: dict[str, Any], column_map: dict[str, str]) -> dict[str, Any]:
-    if not column_map:
-        return record
-    return {column_map.get(k, k): v for k, v in record.items()}
+def _field_values(records: list[dict[str, Any]], name: str,
+                  column_map: dict[str, str]) -> list[Any]:
+    """One field of every record, column-wise (as fast as a frame from 1M dicts is not)."""
+    renamed_from = [k for k, v in column_map.items() if v == name]
+    own = name if name not in column_map else None  # a field renamed away is not itself
+    if not renamed_from:
+        return [r.get(own) for r in records] if own else [None] * len(records)
+    src = renamed_from[0]
+    return [r[src] if src in r else (r.get(own) if own else None) for r in records]
 
 
-def _row(record: dict[str, Any], source: str, line: int, error: str | None) -> dict[str, Any]:
-    row = {f: record.get(f) for f in LOG_FIELDS}
-    row.update(source=source, line=line, parse_error=error)
-    return row
+def _frame(records: list[dict[str, Any]], column_map: dict[str, str], source: str,
+           lines: list[int], errors: list[str | None]) -> pd.DataFrame:
+    columns: dict[str, list[Any]] = {f: _field_values(records, f, column_map)
+                                     for f in LOG_FIELDS}
+    columns.update(source=[source] * len(records), line=lines, parse_error=errors)
+    return pd.DataFrame(columns, columns=FRAME_COLUMNS, dtype=object)
+
+
+def _lone_surrogate(record: dict[str, Any]) -> bool:
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
 
 
 def _read_ndjson(path: Path, start: int, first_line: int, column_map: dict[str, str]
-                 ) -> tuple[list[dict[str, Any]], int, int, list[str]]:
+                 ) -> tuple[pd.DataFrame, int, int, list[str]]:
     with path.open("rb") as f:
         f.seek(start)
         data = f.read()
-    lines = data.split(b"\n")
-    tail = lines.pop()  # bytes after the last newline: a line still being written, or b""
+    raw_lines = data.split(b"\n")
+    tail = raw_lines.pop()  # bytes after the last newline: a line still being written, or b""
     notes: list[str] = []
     consumed = start + len(data) - len(tail)
     if tail.strip():
         try:
             json.loads(tail)
-            lines.append(tail)  # a complete last line that just lacks its newline
+            raw_lines.append(tail)  # a complete last line that just lacks its newline
             consumed += len(tail)
         except ValueError:
             notes.append(f"{path.name}: last line is incomplete; it will be read next run")
-    rows = []
-    for i, raw in enumerate(lines, start=first_line + 1):
-        if not raw.strip():
-            continue
+    records: list[dict[str, Any]] = []
+    lines: list[int] = []
+    errors: list[str | None] = []
+    loads = json.loads
+    for i, raw in enumerate(raw_lines, start=first_line + 1):
         try:
-            record = json.loads(raw.decode("utf-8"))
+            record = loads(raw)
         except (UnicodeDecodeError, ValueError) as exc:
-            rows.append(_row({}, path.name, i, f"not valid JSON ({type(exc).__name__})"))
-            continue
-        if not isinstance(record, dict):
-            rows.append(_row({}, path.name, i, "line is not a JSON object"))
-            continue
-        try:  # JSON may escape a lone surrogate ("\ud800"): no UTF-8 store can hold it
-            json.dumps(record, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            rows.append(_row({}, path.name, i, "text is not valid Unicode (a lone surrogate "
-                                               "escape)"))
-            continue
-        rows.append(_row(_rename(record, column_map), path.name, i, None))
-    return rows, consumed, first_line + len(lines), notes
+            if not raw.strip():
+                continue
+            record, error = {}, f"not valid JSON ({type(exc).__name__})"
+        else:
+            if type(record) is not dict:
+                record, error = {}, "line is not a JSON object"
+            # JSON may escape a lone surrogate ("\ud800"): no UTF-8 store can hold it.
+            elif b"\\u" in raw and _lone_surrogate(record):
+                record, error = {}, "text is not valid Unicode (a lone surrogate escape)"
+            else:
+                error = None
+        records.append(record)
+        lines.append(i)
+        errors.append(error)
+    frame = _frame(records, column_map, path.name, lines, errors)
+    return frame, consumed, first_line + len(raw_lines), notes
 
 
 def _read_csv(path: Path, skip_rows: int, column_map: dict[str, str]
-              ) -> tuple[list[dict[str, Any]], int]:
+              ) -> tuple[pd.DataFrame, int]:
     try:
         frame = pd.read_csv(path, dtype=object, keep_default_na=False, na_values=[""],
                             skiprows=range(1, skip_rows + 1), on_bad_lines="error")
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise InputError(f"{path.name}: not a readable CSV file ({exc})") from None
-    records = frame.rename(columns=column_map).to_dict("records")
-    rows = [_row(r, path.name, skip_rows + i, None) for i, r in enumerate(records, start=1)]
-    return rows, skip_rows + len(records)
+    return _columns_frame(frame, column_map, path.name, skip_rows), skip_rows + len(frame)
 
 
-def _read_parquet(path: Path, column_map: dict[str, str]) -> list[dict[str, Any]]:
+def _read_parquet(path: Path, column_map: dict[str, str]) -> pd.DataFrame:
     try:
         frame = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several unrelated types for a bad file
         raise InputError(f"{path.name}: not a readable Parquet file ({exc})") from None
-    records = frame.rename(columns=column_map).astype(object).to_dict("records")
-    return [_row(r, path.name, i, None) for i, r in enumerate(records, start=1)]
+    return _columns_frame(frame, column_map, path.name, 0)
+
+
+def _columns_frame(frame: pd.DataFrame, column_map: dict[str, str], source: str,
+                   first_line: int) -> pd.DataFrame:
+    """A tabular file's columns as raw rows; a missing column is all nulls."""
+    frame = frame.rename(columns=column_map)
+    frame = frame.loc[:, ~frame.columns.duplicated(keep="last")]
+    out = pd.DataFrame(index=pd.RangeIndex(len(frame)), columns=FRAME_COLUMNS, dtype=object)
+    for name in LOG_FIELDS:
+        if name in frame.columns:
+            column = frame[name].astype(object)
+            out[name] = column.where(column.notna(), None).to_numpy()
+    out["source"] = source
+    out["line"] = range(first_line + 1, first_line + len(frame) + 1)
+    return out.astype(object)
 
 
 def read_new_rows(files: list[Path], cursors: dict[str, Cursor],
@@ -168,7 +201,7 @@ def read_new_rows(files: list[Path], cursors: dict[str, Cursor],
     """Read what earlier runs have not consumed. Pure with respect to the ledger:
     it returns updated cursors and the caller commits them when the run ends."""
     column_map = column_map or {}
-    rows: list[dict[str, Any]] = []
+    frames: list[pd.DataFrame] = []
     updated: dict[str, Cursor] = {}
     notes: list[str] = []
     for path in files:
@@ -184,7 +217,7 @@ def read_new_rows(files: list[Path], cursors: dict[str, Cursor],
                 notes.append(f"{path.name}: Parquet file changed since it was read; reading it "
                              f"again (already-seen event ids are quarantined as duplicates)")
             parquet_rows = _read_parquet(path, column_map)
-            rows.extend(parquet_rows)
+            frames.append(parquet_rows)
             updated[key] = Cursor(kind, 1, fingerprint, len(parquet_rows))
             continue
         start = cursor.consumed if cursor else 0
@@ -205,9 +238,11 @@ def read_new_rows(files: list[Path], cursors: dict[str, Cursor],
             lines = consumed
         if consumed == start:
             continue
-        rows.extend(new_rows)
+        frames.append(new_rows)
         updated[key] = Cursor(kind, consumed, _fingerprint(path, kind, consumed), lines)
-    frame = pd.DataFrame(rows, columns=[*LOG_FIELDS, "source", "line", "parse_error"])
+    frames = [f for f in frames if len(f)]
+    frame = (pd.concat(frames, ignore_index=True) if frames
+             else pd.DataFrame(columns=FRAME_COLUMNS))
     return NewRows(frame=frame.astype(object), cursors=updated, notes=notes)
 
 
@@ -248,11 +283,11 @@ def _as_position(value: Any) -> tuple[float | None, str | None]:
     if isinstance(value, bool):
         return None, "not an integer (bool)"
     if isinstance(value, int):
-        return float(value), None
+        return _to_float(value), None
     if isinstance(value, float) and value.is_integer():
         return value, None
     if isinstance(value, str) and ASCII_INTEGER.fullmatch(value.strip()):
-        return float(int(value)), None
+        return float(value), None  # not int(): it refuses more than 4300 digits
     return None, f"not an integer ({_short(value)})"
 
 
@@ -278,7 +313,7 @@ def _as_number(value: Any) -> tuple[float | None, str | None]:
     if isinstance(value, bool):
         return None, "not a number (bool)"
     if isinstance(value, int | float):
-        return float(value), None
+        return _to_float(value), None
     if isinstance(value, str):
         try:
             return float(value), None
@@ -292,65 +327,127 @@ def _short(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _parse_timestamps(values: pd.Series) -> tuple[pd.Series, list[str | None]]:
+def _parse_timestamps(values: pd.Series) -> tuple[pd.Series, dict[int, str]]:
     """ISO-8601 strings or datetimes -> UTC timestamps; naive times are taken as UTC."""
-    errors: list[str | None] = []
-    cleaned: list[Any] = []
-    for value in values:
-        if _missing(value):
-            cleaned.append(None)
-            errors.append(None)
-        elif isinstance(value, str | pd.Timestamp) or hasattr(value, "isoformat"):
-            cleaned.append(value)
-            errors.append(None)
-        else:
-            cleaned.append(None)
-            errors.append(f"not a timestamp ({type(value).__name__})")
-    parsed = pd.to_datetime(pd.Series(cleaned, index=values.index, dtype=object),
-                            utc=True, format="ISO8601", errors="coerce")
-    for i, (value, stamp) in enumerate(zip(cleaned, parsed, strict=True)):
-        if value is not None and pd.isna(stamp):
-            errors[i] = f"not an ISO-8601 timestamp ({_short(value)})"
+    types = values.map(type)
+    usable = types.isin((str, pd.Timestamp))
+    errors: dict[int, str] = {}
+    for i in np.flatnonzero(~usable.to_numpy() & values.notna().to_numpy()):
+        if not hasattr(values.iat[i], "isoformat"):  # datetime.datetime, datetime.date
+            errors[int(i)] = f"not a timestamp ({type(values.iat[i]).__name__})"
+    cleaned = values.where(values.notna(), None).astype(object)
+    if errors:
+        cleaned.iloc[list(errors)] = None
+    parsed = pd.to_datetime(cleaned, utc=True, format="ISO8601", errors="coerce")
+    for i in np.flatnonzero(parsed.isna().to_numpy() & cleaned.notna().to_numpy()):
+        errors[int(i)] = f"not an ISO-8601 timestamp ({_short(cleaned.iat[i])})"
     return parsed, errors
 
 
-_CONVERTERS = {"event_id": _as_id, "session_id": _as_id, "doc_id": _as_id, "query": _as_text,
-               "position": _as_position, "clicked": _as_clicked, "dwell_ms": _as_number}
+Converter = Callable[[Any], tuple[Any, str | None]]
+
+
+def _typed_column(raw: pd.Series, convert: Converter, fast_types: tuple[type, ...] = (),
+                  cast: Callable[[pd.Series], Any] = lambda s: s.to_numpy(),
+                  from_text: Callable[[pd.Series], tuple[pd.Series, pd.Series]] | None = None,
+                  ) -> tuple[np.ndarray, dict[int, str]]:
+    """`convert` applied to every value, with the common cases done column-wise: values of
+    `fast_types` go through `cast`, strings through `from_text` (values, parsed-ok mask).
+    Everything else, and every string `from_text` could not parse, goes to `convert`,
+    which is the definition of what a value means."""
+    out = np.full(len(raw), None, dtype=object)
+    types = raw.map(type).to_numpy()
+    pending = raw.notna().to_numpy().copy()
+    fast = np.isin(types, fast_types) & pending if fast_types else np.zeros(len(raw), bool)
+    if fast.any():
+        out[fast] = cast(raw[fast])
+        pending &= ~fast
+    if from_text is not None:
+        text = np.isin(types, (str,)) & pending
+        if text.any():
+            values, ok = from_text(raw[text].astype(str))
+            ok = ok.to_numpy(dtype=bool)
+            rows = np.flatnonzero(text)[ok]
+            out[rows] = values.to_numpy()[ok]
+            pending[rows] = False
+    errors: dict[int, str] = {}
+    for i in np.flatnonzero(pending):
+        out[i], problem = convert(raw.iat[i])
+        if problem:
+            errors[int(i)] = problem
+    return out, errors
+
+
+def _floats(values: pd.Series) -> np.ndarray:
+    """Python ints/floats -> float64; an int too large for a float becomes inf (and then
+    fails the range checks) instead of raising OverflowError."""
+    try:
+        return values.to_numpy(dtype=np.float64)
+    except OverflowError:
+        return np.array([_to_float(v) for v in values], dtype=np.float64)
+
+
+def _to_float(value: int | float) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def _position_text(text: pd.Series) -> tuple[pd.Series, pd.Series]:
+    ok = text.str.fullmatch(r"\s*[+-]?[0-9]+\s*", flags=re.ASCII)
+    return text.where(ok, "nan").astype(float), ok
+
+
+def _clicked_text(text: pd.Series) -> tuple[pd.Series, pd.Series]:
+    word = text.str.strip().str.lower()
+    return word.isin(_TRUE).astype(object), word.isin(_TRUE | _FALSE)
+
+
+def _number_text(text: pd.Series) -> tuple[pd.Series, pd.Series]:
+    values = pd.to_numeric(text, errors="coerce")
+    return values, values.notna()
 
 
 def to_typed_frame(raw: pd.DataFrame) -> pd.DataFrame:
     """Raw rows -> typed columns, plus `type_errors` (None, or '; '-joined messages) and
     `bad_fields` (the fields named there; 'row' when the line was not a JSON object)."""
-    index = raw.index
-    errors: list[list[tuple[str, str]]] = [[] for _ in range(len(raw))]
-    out: dict[str, Any] = {}
-    for name, convert in _CONVERTERS.items():
-        values, problems = [], []
-        for value in raw[name]:
-            typed, problem = convert(value)
-            values.append(typed)
-            problems.append(problem)
-        out[name] = values
-        for i, problem in enumerate(problems):
-            if problem:
-                errors[i].append((name, problem))
-    ts, ts_errors = _parse_timestamps(raw["ts"])
-    for i, problem in enumerate(ts_errors):
-        if problem:
-            errors[i].append(("ts", problem))
+    columns = {
+        "event_id": _typed_column(raw["event_id"], _as_id, (str,)),
+        "session_id": _typed_column(raw["session_id"], _as_id, (str,)),
+        "doc_id": _typed_column(raw["doc_id"], _as_id, (str,)),
+        "query": _typed_column(raw["query"], _as_text, (str,)),
+        "position": _typed_column(raw["position"], _as_position, (int,), _floats,
+                                  _position_text),
+        "clicked": _typed_column(raw["clicked"], _as_clicked, (bool,), from_text=_clicked_text),
+        "dwell_ms": _typed_column(raw["dwell_ms"], _as_number, (int, float), _floats,
+                                  _number_text),
+    }
+    ts, ts_errors = _parse_timestamps(raw["ts"].reset_index(drop=True))
+    problems: dict[int, list[tuple[str, str]]] = {}
     for i, parse_error in enumerate(raw["parse_error"]):
         if isinstance(parse_error, str):
-            errors[i].insert(0, ("row", parse_error))
+            problems[i] = [("row", parse_error)]
+    for name, (_, errors) in columns.items():
+        if name == "position":  # keep the contract's field order in messages
+            for i, problem in ts_errors.items():
+                problems.setdefault(i, []).append(("ts", problem))
+        for i, problem in errors.items():
+            problems.setdefault(i, []).append((name, problem))
 
-    typed = pd.DataFrame(out, index=index)
-    typed = typed.astype({"event_id": object, "session_id": object, "doc_id": object,
-                          "query": object, "clicked": object})
+    typed = pd.DataFrame({name: values for name, (values, _) in columns.items()},
+                         index=raw.index, dtype=object)
     typed["position"] = pd.to_numeric(typed["position"], errors="coerce").astype("float64")
     typed["dwell_ms"] = pd.to_numeric(typed["dwell_ms"], errors="coerce").astype("float64")
-    typed["ts"] = ts
-    typed["ts_epoch"] = (ts - pd.Timestamp("1970-01-01", tz="UTC")).dt.total_seconds()
-    typed["type_errors"] = ["; ".join(f"{f}: {m}" for f, m in e) if e else None for e in errors]
-    typed["bad_fields"] = [frozenset(f for f, _ in e) for e in errors]
+    typed["ts"] = pd.Series(ts.array, index=raw.index)
+    typed["ts_epoch"] = (ts - pd.Timestamp("1970-01-01", tz="UTC")).dt.total_seconds().to_numpy()
+    type_errors = np.full(len(raw), None, dtype=object)
+    bad_fields = np.full(len(raw), frozenset(), dtype=object)
+    for i, found in problems.items():
+        type_errors[i] = "; ".join(f"{f}: {m}" for f, m in found)
+        bad_fields[i] = frozenset(f for f, _ in found)
+    typed["type_errors"] = pd.Series(type_errors, index=raw.index, dtype=object)
+    typed["bad_fields"] = pd.Series(bad_fields, index=raw.index, dtype=object)
     typed["source"] = raw["source"].to_numpy()
     typed["line"] = raw["line"].to_numpy()
     return typed

@@ -10,9 +10,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from embedloop import logs
 from embedloop.logs import LOG_FIELDS, read_new_rows
 from embedloop.validation import validate_logs
 
@@ -99,3 +101,30 @@ def test_csv_cells_of_any_text(rows: list[dict[str, str]]) -> None:
             writer.writeheader()
             writer.writerows(rows)
         check(path, len(rows))
+
+
+CONVERTERS = {"event_id": logs._as_id, "query": logs._as_text, "position": logs._as_position,
+              "clicked": logs._as_clicked, "dwell_ms": logs._as_number}
+
+
+@FUZZ
+@given(values=st.lists(ANY_VALUE, min_size=1, max_size=30))
+def test_column_wise_typing_equals_the_per_value_definition(values: list[Any]) -> None:
+    """to_typed_frame converts whole columns at once for speed; each value must come out
+    exactly as its scalar converter (the definition) says."""
+    raw = pd.DataFrame({f: [GOOD[f]] * len(values) for f in LOG_FIELDS}, dtype=object)
+    raw["source"], raw["line"], raw["parse_error"] = "x", range(1, len(values) + 1), None
+    for field, convert in CONVERTERS.items():
+        frame = raw.copy()
+        frame[field] = pd.Series(values, dtype=object)
+        typed = logs.to_typed_frame(frame)
+        for i, value in enumerate(values):
+            want, problem = convert(value)
+            got = typed.at[i, field]
+            if want is None or (isinstance(want, float) and want != want):
+                assert pd.isna(got), (field, value, got)
+            else:
+                assert got == want, (field, value, got, want)
+            errors = typed.at[i, "type_errors"]
+            assert (errors == f"{field}: {problem}") if problem else errors is None, (
+                field, value, errors, problem)

@@ -110,6 +110,9 @@ def test_wrong_types_are_named(field: str, value: object, problem: str) -> None:
 
 @pytest.mark.parametrize("field, value, typed_value", [
     ("position", "3", 3.0), ("position", 3.0, 3.0), ("clicked", "false", False),
+    # too large for a float: out of range (the range checks quarantine it), not a crash
+    ("position", 10**400, float("inf")), ("position", "9" * 5000, float("inf")),
+    ("dwell_ms", -(10**400), float("-inf")),
     ("clicked", 1, True), ("doc_id", 17, "17"), ("dwell_ms", None, None),
 ])
 def test_lenient_but_exact_coercions(field: str, value: object, typed_value: object) -> None:
