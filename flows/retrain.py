@@ -25,6 +25,7 @@ from embedloop.config import Settings, load_settings
 from embedloop.corpus import corpus_fingerprint
 from embedloop.encoding import load_model, pick_device, resolve_precision
 from embedloop.errors import BatchRejected
+from embedloop.faults import crash_point
 from embedloop.index import IndexManifest, IndexStore, LoadedIndex, build_faiss_index
 from embedloop.ledger import load_accepted_history, load_guard_set, save_guard_set
 from embedloop.lock import exclusive
@@ -96,12 +97,14 @@ def run_retrain(settings: Settings, *, trigger: str, reason: str) -> RunSummary:
     with timed(seconds, "bootstrap"):
         champion = ensure_champion(settings, registry, corpus, device, precision)
     summary.incumbent_version = summary.champion_version = champion.version
+    summary.notes += registry.repairs
     run_id = start_tracking(registry, settings, trigger, reason, champion.version,
                             str(flow_run.id) if flow_run.id else None)
     summary.mlflow_run_id = run_id
     try:
         with timed(seconds, "ingest"):
             new, ledger = ingest_logs(settings)
+        crash_point("ingest")
         summary.notes += new.notes
         summary.rows_ingested = len(new.frame)
         if new.frame.empty:
@@ -114,6 +117,7 @@ def run_retrain(settings: Settings, *, trigger: str, reason: str) -> RunSummary:
         with timed(seconds, "validate"):
             validation = validate_logs_stage(settings, new.frame, corpus, ledger)
             verdict = check_batch_stage(settings, validation)
+        crash_point("validate")
         log_validation(registry, run_id, validation, verdict.outcome)
         summary.rows_accepted = len(validation.accepted)
         summary.rows_quarantined = len(validation.quarantined)
@@ -150,6 +154,7 @@ def run_retrain(settings: Settings, *, trigger: str, reason: str) -> RunSummary:
                                                     corpus, precision)
             candidate_index = _in_memory_index(settings, "candidate", candidate_vectors, corpus,
                                                precision)
+            crash_point("evaluate")
             candidate = evaluate_stage(settings, "candidate", tuned.model, candidate_index,
                                        data.eval_qrels, precision)
             incumbent_model = load_model(champion.model_path, device, settings.max_seq_length)
@@ -183,6 +188,7 @@ def run_retrain(settings: Settings, *, trigger: str, reason: str) -> RunSummary:
                 tags={"decision": "promoted" if decision.promote else "not promoted",
                       "parent_version": champion.version, "batch": batch_id,
                       settings.primary_metric.replace("@", "_at_"): f"{decision.candidate:.4f}"})
+            crash_point("register")  # a registered version that is no one's champion
             cache_local_model(settings, version, tuned.path)
         summary.candidate_version = version
 
@@ -190,6 +196,7 @@ def run_retrain(settings: Settings, *, trigger: str, reason: str) -> RunSummary:
             with timed(seconds, "publish"):
                 manifest = write_index_stage(settings, candidate_vectors, corpus, version,
                                              precision)
+                crash_point("publish")  # a new index version on disk, not live
                 promote_stage(settings, registry, version, manifest.version)
             summary.champion_version = version
 

@@ -10,10 +10,11 @@ from prefect import get_run_logger
 
 from embedloop.config import Settings
 from embedloop.corpus import corpus_fingerprint
+from embedloop.faults import crash_point
 from embedloop.index import IndexManifest, IndexStore
 from embedloop.ledger import Ledger, commit_ledger, save_batch
 from embedloop.logs import Cursor
-from embedloop.registry import CHAMPION, Registry
+from embedloop.registry import CHAMPION, SEAL, Registry, is_intact, seal
 from tasks._stage import io_stage, stage
 
 
@@ -26,11 +27,11 @@ class Champion:
 def cache_local_model(settings: Settings, version: str, model_dir: Path) -> None:
     """Keep the registered model's files locally so later runs need not download them."""
     target = settings.state_dir / "models" / f"v{version}"
-    if (target / ".complete").exists():
+    if (target / SEAL).exists() and is_intact(target):
         return
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(model_dir, target / "model")
-    (target / ".complete").touch()
+    seal(target)
 
 
 @io_stage(name="publish index")
@@ -40,7 +41,7 @@ def write_index_stage(settings: Settings, vectors: np.ndarray, corpus: pd.DataFr
     manifest = IndexStore(settings.index_dir).write_version(
         vectors, list(corpus["doc_id"]), model_name=settings.model_name, model_version=version,
         corpus_fingerprint=corpus_fingerprint(corpus), precision=precision,
-        spec=settings.index_spec(len(corpus)))
+        spec=settings.index_spec(len(corpus)), titles=list(corpus["title"]))
     get_run_logger().info("wrote index %s (%s %s, %d docs, model v%s)", manifest.version,
                           manifest.kind, manifest.params, manifest.n_docs, version)
     return manifest
@@ -52,6 +53,7 @@ def promote_stage(settings: Settings, registry: Registry, version: str,
     """Commit point: move `champion`, then swap the live index to the one it built.
     A crash between the two is repaired by `align_live_index` at the next start."""
     old = registry.promote(version)
+    crash_point("promote")  # champion moved, live index not yet: see align_live_index
     IndexStore(settings.index_dir).set_live(index_version)
     get_run_logger().info("champion v%s -> v%s; live index %s", old, version, index_version)
     return old
@@ -79,4 +81,5 @@ def commit_batch_stage(settings: Settings, ledger: Ledger, cursors: dict[str, Cu
                        quarantined: pd.DataFrame) -> Ledger:
     """Store the batch's rows, then move the ledger past them in one atomic write."""
     save_batch(settings.state_dir, batch_id, accepted, quarantined)
+    crash_point("commit")  # the batch's files written, the ledger not yet moved
     return commit_ledger(settings.state_dir, ledger, cursors, batch_id)

@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (EmbedloopError, FileNotFoundError, PermissionError) as exc:
+    except (EmbedloopError, OSError) as exc:  # OSError: a full disk, a read-only mount
         if args.debug:
             raise
         print(f"embedloop {args.command}: error: {exc}", file=sys.stderr)

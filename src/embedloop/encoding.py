@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from embedloop.errors import CheckpointError
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -61,8 +63,13 @@ def load_model(path: str, device: str | None = None,
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(path), device=device or pick_device(),
-                                trust_remote_code=False, local_files_only=True)
+    try:
+        model = SentenceTransformer(str(path), device=device or pick_device(),
+                                    trust_remote_code=False, local_files_only=True)
+    except Exception as exc:  # safetensors, JSON, tokenizer and torch errors alike
+        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise CheckpointError(f"cannot load the model at {path}: {type(exc).__name__}: "
+                              f"{first_line}") from exc
     if max_seq_length:
         model.max_seq_length = max_seq_length
     return model

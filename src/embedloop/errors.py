@@ -33,3 +33,7 @@ class RegistryError(EmbedloopError):
 
 class RunInProgress(EmbedloopError):
     pass
+
+
+class CheckpointError(EmbedloopError):
+    """A model folder that cannot be loaded (truncated, corrupt, incomplete)."""

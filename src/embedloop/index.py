@@ -50,6 +50,7 @@ class LoadedIndex:
     manifest: IndexManifest
     index: Any  # faiss.Index
     doc_ids: list[str]
+    titles: list[str] | None = None  # shown by search; None for indexes written before
 
     def search(self, queries: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
         """(n_queries, dim) unit vectors -> per query, up to k (doc_id, cosine) pairs."""
@@ -136,8 +137,14 @@ class IndexStore:
         return sorted((p.name for p in self.versions_dir.iterdir() if VERSION.match(p.name)),
                       key=lambda v: int(v[1:]))
 
+    def _directory(self, version: str) -> Path:
+        """Versions are names this store wrote ("v0003"): nothing else becomes a path."""
+        if not VERSION.fullmatch(version):
+            raise IndexUnavailable(f"not an index version: {version!r}")
+        return self.versions_dir / version
+
     def manifest(self, version: str) -> IndexManifest:
-        path = self.versions_dir / version / "manifest.json"
+        path = self._directory(version) / "manifest.json"
         try:
             return IndexManifest(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError) as exc:
@@ -157,7 +164,8 @@ class IndexStore:
 
     def write_version(self, embeddings: np.ndarray, doc_ids: list[str], *, model_name: str,
                       model_version: str, corpus_fingerprint: str, precision: str,
-                      spec: IndexSpec | None = None) -> IndexManifest:
+                      spec: IndexSpec | None = None,
+                      titles: list[str] | None = None) -> IndexManifest:
         """Build and store a new version without making it live."""
         import faiss
 
@@ -177,8 +185,11 @@ class IndexStore:
         staging.mkdir()
         faiss.write_index(build_faiss_index(embeddings, spec), str(staging / "index.faiss"))
         (staging / "doc_ids.json").write_text(json.dumps(doc_ids))
+        # Titles travel with the index so a search never re-reads (and re-validates) the
+        # corpus: a query is answered from this folder and the model alone.
+        (staging / "titles.json").write_text(json.dumps(titles or [""] * len(doc_ids)))
         (staging / "manifest.json").write_text(json.dumps(manifest.to_json(), indent=1))
-        for name in ("index.faiss", "doc_ids.json", "manifest.json"):
+        for name in ("index.faiss", "doc_ids.json", "titles.json", "manifest.json"):
             with (staging / name).open("rb") as f:
                 os.fsync(f.fileno())
         os.rename(staging, self.versions_dir / version)
@@ -186,7 +197,7 @@ class IndexStore:
 
     def set_live(self, version: str) -> None:
         """Point `live` at `version` in one atomic rename."""
-        if not (self.versions_dir / version / "manifest.json").exists():
+        if not (self._directory(version) / "manifest.json").exists():
             raise IndexUnavailable(f"index {version} does not exist")
         tmp = self.root / f".live-{os.getpid()}"
         if tmp.is_symlink() or tmp.exists():
@@ -201,14 +212,17 @@ class IndexStore:
         if version is None:
             raise IndexUnavailable("there is no live index yet: run `embedloop retrain` first")
         manifest = self.manifest(version)
-        directory = self.versions_dir / version
+        directory = self._directory(version)
         try:
             index = faiss.read_index(str(directory / "index.faiss"))
             doc_ids = json.loads((directory / "doc_ids.json").read_text())
+            titles_file = directory / "titles.json"
+            titles = json.loads(titles_file.read_text()) if titles_file.exists() else None
         except (OSError, RuntimeError, ValueError) as exc:
             raise IndexUnavailable(f"index {version} is damaged: {exc}") from None
         apply_search_params(index, IndexSpec(manifest.kind, manifest.params))
         if index.ntotal != len(doc_ids) or index.ntotal != manifest.n_docs:
             raise IndexUnavailable(f"index {version} is damaged: {index.ntotal} vectors, "
                                    f"{len(doc_ids)} ids, manifest says {manifest.n_docs}")
-        return LoadedIndex(manifest=manifest, index=index, doc_ids=doc_ids)
+        return LoadedIndex(manifest=manifest, index=index, doc_ids=doc_ids,
+                           titles=titles if titles and len(titles) == len(doc_ids) else None)

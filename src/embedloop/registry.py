@@ -8,6 +8,8 @@ at the first champion.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from datetime import UTC, datetime
@@ -24,6 +26,34 @@ PREVIOUS = "previous"
 # Written into the logged model's requirements instead of letting MLflow infer them
 # (inference imports the model in a subprocess: ~9 s a run).
 MODEL_REQUIREMENTS = ["sentence-transformers", "torch", "transformers"]
+
+
+SEAL = ".complete"  # written last into a model folder: {relative path: sha256}
+
+
+def _checksums(folder: Path) -> dict[str, str]:
+    sums = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != SEAL:
+            digest = hashlib.sha256()
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            sums[str(path.relative_to(folder))] = digest.hexdigest()
+    return sums
+
+
+def seal(folder: Path) -> None:
+    """Mark a model folder complete, with checksums to catch a later truncation or bit rot."""
+    (folder / SEAL).write_text(json.dumps(_checksums(folder), indent=1))
+
+
+def is_intact(folder: Path) -> bool:
+    try:
+        expected = json.loads((folder / SEAL).read_text() or "{}")
+    except (OSError, ValueError):
+        return False
+    return not expected or _checksums(folder) == expected  # {}: sealed before checksums
 
 
 def is_tracking_server(tracking_uri: str) -> bool:
@@ -54,6 +84,7 @@ class Registry:
         # only a local sqlite store is told to keep them under mlruns/.
         self.remote = is_tracking_server(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.repairs: list[str] = []  # what was found damaged and fixed, for the summary
 
     # -- experiments and runs ------------------------------------------------
     def experiment_id(self) -> str:
@@ -138,17 +169,24 @@ class Registry:
         return current, target
 
     def local_model_path(self, version: str, cache_dir: Path) -> str:
-        """A local folder holding `version` (downloaded once, then reused)."""
+        """A local folder holding `version` (downloaded once, then reused). A cached copy
+        whose files no longer match their checksums is downloaded again."""
         import mlflow
 
+        if not version.isdigit():  # it becomes a path below
+            raise RegistryError(f"not a model version: {version!r}")
         target = cache_dir / f"v{version}"
-        if not (target / ".complete").exists():
+        if (target / SEAL).exists() and not is_intact(target):
+            self.repairs.append(f"the local copy of model v{version} was damaged (checksum "
+                                f"mismatch); downloaded it again from the registry")
+            shutil.rmtree(target)
+        if not (target / SEAL).exists():
             staging = cache_dir / f".download-v{version}-{os.getpid()}"
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
             mlflow.artifacts.download_artifacts(
                 artifact_uri=f"models:/{self.model_name}/{version}", dst_path=str(staging))
-            (staging / ".complete").touch()
+            seal(staging)
             shutil.rmtree(target, ignore_errors=True)
             os.rename(staging, target)
         found = sorted(p.parent for p in target.rglob("modules.json"))

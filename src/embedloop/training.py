@@ -13,6 +13,7 @@ import pandas as pd
 from embedloop.config import TrainingConfig
 from embedloop.encoding import load_model, resolve_precision
 from embedloop.errors import EmbedloopError
+from embedloop.faults import crash_point
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -20,6 +21,18 @@ if TYPE_CHECKING:
 
 class TrainingFailed(EmbedloopError):
     pass
+
+
+def _crash_point_after_first_step() -> object:
+    from transformers import TrainerCallback, TrainerState
+
+    class CrashPoint(TrainerCallback):
+        def on_step_end(self, args: object, state: TrainerState, control: object,
+                        **kwargs: object) -> None:
+            if state.global_step == 1:
+                crash_point("train")
+
+    return CrashPoint()
 
 
 @dataclass
@@ -39,6 +52,7 @@ def fine_tune(base_model: str, pairs: pd.DataFrame, output_dir: Path, cfg: Train
     """Train `base_model` on (anchor, positive) pairs with MultipleNegativesRankingLoss:
     every other positive in the batch is a negative, so batches never hold the same
     text twice (NO_DUPLICATES sampler). Saves the model to `output_dir/model`."""
+    import torch
     from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformerTrainer,
@@ -75,13 +89,19 @@ def fine_tune(base_model: str, pairs: pd.DataFrame, output_dir: Path, cfg: Train
         disable_tqdm=not show_progress,
     )
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
-                                         loss=MultipleNegativesRankingLoss(model))
+                                         loss=MultipleNegativesRankingLoss(model),
+                                         callbacks=[_crash_point_after_first_step()])
     started = time.perf_counter()
     output = trainer.train()
     seconds = time.perf_counter() - started
     loss = float(output.training_loss)
-    if not math.isfinite(loss):
-        raise TrainingFailed(f"training loss is {loss}; the candidate is discarded")
+    # A NaN gradient turns the weights to NaN while the logged loss can read 0 (seen with
+    # a learning rate of 1e9): check the weights themselves, not only the mean loss.
+    broken = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if not math.isfinite(loss) or broken:
+        where = f"{len(broken)} weight tensors hold NaN/inf (first: {broken[0]})" if broken else ""
+        raise TrainingFailed(f"training diverged (mean loss {loss:.4g}{'; ' if where else ''}"
+                             f"{where}); the candidate is discarded")
     path = output_dir / "model"
     model.save(str(path))
     return FineTuneResult(model=model, path=path, steps=int(output.global_step), train_loss=loss,
