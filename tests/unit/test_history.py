@@ -27,3 +27,4 @@ def test_champion_after_each_run_follows_the_decision() -> None:
 def test_no_runs_gives_an_empty_frame_with_the_columns() -> None:
     assert champion_history([]).empty
     assert "champion_after" in champion_history([]).columns
+

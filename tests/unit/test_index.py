@@ -91,3 +91,19 @@ def test_approximate_indexes_find_what_exact_search_finds(tmp_path: Path,
     approx = loaded.index.search(queries, 10)[1]
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)])
     assert recall >= 0.9
+
+
+@pytest.mark.parametrize("name", ["../../etc", "v0001/../../x", "/tmp", "live", ""])
+def test_only_version_names_become_paths(tmp_path: Path, name: str) -> None:
+    store = IndexStore(tmp_path / "indexes")
+    write(store, "1", unit([[1, 0], [0, 1]]))
+    with pytest.raises(IndexUnavailable, match="not an index version"):
+        store.load(name) if name else store.set_live(name)
+
+
+def test_titles_travel_with_the_index(tmp_path: Path) -> None:
+    store = IndexStore(tmp_path)
+    version = store.write_version(unit([[1, 0], [0, 1]]), ["a", "b"], model_name="m",
+                                  model_version="1", corpus_fingerprint="c", precision="fp32",
+                                  titles=["Alpha", "Beta"]).version
+    assert store.load(version).titles == ["Alpha", "Beta"]
