@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--encode-docs", type=int, default=1000)
     args = ap.parse_args()
+    args.out, args.beir = args.out.resolve(), args.beir.resolve()
 
     from prefect.testing.utilities import prefect_test_harness
 

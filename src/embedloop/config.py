@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,6 +164,19 @@ def parse_column_map(text: str) -> dict[str, str]:
     return mapping
 
 
+_CREDENTIALS = re.compile(r"://[^/@\s]*:[^/@\s]*@")
+
+
+def _refuse_secrets(table: dict[str, Any], path: Path) -> None:
+    """Config files get committed and copied around: passwords come from the environment."""
+    for key, value in table.items():
+        if isinstance(value, str) and _CREDENTIALS.search(value):
+            raise ConfigError(
+                f"{key} in {path} carries a password; keep secrets out of config files: set "
+                f"EMBEDLOOP_{key.upper()} in the environment (or MLFLOW_TRACKING_USERNAME and "
+                f"MLFLOW_TRACKING_PASSWORD for an MLflow server)")
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Defaults < config file < EMBEDLOOP_* environment < explicit overrides."""
     values: dict[str, Any] = {}
@@ -176,6 +190,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: {exc}") from None
         training.update(table.pop("training", {}))
+        _refuse_secrets(table, path)
         # Relative paths in a config file mean "next to the config file".
         for key in ("home", "logs", "corpus", "base_model"):
             value = table.get(key)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from embedloop.errors import InputError
@@ -121,6 +122,30 @@ def _lone_surrogate(record: dict[str, Any]) -> bool:
         return True
 
 
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
+def _parse_line(raw: bytes) -> tuple[dict[str, Any], str | None]:
+    """(record, None), or ({}, why the line is not a record), or ({}, "blank")."""
+    try:
+        if _LONG_DIGITS.search(raw):  # orjson would turn an integer past 64 bits to a float
+            raise orjson.JSONDecodeError("long integer", "", 0)
+        record = orjson.loads(raw)  # 2.5x json.loads; it is strict, so what it refuses ...
+    except orjson.JSONDecodeError:
+        try:  # ... json.loads judges: NaN literals, "\ud800", long integers (above)
+            record = json.loads(raw)
+        except (UnicodeDecodeError, ValueError) as exc:
+            if not raw.strip():
+                return {}, "blank"
+            return {}, f"not valid JSON ({type(exc).__name__})"
+    if type(record) is not dict:
+        return {}, "line is not a JSON object"
+    # JSON may escape a lone surrogate ("\ud800"): no UTF-8 store can hold it.
+    if b"\\u" in raw and _lone_surrogate(record):
+        return {}, "text is not valid Unicode (a lone surrogate escape)"
+    return record, None
+
+
 def _read_ndjson(path: Path, start: int, first_line: int, column_map: dict[str, str]
                  ) -> tuple[pd.DataFrame, int, int, list[str]]:
     with path.open("rb") as f:
@@ -140,22 +165,10 @@ def _read_ndjson(path: Path, start: int, first_line: int, column_map: dict[str, 
     records: list[dict[str, Any]] = []
     lines: list[int] = []
     errors: list[str | None] = []
-    loads = json.loads
     for i, raw in enumerate(raw_lines, start=first_line + 1):
-        try:
-            record = loads(raw)
-        except (UnicodeDecodeError, ValueError) as exc:
-            if not raw.strip():
-                continue
-            record, error = {}, f"not valid JSON ({type(exc).__name__})"
-        else:
-            if type(record) is not dict:
-                record, error = {}, "line is not a JSON object"
-            # JSON may escape a lone surrogate ("\ud800"): no UTF-8 store can hold it.
-            elif b"\\u" in raw and _lone_surrogate(record):
-                record, error = {}, "text is not valid Unicode (a lone surrogate escape)"
-            else:
-                error = None
+        record, error = _parse_line(raw)
+        if error == "blank":
+            continue
         records.append(record)
         lines.append(i)
         errors.append(error)

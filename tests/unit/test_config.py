@@ -37,6 +37,18 @@ def test_missing_config_file(tmp_path: Path) -> None:
         load_settings(tmp_path / "nope.toml")
 
 
+def test_a_password_in_the_config_file_is_refused(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "embedloop.toml"
+    config.write_text('[embedloop]\ntracking_uri = "https://ml:hunter2@mlflow.internal"\n')
+    with pytest.raises(ConfigError, match="keep secrets out of config files") as error:
+        load_settings(config)
+    assert "hunter2" not in str(error.value)
+    config.write_text('[embedloop]\n')  # the same URI from the environment is fine
+    monkeypatch.setenv("EMBEDLOOP_TRACKING_URI", "https://ml:hunter2@mlflow.internal")
+    assert load_settings(config).tracking_uri.endswith("mlflow.internal")
+
+
 def test_column_map() -> None:
     assert parse_column_map("q=query, document=doc_id") == {"q": "query", "document": "doc_id"}
     with pytest.raises(ConfigError):

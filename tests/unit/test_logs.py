@@ -57,6 +57,18 @@ def test_unparseable_lines_become_rows_not_silence(tmp_path: Path) -> None:
     assert "not valid Unicode" in frame["parse_error"][4]
 
 
+def test_lines_the_fast_parser_refuses_are_judged_by_json(tmp_path: Path) -> None:
+    """orjson refuses NaN literals and integers past 64 bits; those lines are still
+    records (their values are then judged by validation), not parse errors."""
+    log = tmp_path / "a.jsonl"
+    log.write_text(json.dumps({**ROW, "dwell_ms": float("nan")}) + "\n"  # NaN literal
+                   + json.dumps({**ROW, "event_id": "e2", "position": 10**30}) + "\n\n  \n")
+    frame = read_new_rows([log], {}).frame
+    assert len(frame) == 2  # blank lines are not rows
+    assert frame["parse_error"].isna().all()
+    assert frame["position"][1] == 10**30
+
+
 def test_rewritten_file_is_read_again_and_noted(tmp_path: Path) -> None:
     log = tmp_path / "a.jsonl"
     write_ndjson(log, rows(3))
