@@ -14,6 +14,7 @@ log whose earlier H rows are already committed.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import tempfile
 import time
@@ -24,7 +25,13 @@ from typing import Any
 import pandas as pd
 
 from embedloop.corpus import load_corpus
-from embedloop.ledger import commit_ledger, load_ledger, load_seen_event_ids, save_batch
+from embedloop.ledger import (
+    commit_ledger,
+    load_ledger,
+    record_accepted_ids,
+    save_batch,
+    seen_event_ids,
+)
 from embedloop.logs import discover_log_files, read_new_rows
 from embedloop.validation import check_batch, validate_logs
 
@@ -62,15 +69,16 @@ def one_batch(log: Path, state: Path, known: set[str]) -> dict[str, float]:
     times: dict[str, float] = {}
     ledger, times["ledger"] = timed(lambda: load_ledger(state))
     new, times["read"] = timed(lambda: read_new_rows(discover_log_files(log), ledger.cursors))
-    seen, times["seen ids"] = timed(lambda: load_seen_event_ids(state, ledger))
     result, times["validate"] = timed(lambda: validate_logs(
-        new.frame, known, seen, max_query_chars=2000, max_position=100))
+        new.frame, known, functools.partial(seen_event_ids, state, ledger),
+        max_query_chars=2000, max_position=100))
     verdict, times["check"] = timed(lambda: check_batch(result, max_quarantine_share=0.5,
                                                         min_clicks=1))
     batch_id = f"b{len(ledger.batches):04d}"
-    _, times["write"] = timed(lambda: (save_batch(state, batch_id, result.accepted,
-                                                  result.quarantined),
-                                       commit_ledger(state, ledger, new.cursors, batch_id)))
+    _, times["write"] = timed(lambda: (
+        save_batch(state, batch_id, result.accepted, result.quarantined),
+        record_accepted_ids(state, batch_id, result.accepted),
+        commit_ledger(state, ledger, new.cursors, batch_id)))
     assert verdict.ok, verdict.problems
     assert len(result.accepted) + len(result.quarantined) == len(new.frame)
     times["rows"] = len(new.frame)
@@ -80,8 +88,7 @@ def one_batch(log: Path, state: Path, known: set[str]) -> dict[str, float]:
 
 
 def report(label: str, t: dict[str, float]) -> None:
-    stages = "  ".join(f"{k} {t[k]:.2f}" for k in ("read", "seen ids", "validate", "check",
-                                                    "write"))
+    stages = "  ".join(f"{k} {t[k]:.2f}" for k in ("read", "validate", "check", "write"))
     print(f"{label:<34} {int(t['rows']):>9,} rows {t['total']:7.2f} s "
           f"{t['rows'] / t['total']:>9,.0f} rows/s   [{stages}]", flush=True)
 
@@ -111,7 +118,8 @@ def main() -> None:
 
         print(f"\nincremental: {args.increment:,} new rows appended after H committed rows "
               f"(NDJSON):")
-        for history in [0, *sizes]:
+        total = sum(1 for _ in args.logs.open("rb"))
+        for history in [0, *(min(n, total - args.increment) for n in sizes)]:
             folder = work / f"inc{history}"
             folder.mkdir()
             log = folder / "logs.jsonl"

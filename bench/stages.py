@@ -85,8 +85,8 @@ def main() -> None:
         print(f"   {name:<10} {seconds:8.1f} s  {seconds / wall:6.1%}")
     print(f"   orchestration and bookkeeping (wall - train - bootstrap - evaluate): "
           f"{wall - model_work:.1f} s = {(wall - model_work) / wall:.1%} of the run")
-    print(f"   (bootstrap and evaluate are corpus encoding plus their registry and index "
-          f"writes and the held-out query encoding; so the share is an upper bound)")
+    print("   (bootstrap and evaluate are corpus encoding plus their registry and index "
+          "writes and the held-out query encoding; so the share is an upper bound)")
 
     # 2. encoding: embedloop's path vs a bare loop
     settings = load_settings(config)

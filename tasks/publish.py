@@ -12,7 +12,7 @@ from embedloop.config import Settings
 from embedloop.corpus import corpus_fingerprint
 from embedloop.faults import crash_point
 from embedloop.index import IndexManifest, IndexStore
-from embedloop.ledger import Ledger, commit_ledger, save_batch
+from embedloop.ledger import Ledger, commit_ledger, record_accepted_ids, save_batch
 from embedloop.logs import Cursor
 from embedloop.registry import CHAMPION, SEAL, Registry, is_intact, seal
 from tasks._stage import io_stage, stage
@@ -81,5 +81,6 @@ def commit_batch_stage(settings: Settings, ledger: Ledger, cursors: dict[str, Cu
                        quarantined: pd.DataFrame) -> Ledger:
     """Store the batch's rows, then move the ledger past them in one atomic write."""
     save_batch(settings.state_dir, batch_id, accepted, quarantined)
+    record_accepted_ids(settings.state_dir, batch_id, accepted)  # counts once committed
     crash_point("commit")  # the batch's files written, the ledger not yet moved
     return commit_ledger(settings.state_dir, ledger, cursors, batch_id)

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import functools
+
 import pandas as pd
 from prefect import get_run_logger
 
 from embedloop.config import Settings
-from embedloop.ledger import Ledger, load_seen_event_ids
+from embedloop.ledger import Ledger, seen_event_ids
 from embedloop.validation import BatchVerdict, LogValidation, check_batch, validate_logs
 from tasks._stage import stage
 
@@ -12,7 +14,7 @@ from tasks._stage import stage
 @stage(name="validate logs")
 def validate_logs_stage(settings: Settings, raw: pd.DataFrame, corpus: pd.DataFrame,
                         ledger: Ledger) -> LogValidation:
-    seen = load_seen_event_ids(settings.state_dir, ledger)
+    seen = functools.partial(seen_event_ids, settings.state_dir, ledger)
     result = validate_logs(raw, set(corpus["doc_id"]), seen,
                            max_query_chars=settings.max_query_chars,
                            max_position=settings.max_position)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,13 +69,57 @@ def commit_ledger(state_dir: Path, ledger: Ledger, new_cursors: dict[str, Cursor
     return Ledger(cursors=cursors, batches=batches)
 
 
-def load_seen_event_ids(state_dir: Path, ledger: Ledger) -> set[str]:
-    seen: set[str] = set()
-    for batch_id in ledger.batches:
-        path = batch_dir(state_dir, batch_id) / "accepted.parquet"
-        if path.exists():
-            seen.update(pd.read_parquet(path, columns=["event_id"])["event_id"].astype(str))
-    return seen
+SEEN_DB = "event_ids.sqlite"
+
+
+def _seen_db(state_dir: Path) -> sqlite3.Connection:
+    """Every accepted event id with the batch that accepted it, keyed for lookup, so the
+    duplicate check costs in proportion to the new rows, not to the history."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(state_dir / SEEN_DB)
+    db.execute("CREATE TABLE IF NOT EXISTS seen (event_id TEXT PRIMARY KEY, batch TEXT) "
+               "WITHOUT ROWID")
+    db.execute("CREATE TABLE IF NOT EXISTS indexed (batch TEXT PRIMARY KEY)")
+    return db
+
+
+def _index_batch(db: sqlite3.Connection, batch_id: str, event_ids: Iterable[str]) -> None:
+    with db:  # one transaction; a crash leaves the batch wholly in or wholly out
+        # REPLACE: rows of a batch that never committed (a crash) are accepted again
+        # under the next batch's id; only committed batches count in a lookup.
+        db.executemany("INSERT OR REPLACE INTO seen VALUES (?, ?)",
+                       ((e, batch_id) for e in event_ids))
+        db.execute("INSERT OR IGNORE INTO indexed VALUES (?)", (batch_id,))
+
+
+def record_accepted_ids(state_dir: Path, batch_id: str, accepted: pd.DataFrame) -> None:
+    db = _seen_db(state_dir)
+    try:
+        _index_batch(db, batch_id, accepted["event_id"].astype(str))
+    finally:
+        db.close()
+
+
+def seen_event_ids(state_dir: Path, ledger: Ledger, candidates: Iterable[str]) -> set[str]:
+    """The candidates that a committed batch already accepted."""
+    db = _seen_db(state_dir)
+    try:
+        indexed = {b for (b,) in db.execute("SELECT batch FROM indexed")}
+        for batch in ledger.batches:  # committed before this index existed: add them once
+            path = batch_dir(state_dir, batch) / "accepted.parquet"
+            if batch not in indexed and path.exists():
+                ids = pd.read_parquet(path, columns=["event_id"])["event_id"].astype(str)
+                _index_batch(db, batch, ids)
+        db.execute("CREATE TEMP TABLE candidate (event_id TEXT PRIMARY KEY) WITHOUT ROWID")
+        db.execute("CREATE TEMP TABLE committed (batch TEXT PRIMARY KEY) WITHOUT ROWID")
+        db.executemany("INSERT OR IGNORE INTO candidate VALUES (?)", ((c,) for c in candidates))
+        db.executemany("INSERT OR IGNORE INTO committed VALUES (?)",
+                       ((b,) for b in ledger.batches))
+        return {e for (e,) in db.execute(
+            "SELECT s.event_id FROM candidate c JOIN seen s ON s.event_id = c.event_id "
+            "JOIN committed b ON b.batch = s.batch")}
+    finally:
+        db.close()
 
 
 def load_guard_set(state_dir: Path) -> dict[str, dict[str, int]] | None:

@@ -12,6 +12,7 @@ import functools
 import json
 import math
 from collections import Counter
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -172,10 +173,16 @@ def _json_ready(data: Any) -> Any:
     return data
 
 
-def mark_duplicates(event_ids: pd.Series, seen: set[str]) -> pd.Series:
+SeenIds = Collection[str] | Callable[[list[str]], Collection[str]]
+
+
+def mark_duplicates(event_ids: pd.Series, seen: SeenIds) -> pd.Series:
     """True for a row whose event_id was accepted by an earlier run or appeared
-    earlier in this batch (the first occurrence in the batch is kept)."""
+    earlier in this batch (the first occurrence in the batch is kept). `seen` is the
+    ids accepted before, or a lookup that answers which of the given ids were."""
     in_batch = event_ids.duplicated(keep="first") & event_ids.notna()
+    if callable(seen):
+        seen = seen(event_ids.dropna().unique().tolist())
     earlier = event_ids.isin(seen) if seen else pd.Series(False, index=event_ids.index)
     return in_batch | earlier
 
@@ -184,7 +191,7 @@ def _raw_json(record: dict[str, Any]) -> str:
     return json.dumps({f: record[f] for f in LOG_FIELDS}, ensure_ascii=False, default=str)
 
 
-def validate_logs(raw: pd.DataFrame, known_doc_ids: set[str], seen_event_ids: set[str],
+def validate_logs(raw: pd.DataFrame, known_doc_ids: set[str], seen_event_ids: SeenIds,
                   *, max_query_chars: int, max_position: int,
                   now: datetime | None = None) -> LogValidation:
     """Split raw rows into accepted (typed) and quarantined (raw + reasons)."""
