@@ -64,8 +64,11 @@ def load_model(path: str, device: str | None = None,
     from sentence_transformers import SentenceTransformer
 
     try:
+        # safetensors only: a pickle-format checkpoint (pytorch_model.bin) can run code
+        # when unpickled, and models come from places this process did not write.
         model = SentenceTransformer(str(path), device=device or pick_device(),
-                                    trust_remote_code=False, local_files_only=True)
+                                    trust_remote_code=False, local_files_only=True,
+                                    model_kwargs={"use_safetensors": True})
     except Exception as exc:  # safetensors, JSON, tokenizer and torch errors alike
         first_line = (str(exc).strip().splitlines() or [""])[0][:300]
         raise CheckpointError(f"cannot load the model at {path}: {type(exc).__name__}: "

@@ -64,3 +64,23 @@ def test_too_few_pairs_is_refused(base_model_path: str, tmp_path: Path) -> None:
     with pytest.raises(TrainingFailed, match="at least 2"):
         fine_tune(base_model_path, pd.DataFrame({"anchor": ["a"], "positive": ["b"]}), tmp_path,
                   TrainingConfig(), device="cpu")
+
+
+def test_pickle_format_weights_are_refused(base_model_path: str, tmp_path: Path) -> None:
+    """A checkpoint whose weights are a pickle (pytorch_model.bin) could run code when
+    loaded: only safetensors are read."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from embedloop.encoding import load_model
+    from embedloop.errors import CheckpointError
+
+    folder = tmp_path / "model"
+    shutil.copytree(base_model_path, folder)
+    weights = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save(weights, folder / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="cannot load the model"):
+        load_model(str(folder), "cpu")
