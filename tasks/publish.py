@@ -55,7 +55,10 @@ def promote_stage(settings: Settings, registry: Registry, version: str,
     old = registry.promote(version)
     crash_point("promote")  # champion moved, live index not yet: see align_live_index
     IndexStore(settings.index_dir).set_live(index_version)
-    get_run_logger().info("champion v%s -> v%s; live index %s", old, version, index_version)
+    if old is None:
+        get_run_logger().info("champion v%s (the first); live index %s", version, index_version)
+    else:
+        get_run_logger().info("champion v%s -> v%s; live index %s", old, version, index_version)
     return old
 
 

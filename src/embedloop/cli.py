@@ -14,6 +14,7 @@ Errors print one line and exit non-zero; `--debug` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -162,6 +163,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from embedloop.corpus import load_corpus
+    from embedloop.ledger import load_ledger, seen_event_ids
     from embedloop.logs import discover_log_files, read_new_rows
     from embedloop.validation import check_batch, validate_logs
 
@@ -172,7 +174,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     corpus = load_corpus(settings.corpus)
     files = discover_log_files(args.path)
     raw = read_new_rows(files, {}, settings.column_map).frame
-    result = validate_logs(raw, set(corpus["doc_id"]), set(),
+    # Rows this deployment already committed would be quarantined as duplicates: say so.
+    seen = functools.partial(seen_event_ids, settings.state_dir, load_ledger(settings.state_dir))
+    result = validate_logs(raw, set(corpus["doc_id"]), seen,
                            max_query_chars=settings.max_query_chars,
                            max_position=settings.max_position)
     verdict = check_batch(result, max_quarantine_share=settings.max_quarantine_share,
