@@ -129,9 +129,11 @@ def run_suite_on_distinct_values(frame: pd.DataFrame, suite_json: dict[str, Any]
         if all(expectations[n]["type"] in NULL_CHECKS for n in numbers):
             # Only null or not: every non-null value is alike (a million event ids -> 2).
             missing = frame[column].isna().to_numpy()
-            codes = missing.astype(np.int64)
             present = frame[column][~missing]
-            uniques = [present.iloc[0] if len(present) else None, None]
+            uniques = [present.iloc[0]] if len(present) else []
+            codes = np.where(missing, len(uniques), 0)
+            if missing.any():
+                uniques.append(None)
         else:
             codes, uniques = pd.factorize(frame[column], use_na_sentinel=False)
         distinct = pd.DataFrame({column: pd.Series(uniques, dtype=frame[column].dtype)})
@@ -149,7 +151,8 @@ def run_suite_on_distinct_values(frame: pd.DataFrame, suite_json: dict[str, Any]
             if code in failed:
                 _, reason, positions = failed[code]
                 rows = frame.index[np.isin(codes, positions)].tolist()
-                found[number] = (code, reason, rows)
+                if rows:
+                    found[number] = (code, reason, rows)
             results.append({**by_code.get(code, {}), "rows_checked": len(frame),
                             "rows_failing": len(rows)})
     return SuiteOutcome(

@@ -99,6 +99,23 @@ def test_mostly_broken_batch_fails_the_batch_check_and_is_kept_whole() -> None:
     assert (kept["reason_code"] == "batch_rejected").sum() == 10
 
 
+def test_distinct_value_validation_reports_rows_not_values() -> None:
+    """GX sees each column's distinct values once; the report counts rows. A clean column
+    passes (its nulls are not invented), and a bad value shared by many rows fails
+    every one of them."""
+    good = {"event_id": "e", "ts": "2026-03-01T12:00:05Z", "session_id": "s", "query": "q",
+            "doc_id": "d1", "position": 1, "clicked": True, "dwell_ms": 10}
+    rows = [{**good, "event_id": f"e{i}", "position": 0 if i < 4 else 1} for i in range(10)]
+    raw = pd.DataFrame(rows).assign(source="f", line=range(1, 11),
+                                    parse_error=None).astype(object)
+    result = validate_logs(raw, {"d1"}, set(), **LIMITS)
+    assert list(result.quarantined["line"]) == [1, 2, 3, 4]
+    assert set(result.quarantined["reason_code"]) == {"bad_position"}
+    report = {r["expectation_config"]["meta"]["code"]: r for r in result.outcome.result["results"]}
+    assert report["bad_position"]["rows_failing"] == 4
+    assert report["missing_event_id"]["success"] and report["missing_event_id"]["rows_failing"] == 0
+
+
 def test_too_few_clicks_is_a_batch_problem() -> None:
     good = {"event_id": "e", "ts": "2026-03-01T12:00:05Z", "session_id": "s", "query": "q",
             "doc_id": "d1", "position": 1, "clicked": False, "dwell_ms": None}
