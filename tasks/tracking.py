@@ -51,7 +51,9 @@ def render_validation_html(outcome: SuiteOutcome, validation: LogValidation) -> 
     for item in outcome.result.get("results", []):
         config = item.get("expectation_config", {})
         meta = config.get("meta") or {}
-        unexpected = (item.get("result") or {}).get("unexpected_count", "")
+        # rows_failing: rows (GX saw each distinct value once; its counts are of values)
+        unexpected = item.get("rows_failing",
+                              (item.get("result") or {}).get("unexpected_count", ""))
         status = "pass" if item.get("success") else "FAIL"
         kind = html.escape(config.get("type", ""))
         rows.append(f"<tr class='{status}'><td>{status}</td><td>{kind}</td>"
