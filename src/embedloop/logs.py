@@ -95,25 +95,6 @@ def _fingerprint(path: Path, kind: str, consumed: int) -> str:
         return _sha256(f.read(min(consumed, HEAD_BYTES)))
 
 
-def _field_values(records: list[dict[str, Any]], name: str,
-                  column_map: dict[str, str]) -> list[Any]:
-    """One field of every record, column-wise (as fast as a frame from 1M dicts is not)."""
-    renamed_from = [k for k, v in column_map.items() if v == name]
-    own = name if name not in column_map else None  # a field renamed away is not itself
-    if not renamed_from:
-        return [r.get(own) for r in records] if own else [None] * len(records)
-    src = renamed_from[0]
-    return [r[src] if src in r else (r.get(own) if own else None) for r in records]
-
-
-def _frame(records: list[dict[str, Any]], column_map: dict[str, str], source: str,
-           lines: list[int], errors: list[str | None]) -> pd.DataFrame:
-    columns: dict[str, list[Any]] = {f: _field_values(records, f, column_map)
-                                     for f in LOG_FIELDS}
-    columns.update(source=[source] * len(records), line=lines, parse_error=errors)
-    return pd.DataFrame(columns, columns=FRAME_COLUMNS, dtype=object)
-
-
 def _lone_surrogate(record: dict[str, Any]) -> bool:
     try:
         json.dumps(record, ensure_ascii=False).encode("utf-8")
@@ -160,17 +141,25 @@ def _read_ndjson(path: Path, start: int, first_line: int, column_map: dict[str, 
             consumed += len(tail)
         except ValueError:
             notes.append(f"{path.name}: last line is incomplete; it will be read next run")
-    records: list[dict[str, Any]] = []
+    # Values go straight into columns and each parsed record is dropped at once: keeping
+    # a million records alive until the end doubled the time of a 1M-line read here.
+    columns: dict[str, list[Any]] = {name: [] for name in LOG_FIELDS}
+    appends = [(columns[name].append, name) for name in LOG_FIELDS]
     lines: list[int] = []
     errors: list[str | None] = []
     for i, raw in enumerate(raw_lines, start=first_line + 1):
         record, error = _parse_line(raw)
         if error == "blank":
             continue
-        records.append(record)
+        if column_map:
+            record = {column_map.get(k, k): v for k, v in record.items()}
+        get = record.get
+        for append, name in appends:
+            append(get(name))
         lines.append(i)
         errors.append(error)
-    frame = _frame(records, column_map, path.name, lines, errors)
+    frame = pd.DataFrame({**columns, "source": [path.name] * len(lines), "line": lines,
+                          "parse_error": errors}, columns=FRAME_COLUMNS, dtype=object)
     return frame, consumed, first_line + len(raw_lines), notes
 
 
