@@ -28,7 +28,6 @@ from embedloop.corpus import load_corpus
 from embedloop.ledger import (
     commit_ledger,
     load_ledger,
-    record_accepted_ids,
     save_batch,
     seen_event_ids,
 )
@@ -77,7 +76,6 @@ def one_batch(log: Path, state: Path, known: set[str]) -> dict[str, float]:
     batch_id = f"b{len(ledger.batches):04d}"
     _, times["write"] = timed(lambda: (
         save_batch(state, batch_id, result.accepted, result.quarantined),
-        record_accepted_ids(state, batch_id, result.accepted),
         commit_ledger(state, ledger, new.cursors, batch_id)))
     assert verdict.ok, verdict.problems
     assert len(result.accepted) + len(result.quarantined) == len(new.frame)

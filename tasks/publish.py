@@ -12,9 +12,9 @@ from embedloop.config import Settings
 from embedloop.corpus import corpus_fingerprint
 from embedloop.faults import crash_point
 from embedloop.index import IndexManifest, IndexStore
-from embedloop.ledger import Ledger, commit_ledger, record_accepted_ids, save_batch
+from embedloop.ledger import Ledger, commit_ledger, save_batch
 from embedloop.logs import Cursor
-from embedloop.registry import CHAMPION, SEAL, Registry, is_intact, seal
+from embedloop.registry import CHAMPION, Registry, is_intact, seal
 from tasks._stage import io_stage, stage
 
 
@@ -27,7 +27,7 @@ class Champion:
 def cache_local_model(settings: Settings, version: str, model_dir: Path) -> None:
     """Keep the registered model's files locally so later runs need not download them."""
     target = settings.state_dir / "models" / f"v{version}"
-    if (target / SEAL).exists() and is_intact(target):
+    if is_intact(target):
         return
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(model_dir, target / "model")
@@ -84,6 +84,5 @@ def commit_batch_stage(settings: Settings, ledger: Ledger, cursors: dict[str, Cu
                        quarantined: pd.DataFrame) -> Ledger:
     """Store the batch's rows, then move the ledger past them in one atomic write."""
     save_batch(settings.state_dir, batch_id, accepted, quarantined)
-    record_accepted_ids(settings.state_dir, batch_id, accepted)  # counts once committed
     crash_point("commit")  # the batch's files written, the ledger not yet moved
     return commit_ledger(settings.state_dir, ledger, cursors, batch_id)

@@ -52,11 +52,13 @@ def batch_dir(state_dir: Path, batch_id: str) -> Path:
 
 def save_batch(state_dir: Path, batch_id: str, accepted: pd.DataFrame,
                quarantined: pd.DataFrame) -> Path:
-    """Write a batch's rows. Invisible until `commit_ledger` lists the batch."""
+    """Write a batch's rows and index its accepted event ids. Invisible until
+    `commit_ledger` lists the batch."""
     directory = batch_dir(state_dir, batch_id)
     directory.mkdir(parents=True, exist_ok=True)
     accepted.to_parquet(directory / "accepted.parquet", index=False)
     quarantined.to_parquet(directory / "quarantine.parquet", index=False)
+    _record_accepted_ids(state_dir, batch_id, accepted)
     return directory
 
 
@@ -92,7 +94,7 @@ def _index_batch(db: sqlite3.Connection, batch_id: str, event_ids: Iterable[str]
         db.execute("INSERT OR IGNORE INTO indexed VALUES (?)", (batch_id,))
 
 
-def record_accepted_ids(state_dir: Path, batch_id: str, accepted: pd.DataFrame) -> None:
+def _record_accepted_ids(state_dir: Path, batch_id: str, accepted: pd.DataFrame) -> None:
     db = _seen_db(state_dir)
     try:
         _index_batch(db, batch_id, sorted(accepted["event_id"].astype(str)))

@@ -251,12 +251,8 @@ def read_new_rows(files: list[Path], cursors: dict[str, Cursor],
 # its typed column and is named in `type_errors`, which validation turns into
 # the row's quarantine reason.
 
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
-
-
 def _as_id(value: Any) -> tuple[str | None, str | None]:
-    if _missing(value):
+    if is_missing(value):
         return None, None
     if isinstance(value, str):
         return value, None
@@ -266,7 +262,7 @@ def _as_id(value: Any) -> tuple[str | None, str | None]:
 
 
 def _as_text(value: Any) -> tuple[str | None, str | None]:
-    if _missing(value):
+    if is_missing(value):
         return None, None
     if isinstance(value, str):
         return value, None
@@ -278,7 +274,7 @@ ASCII_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 def _as_position(value: Any) -> tuple[float | None, str | None]:
-    if _missing(value):
+    if is_missing(value):
         return None, None
     if isinstance(value, bool):
         return None, "not an integer (bool)"
@@ -296,7 +292,7 @@ _FALSE = {"false", "0", "no"}
 
 
 def _as_clicked(value: Any) -> tuple[bool | None, str | None]:
-    if _missing(value):
+    if is_missing(value):
         return None, None
     if isinstance(value, bool):
         return value, None
@@ -308,7 +304,7 @@ def _as_clicked(value: Any) -> tuple[bool | None, str | None]:
 
 
 def _as_number(value: Any) -> tuple[float | None, str | None]:
-    if _missing(value):
+    if is_missing(value):
         return None, None
     if isinstance(value, bool):
         return None, "not a number (bool)"

@@ -140,8 +140,7 @@ def run_suite_on_distinct_values(frame: pd.DataFrame, suite_json: dict[str, Any]
         outcome = run_suite(distinct, {"name": f"{suite_json['name']}:{column}",
                                        "expectations": [expectations[n] for n in numbers]},
                             parameters)
-        failed = {code: (code, reason, positions)
-                  for code, reason, positions in outcome.failures}
+        failed = {code: (reason, positions) for code, reason, positions in outcome.failures}
         by_code = {(r.get("expectation_config") or {}).get("meta", {}).get("code"): r
                    for r in outcome.result.get("results", [])}
         for number in numbers:
@@ -149,7 +148,7 @@ def run_suite_on_distinct_values(frame: pd.DataFrame, suite_json: dict[str, Any]
             code = expectation.get("meta", {}).get("code", expectation["type"])
             rows: list[Any] = []
             if code in failed:
-                _, reason, positions = failed[code]
+                reason, positions = failed[code]
                 rows = frame.index[np.isin(codes, positions)].tolist()
                 if rows:
                     found[number] = (code, reason, rows)

@@ -10,7 +10,6 @@ from embedloop.ledger import (
     SEEN_DB,
     commit_ledger,
     load_ledger,
-    record_accepted_ids,
     save_batch,
     seen_event_ids,
 )
@@ -19,7 +18,6 @@ from embedloop.ledger import (
 def accept(state: Path, batch: str, ids: list[str], *, commit: bool = True) -> None:
     accepted = pd.DataFrame({"event_id": ids})
     save_batch(state, batch, accepted, pd.DataFrame({"event_id": []}))
-    record_accepted_ids(state, batch, accepted)
     if commit:
         commit_ledger(state, load_ledger(state), {}, batch)
 
