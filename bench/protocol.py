@@ -170,8 +170,12 @@ def main() -> None:
         row = {"batch": name, "outcome": summary["outcome"], "champion": champion,
                "why": summary["decision_reason"], "wall_s": wall,
                "stages_s": summary["stage_seconds"], "pairs": summary.get("pairs", 0),
-               "heldout": {"candidate": summary.get("candidate", {}),
-                           "incumbent": summary.get("incumbent", {})},
+               "candidate_version": summary.get("candidate_version"),
+               "pool": {"queries": summary.get("eval_queries", 0),
+                        "new": summary.get("pool_new", 0),
+                        "candidate": summary.get("candidate", {}),
+                        "incumbent": summary.get("incumbent", {})},
+               "gate": summary.get("gate", {}),
                **score_version(settings, champion, queries, test)}
         cycles.append(row)
         print(json.dumps(row), flush=True)

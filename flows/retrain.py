@@ -1,5 +1,9 @@
 """The retrain flow: ingest -> validate -> pairs -> fine-tune -> evaluate -> decide -> publish.
 
+Evaluation is on the evaluation pool (queries never trained on, growing with every
+batch), and each decision spends part of `significance_alpha` as one more look at the
+champion (promotion.py).
+
 Production (the `champion` alias and the live index) changes only in `promote_stage`,
 after the candidate has been registered and its index written; every failure before
 that leaves both exactly as they were, and the ledger is committed last, so rows are
@@ -27,7 +31,12 @@ from embedloop.encoding import load_model, pick_device, resolve_precision
 from embedloop.errors import BatchRejected
 from embedloop.faults import crash_point
 from embedloop.index import IndexManifest, IndexStore, LoadedIndex, build_faiss_index
-from embedloop.ledger import load_accepted_history, load_guard_set, save_guard_set
+from embedloop.ledger import (
+    load_accepted_history,
+    load_guard_set,
+    record_look,
+    save_guard_set,
+)
 from embedloop.lock import exclusive
 from embedloop.logs import discover_log_files
 from embedloop.promotion import PromotionPolicy, should_promote
@@ -52,7 +61,7 @@ from tasks.tracking import (
     mlflow_run_link,
     start_tracking,
 )
-from tasks.train import build_pairs_stage, fine_tune_stage
+from tasks.train import build_pairs_stage, fine_tune_stage, mine_negatives_stage
 from tasks.validate import check_batch_stage, validate_logs_stage
 
 
@@ -142,7 +151,15 @@ def run_retrain(settings: Settings, *, trigger: str, reason: str) -> RunSummary:
                                      set(guard_qrels) if guard_qrels else None,
                                      load_accepted_history(settings.state_dir, ledger))
         summary.pairs, summary.train_queries = len(data.pairs), data.train_queries
-        summary.eval_queries = data.eval_queries
+        summary.eval_queries, summary.pool_new = data.eval_queries, data.pool_new
+
+        incumbent_model = load_model(champion.model_path, device, settings.max_seq_length)
+        incumbent_index = _incumbent_index(settings, champion, incumbent_model, corpus,
+                                           precision, summary)
+        if settings.hard_negatives and settings.mine_negatives:
+            with timed(seconds, "negatives"):
+                summary.mined_negatives = mine_negatives_stage(
+                    settings, data, incumbent_model, incumbent_index, corpus, precision)
 
         work_dir = settings.state_dir / "work" / batch_id
         with timed(seconds, "train"):
@@ -157,9 +174,6 @@ def run_retrain(settings: Settings, *, trigger: str, reason: str) -> RunSummary:
             crash_point("evaluate")
             candidate = evaluate_stage(settings, "candidate", tuned.model, candidate_index,
                                        data.eval_qrels, precision)
-            incumbent_model = load_model(champion.model_path, device, settings.max_seq_length)
-            incumbent_index = _incumbent_index(settings, champion, incumbent_model, corpus,
-                                               precision, summary)
             incumbent = evaluate_stage(settings, "incumbent", incumbent_model, incumbent_index,
                                        data.eval_qrels, precision)
             guard = None
@@ -168,10 +182,13 @@ def run_retrain(settings: Settings, *, trigger: str, reason: str) -> RunSummary:
                                         candidate_index, guard_qrels, precision),
                          evaluate_stage(settings, "incumbent on guard set", incumbent_model,
                                         incumbent_index, guard_qrels, precision))
+        # Counted before the decision is acted on: a crash can only overcount.
+        look = record_look(settings.state_dir, champion.version)
+        recent = (candidate.subset(data.recent_qrels), incumbent.subset(data.recent_qrels))
         decision = should_promote(candidate, incumbent, PromotionPolicy(
             primary_metric=settings.primary_metric, min_improvement=settings.min_improvement,
-            alpha=settings.significance_alpha, guard_tolerance=settings.guard_tolerance),
-            guard=guard)
+            min_eval_queries=settings.min_holdout_queries, alpha=settings.significance_alpha,
+            guard_tolerance=settings.guard_tolerance), guard=guard, look=look, recent=recent)
         summary.gate = decision.numbers
         logger.info("decision: %s - %s", "promote" if decision.promote else "keep",
                     decision.reason)

@@ -39,6 +39,10 @@ def start_tracking(registry: Registry, settings: Settings, trigger: str, reason:
         "min_improvement": settings.min_improvement, "holdout_fraction":
         settings.holdout_fraction, "max_quarantine_share": settings.max_quarantine_share,
         "min_clicks": settings.min_clicks, "max_seq_length": settings.max_seq_length,
+        "significance_alpha": settings.significance_alpha, "eval_labels": settings.eval_labels,
+        "mine_negatives": settings.mine_negatives,
+        "negative_relative_margin": settings.negative_relative_margin,
+        "weight_by_relevance": settings.weight_by_relevance,
         **{f"train.{k}": v for k, v in dataclasses.asdict(settings.training).items()}}
     for key, value in params.items():
         registry.client.log_param(run_id, key, str(value))
@@ -103,7 +107,7 @@ def log_evaluation(registry: Registry, run_id: str, candidate: EvalReport,
     client.log_metric(run_id, "delta.primary", decision.delta)
     for key, value in decision.numbers.items():
         client.log_metric(run_id, f"gate.{key}", value)
-    client.log_metric(run_id, "eval_queries", candidate.n_queries)
+    client.log_metric(run_id, "eval_queries", candidate.n_queries)  # the pool's size
     metric = candidate.primary_metric
     table = candidate.per_query.merge(incumbent.per_query, on="query",
                                       suffixes=("_candidate", "_incumbent"))
@@ -120,7 +124,8 @@ def log_evaluation(registry: Registry, run_id: str, candidate: EvalReport,
     right.bar([x - 0.2 for x in xs], [incumbent.means[m] for m in names], 0.4, label="incumbent")
     right.bar([x + 0.2 for x in xs], [candidate.means[m] for m in names], 0.4, label="candidate")
     right.set_xticks(list(xs), names)
-    right.set(title="held-out metrics", ylim=(0, 1))
+    right.set(title=f"evaluation pool ({candidate.n_queries} queries never trained on)",
+              ylim=(0, 1))
     right.legend()
     fig.suptitle(("PROMOTE: " if decision.promote else "KEEP: ") + decision.reason, fontsize=9)
     fig.tight_layout()
@@ -142,6 +147,10 @@ def finish_tracking(registry: Registry, run_id: str, summary: RunSummary,
     client.set_tag(run_id, "champion_version", summary.champion_version or "none")
     for stage, seconds in summary.stage_seconds.items():
         client.log_metric(run_id, f"seconds.{stage}", seconds)
+    if summary.pairs:  # the pool's growth, run by run, in the metric charts
+        client.log_metric(run_id, "pool.queries", summary.eval_queries)
+        client.log_metric(run_id, "pool.new_queries", summary.pool_new)
+        client.log_metric(run_id, "train.mined_negatives", summary.mined_negatives)
     if summary.outcome in ("promoted", "kept"):
         log_history_plot(registry, run_id, summary.gate.get("min_improvement", 0.0))
     client.log_dict(run_id, summary.to_json(), "summary.json")

@@ -7,7 +7,9 @@ from prefect import get_run_logger
 
 from embedloop.config import Settings
 from embedloop.corpus import document_texts
-from embedloop.pairs import TrainingData, build_training_data
+from embedloop.encoding import encode
+from embedloop.index import LoadedIndex
+from embedloop.pairs import TrainingData, build_training_data, mine_corpus_negatives
 from embedloop.training import FineTuneResult, fine_tune
 from tasks._stage import stage
 
@@ -17,18 +19,47 @@ def build_pairs_stage(settings: Settings, accepted: pd.DataFrame, corpus: pd.Dat
                       never_train: set[str] | None = None,
                       history: pd.DataFrame | None = None) -> TrainingData:
     texts = dict(zip(corpus["doc_id"], document_texts(corpus), strict=True))
-    data = build_training_data(accepted, texts, settings.holdout_fraction,
-                               settings.min_holdout_queries, never_train, history=history,
-                               min_relevance=settings.min_click_relevance,
+    data = build_training_data(accepted, texts, settings.holdout_fraction, never_train,
+                               history=history, min_relevance=settings.min_click_relevance,
+                               graded_labels=settings.eval_labels == "graded",
                                hard_negatives=settings.hard_negatives,
                                replay_fraction=settings.replay_fraction,
                                seed=settings.training.seed)
+    if settings.weight_by_relevance:
+        data.pairs["weight"] = data.pairs["relevance"]
     get_run_logger().info(
-        "%d training pairs from %d queries (%d replayed, %d clicks judged noise); %d held-out "
-        "queries; estimated examination by position: %s", len(data.pairs), data.train_queries,
-        data.replayed, data.dropped_as_noise, data.eval_queries,
+        "%d training pairs from %d queries (%d replayed, %d clicks judged noise); evaluation "
+        "pool: %d queries (%d new, %d asked in this batch); estimated examination by "
+        "position: %s", len(data.pairs), data.train_queries, data.replayed,
+        data.dropped_as_noise, data.eval_queries, data.pool_new, len(data.recent_qrels),
         {k: round(v, 3) for k, v in list(data.examination.items())[:10]})
     return data
+
+
+@stage(name="mine negatives")
+def mine_negatives_stage(settings: Settings, data: TrainingData, model: object,
+                         index: LoadedIndex, corpus: pd.DataFrame, precision: str) -> int:
+    """Replace each pair's skipped-document negative with one mined from the whole corpus
+    by the champion, through its live index (no corpus re-encode). Returns how many."""
+    pairs = data.pairs
+    if "negative" not in pairs.columns or pairs.empty:
+        return 0
+    first_text = pairs.drop_duplicates("qkey").set_index("qkey")["anchor"]
+    vectors = encode(model, list(first_text), batch_size=settings.encode_batch_size,
+                     precision=precision)
+    hits = dict(zip(first_text.index, index.search(vectors, settings.negative_search_k),
+                    strict=True))
+    mined = mine_corpus_negatives(pairs, hits, data.clicked_for,
+                                  settings.negative_relative_margin)
+    found = pd.Series(mined, index=pairs.index).dropna()
+    texts = dict(zip(corpus["doc_id"], document_texts(corpus), strict=True))
+    pairs.loc[found.index, "negative_id"] = found
+    pairs.loc[found.index, "negative"] = found.map(texts)
+    get_run_logger().info("hard negatives: %d of %d pairs mined from the corpus with the "
+                          "champion (relative margin %.2f); the rest keep a skipped or "
+                          "random document", len(found), len(pairs),
+                          settings.negative_relative_margin)
+    return len(found)
 
 
 @stage(name="fine-tune")

@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+# min_holdout_queries: a 60-query slice has about 10 evaluation-pool queries
 FAST = {"max_seq_length": 96, "encode_batch_size": 64, "min_clicks": 10,
+        "min_holdout_queries": 5,
         "training": {"max_steps": 3, "batch_size": 8, "precision": "fp32"}}
 
 

@@ -54,18 +54,30 @@ class Settings:
     min_clicks: int = 20
     max_query_chars: int = 1000
     max_position: int = 1000
-    # pairs and held-out evaluation
+    # The evaluation pool: this share of all queries (by a hash of the normalized query)
+    # is never trained on; every decision is judged on all of it, labelled from all
+    # history so far through the click model.
     holdout_fraction: float = 0.2
-    min_holdout_queries: int = 10
+    min_holdout_queries: int = 10  # fewer pool queries than this: too few to judge
+    eval_labels: str = "graded"  # pool labels: "graded" (debiased relevance) or "binary"
     # Clicks -> pairs, through a position-based click model fitted on all logs so far:
     # keep a clicked pair only if its debiased relevance is at least this (0 keeps all).
     min_click_relevance: float = 0.5
-    hard_negatives: bool = True  # one examined-and-skipped document per pair
+    hard_negatives: bool = True  # one hard negative per pair (mined, else skipped)
+    # Hard negatives mined from the whole corpus with the champion (its live index):
+    # the best-ranked document users never clicked for the query, at least this share of
+    # the positive's score below it (sentence-transformers' relative margin).
+    mine_negatives: bool = True
+    negative_relative_margin: float = 0.05
+    negative_search_k: int = 50
+    weight_by_relevance: bool = True  # each pair's loss weighted by its debiased relevance
     replay_fraction: float = 0.25  # share of earlier batches' pairs trained on again
     # promotion gate
     primary_metric: str = "ndcg@10"
     min_improvement: float = 0.005
-    significance_alpha: float = 0.05  # paired randomization test; 1.0 switches it off
+    # False-promotion rate over all looks at one champion (alpha spending, promotion.py);
+    # 1.0 switches the significance test off.
+    significance_alpha: float = 0.05
     guard_tolerance: float = 0.01  # largest allowed loss on the guard set
     guard_queries: int = 100  # the first run's held-out queries, frozen as the guard set
     # encoding
@@ -210,4 +222,18 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     kwargs = {k: _coerce(k, v, _FIELDS[k]) for k, v in values.items() if k != "training"}
     train_kwargs = {k: _coerce(k, v, _TRAINING_FIELDS[k]) for k, v in training.items()}
     settings = Settings(**kwargs, training=TrainingConfig(**train_kwargs))
+    _check(settings)
     return dataclasses.replace(settings, home=settings.home.resolve())
+
+
+def _check(settings: Settings) -> None:
+    """Settings that cannot work fail when they are read, not hours into a run."""
+    if settings.eval_labels not in ("graded", "binary"):
+        raise ConfigError(f"eval_labels must be 'graded' or 'binary', not "
+                          f"{settings.eval_labels!r}")
+    if not 0.0 < settings.holdout_fraction < 1.0:
+        raise ConfigError(f"holdout_fraction (the evaluation pool's share of queries) must be "
+                          f"between 0 and 1, not {settings.holdout_fraction}")
+    if not 0.0 < settings.significance_alpha <= 1.0:
+        raise ConfigError(f"significance_alpha must be in (0, 1], not "
+                          f"{settings.significance_alpha}")

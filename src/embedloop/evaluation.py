@@ -1,5 +1,6 @@
 """Retrieval metrics, per query and averaged. Pure; matches trec_eval/BEIR conventions
-(linear gains, log2 discount, ideal DCG from all judged-relevant documents)."""
+(linear gains, log2 discount, ideal DCG from all judged-relevant documents). Gains may
+be graded floats (the click model's debiased relevance) as well as integers."""
 
 from __future__ import annotations
 
@@ -12,26 +13,26 @@ import pandas as pd
 METRICS = ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100")
 
 
-def ndcg_at_k(ranked: Sequence[str], relevant: Mapping[str, int], k: int) -> float:
+def ndcg_at_k(ranked: Sequence[str], relevant: Mapping[str, float], k: int) -> float:
     dcg = sum(relevant.get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranked[:k]))
     ideal = sorted((g for g in relevant.values() if g > 0), reverse=True)[:k]
     idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
     return dcg / idcg if idcg > 0 else 0.0
 
 
-def mrr_at_k(ranked: Sequence[str], relevant: Mapping[str, int], k: int) -> float:
+def mrr_at_k(ranked: Sequence[str], relevant: Mapping[str, float], k: int) -> float:
     for i, d in enumerate(ranked[:k]):
         if relevant.get(d, 0) > 0:
             return 1.0 / (i + 1)
     return 0.0
 
 
-def recall_at_k(ranked: Sequence[str], relevant: Mapping[str, int], k: int) -> float:
+def recall_at_k(ranked: Sequence[str], relevant: Mapping[str, float], k: int) -> float:
     wanted = {d for d, g in relevant.items() if g > 0}
     return len(wanted.intersection(ranked[:k])) / len(wanted) if wanted else 0.0
 
 
-def average_precision_at_k(ranked: Sequence[str], relevant: Mapping[str, int], k: int) -> float:
+def average_precision_at_k(ranked: Sequence[str], relevant: Mapping[str, float], k: int) -> float:
     wanted = {d for d, g in relevant.items() if g > 0}
     if not wanted:
         return 0.0
@@ -43,7 +44,7 @@ def average_precision_at_k(ranked: Sequence[str], relevant: Mapping[str, int], k
     return total / len(wanted)
 
 
-def query_metrics(ranked: Sequence[str], relevant: Mapping[str, int]) -> dict[str, float]:
+def query_metrics(ranked: Sequence[str], relevant: Mapping[str, float]) -> dict[str, float]:
     return {"ndcg@10": ndcg_at_k(ranked, relevant, 10), "mrr@10": mrr_at_k(ranked, relevant, 10),
             "recall@10": recall_at_k(ranked, relevant, 10),
             "recall@100": recall_at_k(ranked, relevant, 100),
@@ -71,9 +72,15 @@ class EvalReport:
     def n_queries(self) -> int:
         return len(self.per_query)
 
+    def subset(self, queries: Mapping[str, object] | set[str]) -> EvalReport:
+        """The same scores, restricted to `queries` (e.g. the pool's recent slice)."""
+        keep = self.per_query["query"].isin(set(queries))
+        return EvalReport(self.per_query[keep].reset_index(drop=True), self.primary_metric,
+                          self.greater_is_better)
+
 
 def evaluate_rankings(rankings: Mapping[str, Sequence[str]],
-                      qrels: Mapping[str, Mapping[str, int]],
+                      qrels: Mapping[str, Mapping[str, float]],
                       primary_metric: str = "ndcg@10") -> EvalReport:
     """Every judged query counts; one the system returned nothing for scores zero."""
     rows = [{"query": q, **query_metrics(rankings.get(q, []), rel)}

@@ -146,3 +146,15 @@ def load_accepted_history(state_dir: Path, ledger: Ledger) -> pd.DataFrame | Non
               if (batch_dir(state_dir, b) / "accepted.parquet").exists()]
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def record_look(state_dir: Path, champion_version: str) -> int:
+    """Count one more judgement against `champion_version` and return its number (1 for
+    the first). Written before the decision is acted on, so a crash can only overcount,
+    which spends alpha faster but never lets a look go unspent. Per version: a rollback
+    resumes the count of the champion it returns to."""
+    path = state_dir / "looks.json"
+    looks: dict[str, int] = json.loads(path.read_text()) if path.exists() else {}
+    looks[champion_version] = looks.get(champion_version, 0) + 1
+    atomic_write_text(path, json.dumps(looks, indent=1, sort_keys=True))
+    return looks[champion_version]

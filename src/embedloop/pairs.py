@@ -1,4 +1,4 @@
-"""Clicks -> training pairs and a time-based held-out evaluation set. Pure functions.
+"""Clicks -> training pairs and the evaluation pool. Pure functions.
 
 Clicks are biased (users click what is shown high) and noisy (users click what is not
 relevant). A position-based click model fitted on every impression seen so far gives
@@ -7,11 +7,16 @@ trusted as positives or as evaluation labels. A document the model says users ex
 and skipped becomes that query's hard negative, unless it was ever clicked for it
 (false-negative filtering). Earlier batches' pairs are replayed in part so a cycle does
 not forget the last.
+
+The evaluation pool: a stable share of all queries, chosen by a hash of the normalized
+query, is never trained on. A query in the pool stays in it forever, so the pool grows
+with every batch and its labels, read through the click model from all history so far,
+sharpen as users ask the same queries again. Every decision is judged on the whole pool.
 """
 
 from __future__ import annotations
 
-import math
+import hashlib
 import random
 from dataclasses import dataclass, field
 
@@ -27,12 +32,17 @@ MAX_NEGATIVE_RELEVANCE = 0.2
 @dataclass(frozen=True)
 class TrainingData:
     pairs: pd.DataFrame  # query, doc_id, anchor, positive, [negative], clicks, relevance
-    eval_qrels: dict[str, dict[str, int]]  # query text -> {doc_id: relevance}
+    eval_qrels: dict[str, dict[str, float]]  # the pool: query text -> {doc_id: gain}
     train_queries: int
     eval_queries: int
+    # pool queries clicked in this batch: what users ask now (drift shows here first)
+    recent_qrels: dict[str, dict[str, float]] = field(default_factory=dict)
+    pool_new: int = 0  # pool queries first seen in this batch
     replayed: int = 0
     dropped_as_noise: int = 0
     examination: dict[int, float] = field(default_factory=dict)  # estimated propensities
+    # query key -> every document users clicked for it (no such document is a negative)
+    clicked_for: dict[str, set[str]] = field(default_factory=dict)
 
 
 def normalize_query(text: str) -> str:
@@ -40,19 +50,11 @@ def normalize_query(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
-def split_queries_by_time(clicks: pd.DataFrame, holdout_fraction: float,
-                          min_holdout: int) -> tuple[set[str], set[str]]:
-    """Hold out the queries seen most recently (by their last click), so the gate
-    measures the model on what users ask now, never on what it was trained on.
-    Returns (train, held-out) sets of normalized queries."""
-    last_seen = clicks.groupby("qkey")["ts"].max().sort_values(kind="stable")
-    n = len(last_seen)
-    if n < 2:
-        return set(last_seen.index), set()
-    n_eval = max(min_holdout, math.ceil(holdout_fraction * n))
-    n_eval = min(n_eval, n // 2)  # always leave at least half for training
-    ordered = list(last_seen.index)
-    return set(ordered[: n - n_eval]), set(ordered[n - n_eval:])
+def in_eval_pool(qkey: str, fraction: float) -> bool:
+    """Stable: the same normalized query lands on the same side on every run and every
+    machine (a hash of its text, not Python's salted hash())."""
+    digest = hashlib.sha256(qkey.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
 def _with_qkey(frame: pd.DataFrame) -> pd.DataFrame:
@@ -84,50 +86,69 @@ def _hard_negatives(impressions: pd.DataFrame, model: ClickModel) -> dict[str, s
     return dict(best.groupby("qkey", sort=True)["doc_id"].first())
 
 
+def pool_labels(clicks: pd.DataFrame, gamma: pd.Series | None, min_relevance: float,
+                graded: bool) -> dict[str, dict[str, float]]:
+    """Relevance labels for pool queries from their clicks: every clicked document the
+    click model trusts, with its debiased relevance as the gain (graded) or 1 (binary).
+    Keyed by the query's first-seen text."""
+    qrels: dict[str, dict[str, float]] = {}
+    for qkey, group in clicks.groupby("qkey", sort=True):
+        labels: dict[str, float] = {}
+        for doc in sorted(set(group["doc_id"])):
+            relevance = 1.0 if gamma is None else float(gamma.get((qkey, doc), 0.0))
+            if relevance >= min_relevance:  # noisy clicks are not relevance labels either
+                labels[doc] = round(relevance, 4) if graded and gamma is not None else 1.0
+        if labels:
+            qrels[group["query"].iloc[0].strip()] = labels
+    return qrels
+
+
 def build_training_data(accepted: pd.DataFrame, doc_texts: dict[str, str],
-                        holdout_fraction: float, min_holdout: int,
-                        never_train: set[str] | None = None, *,
+                        pool_fraction: float, never_train: set[str] | None = None, *,
                         history: pd.DataFrame | None = None, min_relevance: float = 0.0,
-                        hard_negatives: bool = False, replay_fraction: float = 0.0,
-                        seed: int = 0) -> TrainingData:
+                        graded_labels: bool = True, hard_negatives: bool = False,
+                        replay_fraction: float = 0.0, seed: int = 0) -> TrainingData:
     """Pairs from this batch's clicks (plus replayed earlier ones) for in-batch-negative
-    training; held-out queries and all their clicks go to evaluation only, and queries
-    in `never_train` (the guard set) are used for nothing.
+    training, and the evaluation pool's labels from all history. Pool queries (chosen by
+    `in_eval_pool`) and queries in `never_train` (the guard set) are never trained on.
 
     Args:
         accepted: this batch's validated rows.
-        history: earlier batches' accepted rows (click-model evidence and replay).
+        pool_fraction: share of queries that belong to the evaluation pool.
+        history: earlier batches' accepted rows (click-model evidence, pool labels, replay).
         min_relevance: debiased relevance a clicked pair needs (0 keeps every click).
+        graded_labels: pool labels are the debiased relevance, not 1 per trusted click.
         hard_negatives: add a `negative` column (examined-and-skipped documents).
         replay_fraction: share of earlier batches' pairs to train on again.
     """
     current = _with_qkey(accepted)
     earlier = _with_qkey(history) if history is not None and len(history) else current.iloc[:0]
-    if never_train:
-        excluded = {normalize_query(q) for q in never_train}
-        current = current[~current["qkey"].isin(excluded)]
-        earlier = earlier[~earlier["qkey"].isin(excluded)]
-    clicks = current[current["clicked"] == True]  # noqa: E712 - object column
-    train_keys, eval_keys = split_queries_by_time(clicks, holdout_fraction, min_holdout)
-
     everything = pd.concat([earlier, current], ignore_index=True)
+    clicks = current[current["clicked"] == True]  # noqa: E712 - object column
+    all_clicks = everything[everything["clicked"] == True]  # noqa: E712
+    # a query never clicked gives no label and no pair: only clicked ones count
+    pool_keys = {q for q in all_clicks["qkey"].unique() if in_eval_pool(q, pool_fraction)}
+    banned = pool_keys | {normalize_query(q) for q in never_train or ()}
+
     model = None
-    if min_relevance > 0 or hard_negatives:
+    gamma: pd.Series | None = None
+    if min_relevance > 0 or hard_negatives or graded_labels:
         model = fit_position_based_model(everything.dropna(subset=["position"]))
         gamma = model.relevance.set_index(["qkey", "doc_id"])["gamma"]
 
     def trusted(pairs: pd.DataFrame) -> pd.DataFrame:
-        if model is None:
+        if gamma is None:
             return pairs.assign(relevance=float("nan"))
         pairs = pairs.assign(relevance=[float(gamma.get((q, d), 0.0)) for q, d in
                                         zip(pairs["qkey"], pairs["doc_id"], strict=True)])
         return pairs[pairs["relevance"] >= min_relevance]
 
-    fresh = _click_pairs(clicks[clicks["qkey"].isin(train_keys)])
+    train_clicks = clicks[~clicks["qkey"].isin(banned)]
+    fresh = _click_pairs(train_clicks)
     kept = trusted(fresh)
     dropped = len(fresh) - len(kept)
     old_clicks = earlier[(earlier["clicked"] == True)  # noqa: E712
-                         & ~earlier["qkey"].isin(eval_keys)]
+                         & ~earlier["qkey"].isin(banned)]
     old = trusted(_click_pairs(old_clicks))
     old = old[~old.set_index(["qkey", "doc_id"]).index.isin(
         kept.set_index(["qkey", "doc_id"]).index)]
@@ -137,13 +158,11 @@ def build_training_data(accepted: pd.DataFrame, doc_texts: dict[str, str],
     pairs["anchor"] = pairs["query"].str.strip()
     pairs["positive"] = pairs["doc_id"].map(doc_texts)
     columns = ["query", "doc_id", "anchor", "positive", "clicks", "relevance"]
+    clicked_for: dict[str, set[str]] = {}
+    for q, d in zip(all_clicks["qkey"], all_clicks["doc_id"], strict=True):
+        clicked_for.setdefault(q, set()).add(d)
     if hard_negatives and model is not None:
-        shown = everything.dropna(subset=["position"])
-        negatives = _hard_negatives(shown, model)
-        clicked_for: dict[str, set[str]] = {}
-        for q, d in zip(shown.loc[shown["clicked"] == True, "qkey"],  # noqa: E712
-                        shown.loc[shown["clicked"] == True, "doc_id"], strict=True):  # noqa: E712
-            clicked_for.setdefault(q, set()).add(d)
+        negatives = _hard_negatives(everything.dropna(subset=["position"]), model)
         rng = random.Random(seed)
         all_docs = sorted(doc_texts)
 
@@ -156,20 +175,50 @@ def build_training_data(accepted: pd.DataFrame, doc_texts: dict[str, str],
                     return doc
             return rng.choice(all_docs)  # a tiny corpus where every document was clicked
 
-        pairs["negative"] = [doc_texts[negatives.get(q) or random_negative(q)]
-                             for q in pairs["qkey"]]
-        columns.insert(4, "negative")
-    pairs = pairs.reset_index(drop=True)[columns]
+        pairs["negative_id"] = [negatives.get(q) or random_negative(q) for q in pairs["qkey"]]
+        pairs["negative"] = pairs["negative_id"].map(doc_texts)
+        columns[4:4] = ["negative", "negative_id"]
+    pairs = pairs.reset_index(drop=True)[["qkey", *columns]]
 
-    held = clicks[clicks["qkey"].isin(eval_keys)]
-    eval_qrels: dict[str, dict[str, int]] = {}
-    for qkey, group in held.groupby("qkey", sort=True):
-        docs = sorted(set(group["doc_id"]))
-        if model is not None:  # noisy clicks are not relevance labels either
-            docs = [d for d in docs if float(gamma.get((qkey, d), 0.0)) >= min_relevance]
-        if docs:
-            eval_qrels[group["query"].iloc[0].strip()] = {d: 1 for d in docs}
-    return TrainingData(pairs=pairs, eval_qrels=eval_qrels, train_queries=len(train_keys),
-                        eval_queries=len(eval_qrels), replayed=len(replay),
-                        dropped_as_noise=dropped,
-                        examination=model.examination if model else {})
+    eval_qrels = pool_labels(all_clicks[all_clicks["qkey"].isin(pool_keys)], gamma,
+                             min_relevance, graded_labels)
+    recent_keys = set(clicks["qkey"]) & pool_keys
+    recent_qrels = pool_labels(all_clicks[all_clicks["qkey"].isin(recent_keys)], gamma,
+                               min_relevance, graded_labels)
+    return TrainingData(pairs=pairs, eval_qrels=eval_qrels,
+                        train_queries=int(train_clicks["qkey"].nunique()),
+                        eval_queries=len(eval_qrels), recent_qrels=recent_qrels,
+                        pool_new=len(pool_keys - set(earlier.loc[earlier["clicked"] == True,  # noqa: E712
+                                                                 "qkey"])),
+                        replayed=len(replay), dropped_as_noise=dropped,
+                        examination=model.examination if model else {},
+                        clicked_for=clicked_for)
+
+
+def mine_corpus_negatives(pairs: pd.DataFrame, hits: dict[str, list[tuple[str, float]]],
+                          clicked_for: dict[str, set[str]],
+                          relative_margin: float) -> list[str | None]:
+    """One hard negative per (query, positive) pair, mined from the whole corpus with the
+    champion: the highest-ranked document that users never clicked for the query and that
+    scores below the positive by at least `relative_margin` of the positive's score
+    magnitude, sentence-transformers' `mine_hard_negatives` rule. A document ranked that
+    close to the positive, or above it, is as likely an unlabelled relevant document as a
+    negative.
+
+    `hits` maps each query key to the champion's top-k (doc_id, score) over the corpus.
+    None where nothing qualifies, including when the positive is not in the top-k: then
+    every document shown there ranks above it and fails the margin.
+    """
+    mined: list[str | None] = []
+    for qkey, positive in zip(pairs["qkey"], pairs["doc_id"], strict=True):
+        ranked = hits.get(qkey, [])
+        scores = dict(ranked)
+        if positive not in scores:
+            mined.append(None)
+            continue
+        ceiling = scores[positive] - abs(scores[positive]) * relative_margin
+        clicked = clicked_for.get(qkey, set())
+        mined.append(next((doc for doc, score in ranked
+                           if doc != positive and doc not in clicked and score <= ceiling),
+                          None))
+    return mined

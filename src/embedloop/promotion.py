@@ -1,12 +1,21 @@
 """The promotion gate: a pure decision that says why, in words and numbers.
 
-A candidate is promoted only if, on the same held-out queries as the incumbent,
+A candidate is promoted only if, on the same evaluation-pool queries as the incumbent,
 1. its primary metric is higher by more than `min_improvement` (a tie keeps the
    incumbent),
 2. the gain is credible: a paired randomization test over per-query deltas gives
-   p < `alpha` (the bootstrap confidence interval is recorded beside it), and
+   p below this look's share of `alpha` (the bootstrap confidence interval is recorded
+   beside it), and
 3. on the guard set (fixed queries re-checked every run) it does not lose more
    than `guard_tolerance`, so a gain on new logs cannot hide a regression elsewhere.
+
+Looks. The pool is the same growing evidence every night, so a champion is judged
+against again and again; testing each look at `alpha` would promote a useless candidate
+far more often than `alpha` over a champion's lifetime (naive re-testing). Instead the
+k-th look against one champion may spend alpha / (k (k + 1)), and these shares add up
+to alpha over all looks (alpha spending with a union bound: valid whatever the
+correlation between looks). Early looks get most of it (alpha/2, alpha/6, ...); later
+ones need more evidence, which a pool that keeps growing provides.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from embedloop.evaluation import EvalReport
-from embedloop.significance import bootstrap_ci, randomization_p_value
+from embedloop.significance import bootstrap_ci, randomization_p_value, samples_to_resolve
 
 # Means of per-query scores carry float noise (0.51 - 0.50 = 0.010000000000000009): a
 # difference this small is no difference.
@@ -28,7 +37,7 @@ class PromotionPolicy:
     primary_metric: str = "ndcg@10"
     min_improvement: float = 0.005  # absolute, on the primary metric
     min_eval_queries: int = 5
-    alpha: float = 0.05  # 1.0 turns the significance requirement off
+    alpha: float = 0.05  # over all looks at one champion; 1.0 turns significance off
     guard_tolerance: float = 0.01  # largest allowed loss on the guard set
     confidence: float = 0.95
 
@@ -43,6 +52,18 @@ class Decision:
     numbers: dict[str, float] = field(default_factory=dict)
 
 
+def alpha_for_look(alpha: float, look: int) -> float:
+    """The share of `alpha` the `look`-th judgement (1-based) may spend; sums to alpha."""
+    if look < 1:
+        raise ValueError(f"looks count from 1, got {look}")
+    return alpha / (look * (look + 1))
+
+
+def alpha_spent(alpha: float, looks: int) -> float:
+    """What looks 1..`looks` have spent together: alpha * looks / (looks + 1)."""
+    return alpha * looks / (looks + 1)
+
+
 def paired_deltas(candidate: EvalReport, incumbent: EvalReport, metric: str) -> np.ndarray:
     """Per-query candidate - incumbent, matched by query; (n_queries,)."""
     merged = candidate.per_query.merge(incumbent.per_query, on="query", suffixes=("_c", "_i"))
@@ -50,13 +71,28 @@ def paired_deltas(candidate: EvalReport, incumbent: EvalReport, metric: str) -> 
 
 
 def should_promote(candidate: EvalReport, incumbent: EvalReport, policy: PromotionPolicy,
-                   guard: tuple[EvalReport, EvalReport] | None = None) -> Decision:
+                   guard: tuple[EvalReport, EvalReport] | None = None, look: int = 1,
+                   recent: tuple[EvalReport, EvalReport] | None = None) -> Decision:
+    """Judge `candidate` against `incumbent` on the evaluation pool.
+
+    Args:
+        guard: both models on the fixed guard set (a loss there vetoes).
+        look: how many times this champion has now been judged against, this one
+            included; it sets the share of alpha this look may spend.
+        recent: both models on this batch's pool queries, reported beside the pool.
+    """
     metric = policy.primary_metric
     cand, inc = candidate.means[metric], incumbent.means[metric]
     delta = cand - inc
+    look_alpha = alpha_for_look(policy.alpha, look)
     numbers: dict[str, float] = {"candidate": cand, "incumbent": inc, "delta": delta,
                                  "min_improvement": policy.min_improvement,
-                                 "eval_queries": float(candidate.n_queries)}
+                                 "eval_queries": float(candidate.n_queries),
+                                 "look": float(look), "alpha_look": look_alpha,
+                                 "alpha_spent": alpha_spent(policy.alpha, look)}
+    if recent is not None:
+        numbers.update(recent_delta=recent[0].means[metric] - recent[1].means[metric],
+                       recent_queries=float(recent[0].n_queries))
     guard_delta = 0.0
     if guard is not None:  # recorded whatever the outcome: the history plot reads it
         guard_delta = guard[0].means[metric] - guard[1].means[metric]
@@ -72,10 +108,11 @@ def should_promote(candidate: EvalReport, incumbent: EvalReport, policy: Promoti
     if not same or candidate.n_queries != incumbent.n_queries:
         return keep("candidate and incumbent were not scored on the same queries")
     if candidate.n_queries < policy.min_eval_queries:
-        return keep(f"only {candidate.n_queries} held-out queries; at least "
-                    f"{policy.min_eval_queries} are needed to judge")
+        return keep(f"only {candidate.n_queries} evaluation-pool queries; at least "
+                    f"{policy.min_eval_queries} are needed to judge (the pool grows with "
+                    f"every batch)")
     deltas = paired_deltas(candidate, incumbent, metric)
-    p_value = randomization_p_value(deltas)
+    p_value = randomization_p_value(deltas, samples=samples_to_resolve(look_alpha))
     low, high = bootstrap_ci(deltas, policy.confidence)
     numbers.update(p_value=p_value, ci_low=low, ci_high=high, alpha=policy.alpha,
                    queries_better=float(np.sum(deltas > EPSILON)),
@@ -83,7 +120,7 @@ def should_promote(candidate: EvalReport, incumbent: EvalReport, policy: Promoti
     evidence = (f"p={p_value:.3f}, {policy.confidence:.0%} CI [{low:+.4f}, {high:+.4f}], "
                 f"{int(numbers['queries_better'])} queries better, "
                 f"{int(numbers['queries_worse'])} worse")
-    scores = f"({inc:.4f} -> {cand:.4f})"
+    scores = f"({inc:.4f} -> {cand:.4f} on {candidate.n_queries} pool queries)"
     if delta <= policy.min_improvement + EPSILON:
         if delta > EPSILON:
             why = (f"improved by only {delta:+.4f}, not more than the required "
@@ -93,9 +130,11 @@ def should_promote(candidate: EvalReport, incumbent: EvalReport, policy: Promoti
         else:
             why = f"is worse than the incumbent by {-delta:.4f}"
         return keep(f"candidate {metric} {why} {scores}")
-    if policy.alpha < 1.0 and p_value >= policy.alpha:
-        return keep(f"candidate {metric} improved by {delta:+.4f} {scores} but not credibly: "
-                    f"{evidence}; p must be below {policy.alpha}")
+    if policy.alpha < 1.0 and p_value >= look_alpha:
+        return keep(f"candidate {metric} improved by {delta:+.4f} {scores} but not credibly "
+                    f"yet: {evidence}; look {look} at this champion may spend "
+                    f"alpha {look_alpha:.4f} (of {policy.alpha} over all looks), so p must be "
+                    f"below that. The pool grows with every batch: more evidence next run")
     if guard is not None:
         if guard_delta < -policy.guard_tolerance - EPSILON:
             return keep(f"candidate {metric} improved by {delta:+.4f} {scores} but regressed "
@@ -103,6 +142,9 @@ def should_promote(candidate: EvalReport, incumbent: EvalReport, policy: Promoti
                         f"(tolerance {policy.guard_tolerance})")
     guard_note = (f"; guard set {numbers['guard_delta']:+.4f} on {guard[0].n_queries} queries"
                   if guard is not None else "")
+    look_note = (f"; look {look}, p below its alpha {look_alpha:.4f}"
+                 if policy.alpha < 1.0 else "")
     return Decision(True, f"{metric} improved by {delta:+.4f} {scores}, more than the required "
-                    f"{policy.min_improvement:.4f}, credibly ({evidence}){guard_note}",
+                    f"{policy.min_improvement:.4f}, credibly ({evidence}{look_note})"
+                    f"{guard_note}",
                     cand, inc, delta, numbers)

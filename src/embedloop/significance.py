@@ -18,6 +18,7 @@ import itertools
 import numpy as np
 
 EXACT_LIMIT = 16
+CHUNK = 20_000
 
 
 def randomization_p_value(deltas: np.ndarray, samples: int = 20_000, seed: int = 0) -> float:
@@ -31,9 +32,17 @@ def randomization_p_value(deltas: np.ndarray, samples: int = 20_000, seed: int =
         means = (signs * d).mean(axis=1)  # (2^n,)
         return float(np.mean(means >= observed - tolerance))
     rng = np.random.default_rng(seed)
-    signs = rng.choice((-1.0, 1.0), size=(samples, d.size))
-    means = (signs * d).mean(axis=1)  # (samples,)
-    return float((np.sum(means >= observed - tolerance) + 1) / (samples + 1))
+    at_least = 0
+    for start in range(0, samples, CHUNK):  # chunks: many samples without much memory
+        signs = rng.choice((-1.0, 1.0), size=(min(CHUNK, samples - start), d.size))
+        at_least += int(np.sum((signs * d).mean(axis=1) >= observed - tolerance))
+    return float((at_least + 1) / (samples + 1))
+
+
+def samples_to_resolve(threshold: float, minimum: int = 20_000) -> int:
+    """Enough sign patterns that a Monte Carlo p-value can fall below `threshold` with
+    room to spare (its floor is 1 / (samples + 1)), capped to keep a look fast."""
+    return int(min(max(minimum, 50 / max(threshold, 1e-12)), 5_000_000))
 
 
 def bootstrap_ci(deltas: np.ndarray, confidence: float = 0.95, samples: int = 5_000,

@@ -18,7 +18,9 @@ class RunSummary:
     quarantined_by_reason: dict[str, int] = field(default_factory=dict)
     pairs: int = 0
     train_queries: int = 0
-    eval_queries: int = 0
+    eval_queries: int = 0  # the evaluation pool
+    pool_new: int = 0  # pool queries first seen in this batch
+    mined_negatives: int = 0
     candidate: dict[str, float] = field(default_factory=dict)
     incumbent: dict[str, float] = field(default_factory=dict)
     gate: dict[str, float] = field(default_factory=dict)  # every number the decision used
@@ -41,8 +43,10 @@ class RunSummary:
                ("  quarantined", str(self.rows_quarantined))]
         out += [(f"    {code}", str(n)) for code, n in self.quarantined_by_reason.items()]
         if self.pairs:
-            out += [("training pairs", f"{self.pairs} ({self.train_queries} queries)"),
-                    ("held-out queries", str(self.eval_queries))]
+            out += [("training pairs", f"{self.pairs} ({self.train_queries} queries, "
+                                       f"{self.mined_negatives} corpus-mined negatives)"),
+                    ("evaluation pool", f"{self.eval_queries} queries never trained on "
+                                        f"({self.pool_new} new in this batch)")]
         for metric in self.candidate:
             inc = self.incumbent.get(metric, float("nan"))
             cand = self.candidate[metric]
@@ -50,8 +54,18 @@ class RunSummary:
                                 f"({cand - inc:+.4f})"))
         if "p_value" in self.gate:
             low, high = self.gate["ci_low"], self.gate["ci_high"]
-            out.append(("significance", f"p={self.gate['p_value']:.3f}, 95% CI of the gain "
+            out.append(("significance", f"p={self.gate['p_value']:.4f}, 95% CI of the gain "
                                         f"[{low:+.4f}, {high:+.4f}]"))
+        if "look" in self.gate:
+            out.append(("evidence", f"look {int(self.gate['look'])} at champion "
+                                    f"v{self.incumbent_version}: p must be below "
+                                    f"{self.gate['alpha_look']:.4f}; "
+                                    f"{self.gate['alpha_spent']:.4f} of alpha "
+                                    f"{self.gate.get('alpha', 0.05):g} spent so far"))
+        if "recent_delta" in self.gate:
+            out.append(("recent slice", f"{self.gate['recent_delta']:+.4f} on "
+                                        f"{int(self.gate['recent_queries'])} pool queries "
+                                        f"asked in this batch"))
         if "guard_delta" in self.gate:
             out.append(("guard set", f"{self.gate['guard_delta']:+.4f} on "
                                      f"{int(self.gate['guard_queries'])} fixed queries"))

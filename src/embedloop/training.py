@@ -1,4 +1,5 @@
-"""Fine-tuning with sentence-transformers: contrastive loss with in-batch negatives."""
+"""Fine-tuning with sentence-transformers: contrastive loss with in-batch negatives,
+each anchor's term weighted by how sure the click model is that its positive is relevant."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -46,12 +47,37 @@ class FineTuneResult:
     device: str
 
 
+def weighted_ranking_loss(model: SentenceTransformer) -> Any:
+    """MultipleNegativesRankingLoss whose per-anchor terms are weighted by the batch's
+    labels (the pairs' debiased relevance): a click the model is sure of teaches more than
+    a borderline one. Equal weights give the stock loss."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+
+    class WeightedMultipleNegativesRankingLoss(MultipleNegativesRankingLoss):
+        def compute_loss_from_embeddings(self, embeddings: list[torch.Tensor],
+                                         labels: torch.Tensor | None) -> torch.Tensor:
+            queries, docs = embeddings[0], torch.cat(embeddings[1:])  # docs: positives first
+            scores = self.similarity_fct(queries, docs) * self.scale  # (batch, batch * k)
+            target = torch.arange(len(queries), device=queries.device)
+            per_anchor = F.cross_entropy(scores, target, reduction="none")  # (batch,)
+            if labels is None:
+                return per_anchor.mean()
+            weights = labels.to(per_anchor.dtype)
+            return (per_anchor * weights).sum() / weights.sum().clamp_min(1e-12)
+
+    return WeightedMultipleNegativesRankingLoss(model)
+
+
 def fine_tune(base_model: str, pairs: pd.DataFrame, output_dir: Path, cfg: TrainingConfig,
               *, device: str, max_seq_length: int | None = None,
               show_progress: bool = True) -> FineTuneResult:
-    """Train `base_model` on (anchor, positive) pairs with MultipleNegativesRankingLoss:
-    every other positive in the batch is a negative, so batches never hold the same
-    text twice (NO_DUPLICATES sampler). Saves the model to `output_dir/model`."""
+    """Train `base_model` on (anchor, positive[, negative]) pairs with
+    MultipleNegativesRankingLoss: every other positive in the batch is a negative, so
+    batches never hold the same text twice (NO_DUPLICATES sampler). A `weight` column
+    (debiased relevance) weights each anchor's term. Saves the model to
+    `output_dir/model`."""
     import torch
     from datasets import Dataset
     from sentence_transformers import (
@@ -68,7 +94,11 @@ def fine_tune(base_model: str, pairs: pd.DataFrame, output_dir: Path, cfg: Train
     # (anchor, positive[, negative]): MNRL uses every other positive and negative in the
     # batch as negatives for each anchor, plus the anchor's own hard negative.
     columns = [c for c in ("anchor", "positive", "negative") if c in pairs.columns]
-    dataset = Dataset.from_pandas(pairs[columns].reset_index(drop=True), preserve_index=False)
+    frame = pairs[columns].reset_index(drop=True)
+    weighted = "weight" in pairs.columns
+    if weighted:  # the trainer hands a column named "label" to the loss
+        frame["label"] = pairs["weight"].fillna(1.0).astype("float32").to_numpy()
+    dataset = Dataset.from_pandas(frame, preserve_index=False)
     batch_size = min(cfg.batch_size, len(pairs))
     args = SentenceTransformerTrainingArguments(
         output_dir=str(output_dir / "trainer"),
@@ -89,7 +119,8 @@ def fine_tune(base_model: str, pairs: pd.DataFrame, output_dir: Path, cfg: Train
         disable_tqdm=not show_progress,
     )
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
-                                         loss=MultipleNegativesRankingLoss(model),
+                                         loss=(weighted_ranking_loss(model) if weighted
+                                               else MultipleNegativesRankingLoss(model)),
                                          callbacks=[_crash_point_after_first_step()])
     started = time.perf_counter()
     output = trainer.train()

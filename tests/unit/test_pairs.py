@@ -2,7 +2,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-from embedloop.pairs import build_training_data, normalize_query, split_queries_by_time
+from embedloop.pairs import (
+    build_training_data,
+    in_eval_pool,
+    mine_corpus_negatives,
+    normalize_query,
+)
 
 
 def clicks(rows: list[tuple[str, str, str, bool]]) -> pd.DataFrame:
@@ -10,40 +15,58 @@ def clicks(rows: list[tuple[str, str, str, bool]]) -> pd.DataFrame:
                           "doc_id": d, "clicked": c} for i, (ts, q, d, c) in enumerate(rows)])
 
 
-def test_most_recent_queries_are_held_out_and_never_trained_on() -> None:
-    accepted = clicks([
-        ("2026-01-01", "old query", "d1", True),
-        ("2026-01-02", "middle query", "d2", True),
-        ("2026-01-03", "new query", "d3", True),
-        ("2026-01-04", "Old  Query", "d4", True),   # the old query, asked again, most recently
-        ("2026-01-04", "unclicked", "d5", False),
-    ])
+def pooled(fraction: float, n: int = 40) -> tuple[list[str], list[str]]:
+    """(in the pool, not in it) among queries "query 0" .. "query n-1"."""
+    names = [f"query {i}" for i in range(n)]
+    inside = [q for q in names if in_eval_pool(normalize_query(q), fraction)]
+    return inside, [q for q in names if q not in inside]
+
+
+def test_pool_membership_is_stable_and_has_the_asked_share() -> None:
+    keys = [f"query number {i}" for i in range(20_000)]
+    share = sum(in_eval_pool(k, 0.2) for k in keys) / len(keys)
+    assert abs(share - 0.2) < 0.01
+    # Fixed answers: a change of hash would move pool queries into training.
+    assert [in_eval_pool(f"query {i}", 0.5) for i in range(8)] == GOLDEN
+    # a larger share only adds queries: the pool of 0.2 stays inside the pool of 0.3
+    assert all(in_eval_pool(k, 0.3) for k in keys[:2000] if in_eval_pool(k, 0.2))
+
+
+GOLDEN = [False, True, True, False, True, True, True, False]
+
+
+def test_pool_queries_are_never_trained_on_and_are_labelled_from_all_history() -> None:
+    inside, outside = pooled(0.5)
+    pool_query, train_query = inside[0], outside[0]
+    history = clicks([("2026-01-01", pool_query, "d1", True),
+                      ("2026-01-01", train_query, "d2", True)])
+    accepted = clicks([("2026-01-02", pool_query.upper(), "d4", True),   # asked again
+                       ("2026-01-02", train_query, "d3", True),
+                       ("2026-01-02", outside[1], "d5", False)])
     data = build_training_data(accepted, {f"d{i}": f"text {i}" for i in range(6)},
-                               holdout_fraction=0.34, min_holdout=1)
-    assert data.eval_qrels == {"old query": {"d1": 1, "d4": 1}}
-    assert set(data.pairs["anchor"]) == {"middle query", "new query"}
-    assert "old query" not in {normalize_query(q) for q in data.pairs["query"]}
+                               pool_fraction=0.5, history=history, graded_labels=False)
+    assert data.eval_qrels == {pool_query: {"d1": 1.0, "d4": 1.0}}  # first-seen text
+    assert data.recent_qrels == data.eval_qrels  # asked in this batch too
+    assert data.pool_new == 0  # already in the pool from history
+    assert set(data.pairs["anchor"]) == {train_query}
+    assert normalize_query(pool_query) not in set(data.pairs["qkey"])
 
 
 def test_pairs_are_distinct_and_carry_document_text() -> None:
+    inside, outside = pooled(0.5)
+    q_a, q_b, q_c = outside[:3]
     accepted = clicks([
-        ("2026-01-01", "q a", "d1", True), ("2026-01-02", "q a", "d1", True),
-        ("2026-01-02", "q a", "d2", True), ("2026-01-03", "q b", "d2", False),
-        ("2026-01-05", "q c", "d3", True), ("2026-01-06", "q d", "d3", True),
+        ("2026-01-01", q_a, "d1", True), ("2026-01-02", q_a, "d1", True),
+        ("2026-01-02", q_a, "d2", True), ("2026-01-03", q_b, "d2", False),
+        ("2026-01-05", q_c, "d3", True), ("2026-01-06", inside[0], "d3", True),
     ])
     data = build_training_data(accepted, {"d1": "one", "d2": "two", "d3": "three"},
-                               holdout_fraction=0.0, min_holdout=1)
+                               pool_fraction=0.5, graded_labels=False)
     pairs = data.pairs.set_index(["query", "doc_id"])
-    assert pairs.loc[("q a", "d1"), "clicks"] == 2  # two clicks, one pair
-    assert pairs.loc[("q a", "d2"), "positive"] == "two"
-    assert ("q b", "d2") not in pairs.index  # shown but not clicked: not a positive
-    assert data.eval_queries == 1 and data.train_queries == 2
-
-
-def test_split_keeps_at_least_half_for_training() -> None:
-    frame = pd.DataFrame({"qkey": list("abcd"), "ts": pd.date_range("2026-01-01", periods=4)})
-    train, held = split_queries_by_time(frame, holdout_fraction=0.9, min_holdout=10)
-    assert held == {"c", "d"} and train == {"a", "b"}
+    assert pairs.loc[(q_a, "d1"), "clicks"] == 2  # two clicks, one pair
+    assert pairs.loc[(q_a, "d2"), "positive"] == "two"
+    assert (q_b, "d2") not in pairs.index  # shown but not clicked: not a positive
+    assert data.eval_queries == 1 and data.train_queries == 2 and data.pool_new == 1
 
 
 def impressions(sessions: list[tuple[str, str, list[str], set[str]]]) -> pd.DataFrame:
@@ -66,11 +89,12 @@ def test_click_model_drops_noise_clicks_and_picks_skipped_negatives() -> None:
         sessions.append((f"2026-01-0{day}", "other query",
                          ["d3", "d4", "d1", "d2"] if odd else ["d4", "d3", "d2", "d1"],
                          {"d3", "d4"} if day == 1 else {"d3"}))  # one stray click on d4
-    sessions.append(("2026-01-09", "late query", ["d1", "d2", "d3", "d4"], {"d1"}))
+    # in the pool at 0.3 (the other two are not): evaluated, never trained on
+    sessions.append(("2026-01-09", "late query 0", ["d1", "d2", "d3", "d4"], {"d1"}))
     accepted = impressions(sessions)
     texts = {d: f"text {d}" for d in ("d1", "d2", "d3", "d4")}
-    data = build_training_data(accepted, texts, holdout_fraction=0.3, min_holdout=1,
-                               min_relevance=0.5, hard_negatives=True)
+    data = build_training_data(accepted, texts, pool_fraction=0.3, min_relevance=0.5,
+                               hard_negatives=True)
     assert set(zip(data.pairs["anchor"], data.pairs["doc_id"], strict=True)) == {
         ("good query", "d2"), ("other query", "d3")}
     assert data.dropped_as_noise == 1  # the stray click on d4
@@ -81,16 +105,34 @@ def test_click_model_drops_noise_clicks_and_picks_skipped_negatives() -> None:
     # negative is random, but never d4 or d3, which users clicked for it
     assert negatives["other query"] in {"text d1", "text d2"}
     assert data.examination[1] == 1.0 and data.examination[4] < 1.0
-    assert list(data.eval_qrels) == ["late query"]
+    assert list(data.eval_qrels) == ["late query 0"]
+    # graded: the gain is the click model's debiased relevance, not 1
+    gain = data.eval_qrels["late query 0"]["d1"]
+    assert 0.5 <= gain <= 1.0
+    assert set(data.clicked_for["other query"]) == {"d3", "d4"}
 
 
 def test_replay_trains_again_on_part_of_earlier_batches() -> None:
     shown = ["d1", "d2"]
     history = impressions([("2026-01-01", f"old {i}", shown, {"d1"}) for i in range(10)])
     current = impressions([(f"2026-02-0{i + 1}", f"new {i}", shown, {"d2"}) for i in range(4)])
-    data = build_training_data(current, {"d1": "a", "d2": "b"}, holdout_fraction=0.25,
-                               min_holdout=1, history=history, replay_fraction=0.5)
-    assert data.replayed == 5
-    assert sum(a.startswith("old") for a in data.pairs["anchor"]) == 5
+    data = build_training_data(current, {"d1": "a", "d2": "b"}, pool_fraction=0.05,
+                               history=history, replay_fraction=0.5)
+    # "old 8" and "new 0" are in the pool: 9 earlier pairs can be replayed, 3 are fresh
+    assert data.replayed == 4  # round(0.5 * 9)
+    assert sum(a.startswith("old") for a in data.pairs["anchor"]) == 4
     assert sum(a.startswith("new") for a in data.pairs["anchor"]) == 3
-    assert list(data.eval_qrels) == ["new 3"]
+    assert sorted(data.eval_qrels) == ["new 0", "old 8"]
+    assert list(data.recent_qrels) == ["new 0"] and data.pool_new == 1
+
+
+def test_corpus_mined_negative_keeps_the_margin_and_skips_clicked_documents() -> None:
+    pairs = pd.DataFrame({"qkey": ["q", "q", "r"], "doc_id": ["p1", "p2", "p3"]})
+    hits = {"q": [("p1", 0.90), ("near", 0.88), ("clicked", 0.80), ("far", 0.70),
+                  ("p2", 0.60), ("farther", 0.50)],
+            "r": [("x", 0.9), ("y", 0.8)]}  # r's positive is not in its top-k
+    mined = mine_corpus_negatives(pairs, hits, {"q": {"p1", "p2", "clicked"}},
+                                  relative_margin=0.05)
+    # p1 (0.90): "near" is within 5% of it (0.855), "clicked" was clicked for q -> "far"
+    # p2 (0.60): everything above it fails the margin -> "farther"
+    assert mined == ["far", "farther", None]

@@ -5,7 +5,12 @@ import pandas as pd
 import pytest
 
 from embedloop.evaluation import METRICS, EvalReport
-from embedloop.promotion import PromotionPolicy, should_promote
+from embedloop.promotion import (
+    PromotionPolicy,
+    alpha_for_look,
+    alpha_spent,
+    should_promote,
+)
 from embedloop.significance import bootstrap_ci, randomization_p_value
 
 
@@ -24,7 +29,7 @@ THRESHOLD_ONLY = PromotionPolicy(min_improvement=0.01, min_eval_queries=2, alpha
     ([0.505, 0.505], [0.5, 0.5], False, "only +0.0050"),           # better, not enough
     ([0.51, 0.51], [0.5, 0.5], False, "only"),                     # exactly the minimum: keep
     ([0.4, 0.4], [0.5, 0.5], False, "worse than the incumbent by 0.1000"),
-    ([0.9], [0.1], False, "only 1 held-out queries"),              # too few to judge
+    ([0.9], [0.1], False, "only 1 evaluation-pool queries"),       # too few to judge
     ([0.9, 0.9], [0.1], False, "not scored on the same queries"),
 ])
 def test_threshold_rules(cand: list[float], inc: list[float], promote: bool,
@@ -80,7 +85,8 @@ def test_credible_gain_is_promoted_and_records_every_number() -> None:
     assert decision.numbers == pytest.approx({
         "candidate": 0.6, "incumbent": 0.5, "delta": 0.1, "min_improvement": 0.01,
         "eval_queries": 8.0, "p_value": 1 / 256, "ci_low": 0.1, "ci_high": 0.1,
-        "alpha": 0.05, "queries_better": 8.0, "queries_worse": 0.0})
+        "alpha": 0.05, "queries_better": 8.0, "queries_worse": 0.0,
+        "look": 1.0, "alpha_look": 0.025, "alpha_spent": 0.025})
 
 
 @pytest.mark.parametrize("guard_cand, promote", [(0.48, True), (0.45, False)])
@@ -101,3 +107,50 @@ def test_guard_scores_are_recorded_even_when_kept_for_another_reason() -> None:
     assert not decision.promote and "not more than the required 0.2000" in decision.reason
     assert decision.numbers["guard_candidate"] == pytest.approx(0.7)
     assert decision.numbers["guard_incumbent"] == pytest.approx(0.6)
+
+
+def test_alpha_spent_over_all_looks_never_exceeds_alpha() -> None:
+    shares = [alpha_for_look(0.05, k) for k in range(1, 10_001)]
+    assert shares[:3] == pytest.approx([0.025, 0.05 / 6, 0.05 / 12])
+    assert sum(shares) == pytest.approx(alpha_spent(0.05, 10_000)) and sum(shares) < 0.05
+    with pytest.raises(ValueError):
+        alpha_for_look(0.05, 0)
+
+
+def test_the_same_evidence_is_enough_at_the_first_look_but_not_at_a_later_one() -> None:
+    rng = np.random.default_rng(3)
+    gains = rng.normal(0.035, 0.16, size=150)  # p about 0.005 on 150 queries
+    base = rng.uniform(0.3, 0.7, size=150)
+    cand, inc = report(list(np.clip(base + gains, 0, 1))), report(list(base))
+    policy = PromotionPolicy(min_improvement=0.005, alpha=0.05)
+    first = should_promote(cand, inc, policy, look=1)
+    later = should_promote(cand, inc, policy, look=6)  # may spend 0.05/42 = 0.0012
+    assert first.numbers["p_value"] == pytest.approx(later.numbers["p_value"], abs=1e-3)
+    assert 0.0012 < first.numbers["p_value"] < 0.025
+    assert first.promote and "look 1" in first.reason
+    assert not later.promote and "not credibly yet" in later.reason and "look 6" in later.reason
+    assert later.numbers["alpha_spent"] == pytest.approx(0.05 * 6 / 7)
+
+
+def test_repeated_looks_under_no_gain_promote_at_most_alpha() -> None:
+    """A null candidate re-judged night after night on a growing pool (its per-query
+    deltas have mean zero): the spending rule promotes at most alpha of such histories;
+    testing every look at alpha (naive) promotes far more often."""
+    rng = np.random.default_rng(7)
+    policy = PromotionPolicy(min_improvement=0.0, alpha=0.2)  # a large alpha: few runs
+    spent = naive = 0
+    runs, looks = 150, 5
+    for _ in range(runs):
+        deltas = rng.choice([-0.2, -0.1, 0.0, 0.0, 0.0, 0.1, 0.2], size=20 * looks)
+        promoted_spent = promoted_naive = False
+        for k in range(1, looks + 1):
+            n = 20 * k  # the pool grows
+            inc = report([0.5] * n)
+            cand = report(list(0.5 + deltas[:n]))
+            promoted_spent |= should_promote(cand, inc, policy, look=k).promote
+            promoted_naive |= should_promote(cand, inc, policy, look=1).promote
+        spent += promoted_spent
+        naive += promoted_naive
+    print(f"false promotions: spending {spent}/{runs}, naive {naive}/{runs}")
+    assert spent / runs <= 0.2
+    assert naive / runs > 0.2  # the inflation the spending rule prevents
