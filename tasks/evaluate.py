@@ -76,7 +76,7 @@ def encode_corpus_stage(settings: Settings, model: Any, model_path: str, corpus:
 @stage(name="evaluate")
 def evaluate_stage(settings: Settings, label: str, model: object, index: LoadedIndex,
                    qrels: dict[str, dict[str, int]], precision: str) -> EvalReport:
-    """Rank the full corpus for every held-out query and score against the clicks."""
+    """Rank the full corpus for every evaluation query and score against its labels."""
     queries = sorted(qrels)
     vectors = encode(model, queries, batch_size=settings.encode_batch_size, precision=precision)
     hits = index.search(vectors, RETRIEVE_K)

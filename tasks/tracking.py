@@ -177,9 +177,9 @@ def log_history_plot(registry: Registry, run_id: str, min_improvement: float) ->
     xs = list(range(1, len(history) + 1))
     fig, ax = plt.subplots(figsize=(max(7.0, 0.7 * len(xs) + 3), 4.5))
     ax.plot(xs, history["champion_after"], color="black", linewidth=1.5,
-            label="champion after the run (held-out)")
+            label="champion after the run (evaluation pool)")
     ax.scatter(xs, history["incumbent"], marker="o", facecolors="none", edgecolors="gray",
-               label="incumbent (held-out)")
+               label="incumbent (evaluation pool)")
     promoted = history["promoted"]
     ax.scatter([x for x, p in zip(xs, promoted, strict=True) if p],
                history["candidate"][promoted], marker="^", color="#2e7d32", s=60,

@@ -79,7 +79,7 @@ class Settings:
     # 1.0 switches the significance test off.
     significance_alpha: float = 0.05
     guard_tolerance: float = 0.01  # largest allowed loss on the guard set
-    guard_queries: int = 100  # the first run's held-out queries, frozen as the guard set
+    guard_queries: int = 100  # the first run's pool queries, frozen as the guard set
     # encoding
     max_seq_length: int | None = None  # None keeps the model's own (256 for MiniLM)
     encode_batch_size: int = 64

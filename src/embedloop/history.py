@@ -16,7 +16,7 @@ def champion_history(runs: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
     Each run is {"started", "tags", "metrics"} with the gate's numbers as metrics
     (`gate.candidate`, `gate.incumbent`, optionally `gate.guard_candidate` and
-    `gate.guard_incumbent`) and `decision` among the tags. Held-out queries differ
+    `gate.guard_incumbent`) and `decision` among the tags. The evaluation pool grows
     from run to run; only the guard-set column compares like with like across runs.
     """
     rows = []

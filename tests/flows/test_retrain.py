@@ -65,8 +65,13 @@ def test_first_run_bootstraps_trains_and_promotes(promoted: tuple[Path, dict]) -
     run_data = registry.client.get_run(summary["mlflow_run_id"]).data
     assert run_data.tags["reason"] == "first week" and run_data.tags["trigger"] == "manual"
     assert run_data.tags["decision"] == "promoted"
-    assert {"candidate.ndcg_at_10", "incumbent.ndcg_at_10", "rows_quarantined"} <= set(
-        run_data.metrics)
+    assert {"candidate.ndcg_at_10", "incumbent.ndcg_at_10", "rows_quarantined",
+            "pool.queries", "pool.new_queries", "gate.look", "gate.alpha_look",
+            "gate.recent_delta"} <= set(run_data.metrics)
+    # the first judgement against champion v1, counted before the promotion
+    assert summary["gate"]["look"] == 1
+    assert json.loads((settings.state_dir / "looks.json").read_text()) == {"1": 1}
+    assert summary["eval_queries"] == run_data.metrics["pool.queries"] >= 5
     artifacts = {a.path for d in ("eval", "validation") for a in
                  registry.client.list_artifacts(summary["mlflow_run_id"], d)}
     assert {"eval/per_query.json", "eval/comparison.png", "eval/champion_history.png",
