@@ -180,6 +180,7 @@ def build_training_data(accepted: pd.DataFrame, doc_texts: dict[str, str],
         columns[4:4] = ["negative", "negative_id"]
     pairs = pairs.reset_index(drop=True)[["qkey", *columns]]
 
+    seen_before = set(earlier.loc[earlier["clicked"] == True, "qkey"])  # noqa: E712
     eval_qrels = pool_labels(all_clicks[all_clicks["qkey"].isin(pool_keys)], gamma,
                              min_relevance, graded_labels)
     recent_keys = set(clicks["qkey"]) & pool_keys
@@ -188,8 +189,7 @@ def build_training_data(accepted: pd.DataFrame, doc_texts: dict[str, str],
     return TrainingData(pairs=pairs, eval_qrels=eval_qrels,
                         train_queries=int(train_clicks["qkey"].nunique()),
                         eval_queries=len(eval_qrels), recent_qrels=recent_qrels,
-                        pool_new=len(pool_keys - set(earlier.loc[earlier["clicked"] == True,  # noqa: E712
-                                                                 "qkey"])),
+                        pool_new=len({normalize_query(q) for q in eval_qrels} - seen_before),
                         replayed=len(replay), dropped_as_noise=dropped,
                         examination=model.examination if model else {},
                         clicked_for=clicked_for)

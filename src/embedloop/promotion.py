@@ -20,7 +20,9 @@ ones need more evidence, which a pool that keeps growing provides.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 
@@ -62,6 +64,16 @@ def alpha_for_look(alpha: float, look: int) -> float:
 def alpha_spent(alpha: float, looks: int) -> float:
     """What looks 1..`looks` have spent together: alpha * looks / (looks + 1)."""
     return alpha * looks / (looks + 1)
+
+
+def queries_needed(deltas: np.ndarray, alpha: float) -> int:
+    """About how many pool queries a gain like this one needs before a one-sided test at
+    `alpha` calls it credible (normal approximation: the z-score grows with sqrt(n))."""
+    n, mean, sd = len(deltas), float(np.mean(deltas)), float(np.std(deltas, ddof=1))
+    if n < 2 or mean <= 0 or sd == 0:
+        return n
+    z_needed = NormalDist().inv_cdf(1.0 - alpha)
+    return max(n, math.ceil((z_needed * sd / mean) ** 2))
 
 
 def paired_deltas(candidate: EvalReport, incumbent: EvalReport, metric: str) -> np.ndarray:
@@ -117,7 +129,7 @@ def should_promote(candidate: EvalReport, incumbent: EvalReport, policy: Promoti
     numbers.update(p_value=p_value, ci_low=low, ci_high=high, alpha=policy.alpha,
                    queries_better=float(np.sum(deltas > EPSILON)),
                    queries_worse=float(np.sum(deltas < -EPSILON)))
-    evidence = (f"p={p_value:.3f}, {policy.confidence:.0%} CI [{low:+.4f}, {high:+.4f}], "
+    evidence = (f"p={p_value:.4f}, {policy.confidence:.0%} CI [{low:+.4f}, {high:+.4f}], "
                 f"{int(numbers['queries_better'])} queries better, "
                 f"{int(numbers['queries_worse'])} worse")
     scores = f"({inc:.4f} -> {cand:.4f} on {candidate.n_queries} pool queries)"
@@ -131,10 +143,14 @@ def should_promote(candidate: EvalReport, incumbent: EvalReport, policy: Promoti
             why = f"is worse than the incumbent by {-delta:.4f}"
         return keep(f"candidate {metric} {why} {scores}")
     if policy.alpha < 1.0 and p_value >= look_alpha:
+        needed = queries_needed(deltas, alpha_for_look(policy.alpha, look + 1))
+        numbers["queries_needed"] = float(needed)
         return keep(f"candidate {metric} improved by {delta:+.4f} {scores} but not credibly "
                     f"yet: {evidence}; look {look} at this champion may spend "
                     f"alpha {look_alpha:.4f} (of {policy.alpha} over all looks), so p must be "
-                    f"below that. The pool grows with every batch: more evidence next run")
+                    f"below that. Missing evidence: a gain this size needs about {needed} "
+                    f"pool queries to be credible at the next look; the pool grows with "
+                    f"every batch")
     if guard is not None:
         if guard_delta < -policy.guard_tolerance - EPSILON:
             return keep(f"candidate {metric} improved by {delta:+.4f} {scores} but regressed "

@@ -130,6 +130,9 @@ def test_the_same_evidence_is_enough_at_the_first_look_but_not_at_a_later_one() 
     assert first.promote and "look 1" in first.reason
     assert not later.promote and "not credibly yet" in later.reason and "look 6" in later.reason
     assert later.numbers["alpha_spent"] == pytest.approx(0.05 * 6 / 7)
+    # what is missing, in queries: z grows with sqrt(n), look 7 may spend 0.05/56
+    assert 150 < later.numbers["queries_needed"] < 600
+    assert f"about {int(later.numbers['queries_needed'])} pool queries" in later.reason
 
 
 def test_repeated_looks_under_no_gain_promote_at_most_alpha() -> None:
