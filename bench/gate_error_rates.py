@@ -120,7 +120,6 @@ def main() -> None:
     test = {queries[q]: {d: float(g) for d, g in docs.items()} for q, docs in test_ids.items()}
     device = pick_device()
     precision = resolve_precision(settings.encode_precision, device)
-    protocol = json.loads((args.run / "results.json").read_text())
 
     ledger = load_ledger(settings.state_dir)
     history = load_accepted_history(settings.state_dir, ledger)
@@ -164,8 +163,8 @@ def main() -> None:
     print("\n### Pool against truth (each version against the base v1, NDCG@10)\n")
     print("| version | protocol decision | test Δ | pool Δ graded (z) | pool Δ binary (z) |")
     print("|---|---|---|---|---|")
-    decisions = {f"v{c['candidate_version']}": f"{c['outcome']} ({c['batch']})"
-                 for c in protocol["cycles"] if c.get("candidate_version")}
+    decisions = {name: registry.version_info(name[1:]).tags.get("decision", "?")
+                 for name in scores if name.startswith("v")}
     for name, s in scores.items():
         if name == "v1":
             continue

@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 for key, value in {"HF_HUB_OFFLINE": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                   "MLFLOW_DISABLE_TELEMETRY": "true", "TOKENIZERS_PARALLELISM": "false"}.items():
+                   "MLFLOW_DISABLE_TELEMETRY": "true", "TOKENIZERS_PARALLELISM": "false",
+                   # a busy 2-core machine starts Prefect's local server slower than 20 s
+                   "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}.items():
     os.environ.setdefault(key, value)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,6 +135,7 @@ def main() -> None:
     shutil.rmtree(args.out, ignore_errors=True)
     # Its own Prefect database: a run beside the bench (a demo, tests) must not share one.
     os.environ.setdefault("PREFECT_HOME", str((args.out / "prefect").resolve()))
+    (args.out / "prefect").mkdir(parents=True, exist_ok=True)
 
     from embedloop.config import load_settings
     from flows.retrain import retrain
@@ -161,6 +164,7 @@ def main() -> None:
                               config_file=str(args.config),
                               overrides=overrides)
         except Exception as exc:  # a rejected batch is a result, not a crash of the bench
+            print(f"{name}: {type(exc).__name__}: {exc}", flush=True)
             summary = {"outcome": "rejected", "decision_reason": str(exc), "stage_seconds": {}}
         wall = time.perf_counter() - started
         if not cycles:

@@ -153,9 +153,10 @@ def run_retrain(settings: Settings, *, trigger: str, reason: str) -> RunSummary:
         summary.pairs, summary.train_queries = len(data.pairs), data.train_queries
         summary.eval_queries, summary.pool_new = data.eval_queries, data.pool_new
 
-        incumbent_model = load_model(champion.model_path, device, settings.max_seq_length)
-        incumbent_index = _incumbent_index(settings, champion, incumbent_model, corpus,
-                                           precision, summary)
+        with timed(seconds, "incumbent"):  # mines negatives, then is judged beside
+            incumbent_model = load_model(champion.model_path, device, settings.max_seq_length)
+            incumbent_index = _incumbent_index(settings, champion, incumbent_model, corpus,
+                                               precision, summary)
         if settings.hard_negatives and settings.mine_negatives:
             with timed(seconds, "negatives"):
                 summary.mined_negatives = mine_negatives_stage(
