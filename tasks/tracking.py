@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import subprocess
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,7 @@ def log_evaluation(registry: Registry, run_id: str, candidate: EvalReport,
     table["delta"] = table[f"{metric}_candidate"] - table[f"{metric}_incumbent"]
     client.log_table(run_id, table, "eval/per_query.json")
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6))
     left.hist(table["delta"], bins=21, color="#4472c4")
     left.axvline(0, color="black", linewidth=1)
     left.set(title=f"per-query {metric}: candidate - incumbent",
@@ -127,7 +128,9 @@ def log_evaluation(registry: Registry, run_id: str, candidate: EvalReport,
     right.set(title=f"evaluation pool ({candidate.n_queries} queries never trained on)",
               ylim=(0, 1))
     right.legend()
-    fig.suptitle(("PROMOTE: " if decision.promote else "KEEP: ") + decision.reason, fontsize=9)
+    # The reason is long (effect, interval, look, what is missing): wrapped, not cut off.
+    fig.suptitle(textwrap.fill(("PROMOTE: " if decision.promote else "KEEP: ")
+                               + decision.reason, 160), fontsize=8)
     fig.tight_layout()
     client.log_figure(run_id, fig, "eval/comparison.png")
     plt.close(fig)
