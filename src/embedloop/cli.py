@@ -101,6 +101,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from embedloop.index import IndexStore
+    from embedloop.ledger import looks_at
+    from embedloop.promotion import alpha_for_look, alpha_spent
     from embedloop.registry import CHAMPION, PREVIOUS, Registry
 
     settings = _settings(args)
@@ -120,6 +122,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"champion    v{champion}" + (f"  {settings.primary_metric} {score}" if score else "")
               + f"  ({info.tags.get('decision', '')})")
         print(f"previous    {'v' + previous if previous else 'none (rollback not possible)'}")
+        looks = looks_at(settings.state_dir, champion)
+        spent = alpha_spent(settings.significance_alpha, looks)
+        print(f"evidence    {looks} candidate(s) judged against v{champion}; alpha spent "
+              f"{spent:.4f} of {settings.significance_alpha:g}, the next may spend "
+              f"{alpha_for_look(settings.significance_alpha, looks + 1):.4f}")
     if live:
         m = store.manifest(live)
         flag = "" if m.model_version == champion else "  MISMATCH: not built by the champion"

@@ -148,6 +148,12 @@ def load_accepted_history(state_dir: Path, ledger: Ledger) -> pd.DataFrame | Non
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
+def looks_at(state_dir: Path, champion_version: str) -> int:
+    """How many candidates have been judged against `champion_version` so far."""
+    path = state_dir / "looks.json"
+    return int(json.loads(path.read_text()).get(champion_version, 0)) if path.exists() else 0
+
+
 def record_look(state_dir: Path, champion_version: str) -> int:
     """Count one more judgement against `champion_version` and return its number (1 for
     the first). Written before the decision is acted on, so a crash can only overcount,

@@ -11,6 +11,7 @@ from embedloop.ledger import (
     SEEN_DB,
     commit_ledger,
     load_ledger,
+    looks_at,
     record_look,
     save_batch,
     seen_event_ids,
@@ -41,6 +42,8 @@ def test_batches_committed_before_the_index_existed_are_added_once(tmp_path: Pat
 
 
 def test_looks_are_counted_per_champion(tmp_path: Path) -> None:
+    assert looks_at(tmp_path, "1") == 0
     assert [record_look(tmp_path, "1") for _ in range(3)] == [1, 2, 3]
     assert record_look(tmp_path, "2") == 1  # a new champion starts afresh
     assert record_look(tmp_path, "1") == 4  # rolled back to v1: its count resumes
+    assert looks_at(tmp_path, "1") == 4 and looks_at(tmp_path, "2") == 1
