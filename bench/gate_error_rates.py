@@ -3,10 +3,10 @@
 After a protocol run (bench/protocol.py --out DIR) every registered version's true
 quality is known from the judged test split, which the pipeline never sees. This bench
 
-1. scores every version on the run's final evaluation pool (labels from all the run's
-   clicks through the click model, graded and binary) and on the test split;
-2. trains a null candidate: the base model fine-tuned on the noise-only batch alone,
-   with the click-model filter off, so it really learns from noise;
+1. scores every version on the evaluation pool of the last click-trained cycle (labels
+   from all its clicks through the click model, graded and binary) and on the test split;
+2. trains a null candidate: the base model fine-tuned (1 epoch) on the noise-only batch
+   alone, with the click-model filter off, so it really learns from noise;
 3. A/A: histories of repeated looks at candidates with no real gain, each look judged by
    the real `should_promote` on a resampled, growing pool; a history is a false
    promotion if any of its looks promotes. Three kinds of null:
@@ -24,6 +24,7 @@ quality is known from the judged test split, which the pipeline never sees. This
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -122,7 +123,10 @@ def main() -> None:
     precision = resolve_precision(settings.encode_precision, device)
 
     ledger = load_ledger(settings.state_dir)
-    history = load_accepted_history(settings.state_dir, ledger)
+    # The pool as the last click-trained cycle judged on: the noise-only batch (fed last)
+    # is left out, since a broken tracker's clicks blur the click model's labels.
+    clean = dataclasses.replace(ledger, batches=ledger.batches[:-1])
+    history = load_accepted_history(settings.state_dir, clean)
     assert history is not None, f"{args.run} holds no committed batches"
     pools = {labels: build_training_data(history.iloc[:0], texts, settings.holdout_fraction,
                                          history=history,
@@ -133,7 +137,7 @@ def main() -> None:
 
     models: dict[str, str] = {}
     for v in registry.client.search_model_versions(f"name='{settings.model_name}'"):
-        models[f"v{v.version}"] = registry.local_model_path(v.version,
+        models[f"v{v.version}"] = registry.local_model_path(str(v.version),
                                                             settings.state_dir / "models")
     noise_batch = ledger.batches[-1]  # the protocol feeds the noise-only batch last
     noise = pd.read_parquet(batch_dir(settings.state_dir, noise_batch) / "accepted.parquet")
@@ -143,7 +147,8 @@ def main() -> None:
                                    graded_labels=False)
         print(f"null candidate: {len(data.pairs)} pairs from the noise-only batch alone, "
               f"click-model filter off", flush=True)
-        fine_tune(models["v1"], data.pairs, null_dir, settings.training, device=device,
+        fine_tune(models["v1"], data.pairs, null_dir,
+                  dataclasses.replace(settings.training, epochs=1.0), device=device,
                   max_seq_length=settings.max_seq_length)
     models["noise-alone"] = str(null_dir / "model")
 
