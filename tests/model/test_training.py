@@ -84,3 +84,30 @@ def test_pickle_format_weights_are_refused(base_model_path: str, tmp_path: Path)
     torch.save(weights, folder / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="cannot load the model"):
         load_model(str(folder), "cpu")
+
+
+def test_relevance_weighted_loss_is_the_stock_loss_with_equal_weights(
+        base_model_path: str) -> None:
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+
+    from embedloop.training import weighted_ranking_loss
+
+    model = load_model(base_model_path, "cpu")
+    weighted, stock = weighted_ranking_loss(model), MultipleNegativesRankingLoss(model)
+    torch.manual_seed(0)
+    anchors, positives, negatives = (torch.nn.functional.normalize(torch.randn(6, 384), dim=1)
+                                     for _ in range(3))
+    embeddings = [anchors, positives, negatives]
+    ones = torch.ones(6)
+    expected = stock.compute_loss_from_embeddings(embeddings, ones)
+    assert weighted.compute_loss_from_embeddings(embeddings, ones) == pytest.approx(
+        float(expected), rel=1e-5)
+    assert weighted.compute_loss_from_embeddings(embeddings, 0.5 * ones) == pytest.approx(
+        float(expected), rel=1e-5)  # only relative weights matter
+    # a pair weighted 0 drops out: the loss is the mean over the other anchors' terms
+    only_first = torch.tensor([1.0, 0, 0, 0, 0, 0])
+    first_term = torch.nn.functional.cross_entropy(
+        stock.similarity_fct(anchors, torch.cat([positives, negatives]))[:1] * stock.scale,
+        torch.tensor([0]))
+    assert weighted.compute_loss_from_embeddings(embeddings, only_first) == pytest.approx(
+        float(first_term), rel=1e-5)
