@@ -38,20 +38,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocol import REPO, read_jsonl, read_qrels  # noqa: E402
+from protocol import REPO, evaluate_queries, read_jsonl, read_qrels  # noqa: E402
 
-from embedloop.evaluation import EvalReport, evaluate_rankings  # noqa: E402
+from embedloop.evaluation import EvalReport  # noqa: E402
 from embedloop.promotion import PromotionPolicy, should_promote  # noqa: E402
-
-
-def per_query(model: Any, index: Any, qrels: dict[str, dict[str, float]],
-              precision: str) -> EvalReport:
-    from embedloop.encoding import encode
-
-    queries = sorted(qrels)
-    hits = index.search(encode(model, queries, precision=precision), 100)
-    return evaluate_rankings({q: [d for d, _ in h] for q, h in zip(queries, hits, strict=True)},
-                             qrels)
 
 
 def resampled(report: EvalReport, picks: np.ndarray, values: np.ndarray | None = None,
@@ -159,7 +149,9 @@ def main() -> None:
                          batch_size=settings.encode_batch_size, show_progress=True)
         index = LoadedIndex(None, build_faiss_index(vectors),  # type: ignore[arg-type]
                             list(corpus["doc_id"]))
-        scores[name] = {kind: per_query(model, index, qrels, precision)
+        # keyed by query text: each query is its own text to encode
+        scores[name] = {kind: evaluate_queries(model, index, {q: q for q in qrels}, qrels,
+                                               precision)
                         for kind, qrels in (("test", test), *pools.items())}
         print(f"{name}: " + ", ".join(f"{k} {r.primary:.4f}" for k, r in scores[name].items()),
               flush=True)

@@ -57,16 +57,23 @@ def simulate(beir: Path, out: Path, *extra: str) -> dict[str, Any]:
     return json.loads((out / "manifest.json").read_text())
 
 
-def score_index(model: Any, index: Any, queries: dict[str, str],
-                qrels: dict[str, dict[str, int]], precision: str) -> dict[str, float]:
+def evaluate_queries(model: Any, index: Any, queries: dict[str, str],
+                     qrels: dict[str, dict[str, float]], precision: str) -> Any:
+    """Per-query EvalReport of `model` searching `index` (top 100) for every judged query;
+    `queries` maps the qrels' keys to the text to encode."""
     from embedloop.encoding import encode
     from embedloop.evaluation import evaluate_rankings
 
-    qids = sorted(q for q in qrels if q in queries)
-    vectors = encode(model, [queries[q] for q in qids], precision=precision)
+    keys = sorted(q for q in qrels if q in queries)
+    vectors = encode(model, [queries[q] for q in keys], precision=precision)
     hits = index.search(vectors, 100)
-    rankings = {q: [d for d, _ in h] for q, h in zip(qids, hits, strict=True)}
-    means = evaluate_rankings(rankings, {q: qrels[q] for q in qids}).means
+    rankings = {q: [d for d, _ in h] for q, h in zip(keys, hits, strict=True)}
+    return evaluate_rankings(rankings, {q: qrels[q] for q in keys})
+
+
+def score_index(model: Any, index: Any, queries: dict[str, str],
+                qrels: dict[str, dict[str, int]], precision: str) -> dict[str, float]:
+    means = evaluate_queries(model, index, queries, qrels, precision).means
     return {m: means[m] for m in TEST_METRICS}
 
 

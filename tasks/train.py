@@ -52,7 +52,8 @@ def mine_negatives_stage(settings: Settings, data: TrainingData, model: object,
     mined = mine_corpus_negatives(pairs, hits, data.clicked_for,
                                   settings.negative_relative_margin)
     found = pd.Series(mined, index=pairs.index).dropna()
-    texts = dict(zip(corpus["doc_id"], document_texts(corpus), strict=True))
+    wanted = corpus[corpus["doc_id"].isin(set(found))]  # texts only for what was mined
+    texts = dict(zip(wanted["doc_id"], document_texts(wanted), strict=True))
     pairs.loc[found.index, "negative_id"] = found
     pairs.loc[found.index, "negative"] = found.map(texts)
     get_run_logger().info("hard negatives: %d of %d pairs mined from the corpus with the "

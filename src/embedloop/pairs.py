@@ -31,7 +31,8 @@ MAX_NEGATIVE_RELEVANCE = 0.2
 
 @dataclass(frozen=True)
 class TrainingData:
-    pairs: pd.DataFrame  # query, doc_id, anchor, positive, [negative], clicks, relevance
+    # qkey, query, doc_id, anchor, positive, [negative, negative_id], clicks, relevance
+    pairs: pd.DataFrame
     eval_qrels: dict[str, dict[str, float]]  # the pool: query text -> {doc_id: gain}
     train_queries: int
     eval_queries: int
@@ -68,19 +69,17 @@ def _click_pairs(clicks: pd.DataFrame) -> pd.DataFrame:
             .agg(query=("query", "first"), clicks=("event_id", "size")).reset_index())
 
 
-def _hard_negatives(impressions: pd.DataFrame, model: ClickModel) -> dict[str, str]:
+def _hard_negatives(impressions: pd.DataFrame, model: ClickModel,
+                    clicked_for: dict[str, set[str]]) -> dict[str, str]:
     """Per query: the shown document most likely examined and skipped, never clicked."""
     rel = model.relevance.set_index(["qkey", "doc_id"])
-    ever_clicked = set(zip(impressions.loc[impressions["clicked"] == True, "qkey"],  # noqa: E712
-                           impressions.loc[impressions["clicked"] == True, "doc_id"],  # noqa: E712
-                           strict=True))
     shown = impressions[["qkey", "doc_id", "position"]].copy()
     shown["examined"] = shown["position"].astype(int).map(model.examination).fillna(0.0)
     shown = shown.groupby(["qkey", "doc_id"], sort=True)["examined"].max().reset_index()
     shown["gamma"] = [rel.at[(q, d), "gamma"] for q, d in zip(shown["qkey"], shown["doc_id"],
                                                               strict=True)]
-    keep = [(q, d) not in ever_clicked for q, d in zip(shown["qkey"], shown["doc_id"],
-                                                       strict=True)]
+    keep = [d not in clicked_for.get(q, ()) for q, d in zip(shown["qkey"], shown["doc_id"],
+                                                            strict=True)]
     shown = shown[np.array(keep, dtype=bool) & (shown["gamma"] <= MAX_NEGATIVE_RELEVANCE)]
     best = shown.sort_values(["qkey", "examined", "doc_id"], ascending=[True, False, True])
     return dict(best.groupby("qkey", sort=True)["doc_id"].first())
@@ -162,7 +161,8 @@ def build_training_data(accepted: pd.DataFrame, doc_texts: dict[str, str],
     for q, d in zip(all_clicks["qkey"], all_clicks["doc_id"], strict=True):
         clicked_for.setdefault(q, set()).add(d)
     if hard_negatives and model is not None:
-        negatives = _hard_negatives(everything.dropna(subset=["position"]), model)
+        negatives = _hard_negatives(everything.dropna(subset=["position"]), model,
+                                    clicked_for)
         rng = random.Random(seed)
         all_docs = sorted(doc_texts)
 
@@ -183,9 +183,9 @@ def build_training_data(accepted: pd.DataFrame, doc_texts: dict[str, str],
     seen_before = set(earlier.loc[earlier["clicked"] == True, "qkey"])  # noqa: E712
     eval_qrels = pool_labels(all_clicks[all_clicks["qkey"].isin(pool_keys)], gamma,
                              min_relevance, graded_labels)
-    recent_keys = set(clicks["qkey"]) & pool_keys
-    recent_qrels = pool_labels(all_clicks[all_clicks["qkey"].isin(recent_keys)], gamma,
-                               min_relevance, graded_labels)
+    asked_now = set(clicks["qkey"])
+    recent_qrels = {q: labels for q, labels in eval_qrels.items()
+                    if normalize_query(q) in asked_now}
     return TrainingData(pairs=pairs, eval_qrels=eval_qrels,
                         train_queries=int(train_clicks["qkey"].nunique()),
                         eval_queries=len(eval_qrels), recent_qrels=recent_qrels,
