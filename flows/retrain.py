@@ -24,11 +24,12 @@ import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
+from prefect.states import State
 
 from embedloop.config import Settings, load_settings
 from embedloop.corpus import corpus_fingerprint
-from embedloop.encoding import load_model, pick_device, resolve_precision
-from embedloop.errors import BatchRejected
+from embedloop.encoding import choose_precision, load_model, pick_device
+from embedloop.errors import BatchRejected, Refused
 from embedloop.faults import crash_point
 from embedloop.index import IndexManifest, IndexStore, LoadedIndex, build_faiss_index
 from embedloop.ledger import (
@@ -43,7 +44,7 @@ from embedloop.promotion import PromotionPolicy, should_promote
 from embedloop.registry import CHAMPION, Registry
 from embedloop.summary import RunSummary
 from embedloop.validation import quarantine_whole_batch
-from flows.alerts import notify_failure
+from flows.alerts import notify_failure, refused
 from tasks.evaluate import encode_corpus_stage, evaluate_stage
 from tasks.ingest import ingest_logs, load_corpus_stage
 from tasks.publish import (
@@ -51,6 +52,7 @@ from tasks.publish import (
     align_live_index,
     cache_local_model,
     commit_batch_stage,
+    commit_cursors_stage,
     promote_stage,
     write_index_stage,
 )
@@ -77,7 +79,7 @@ def timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
 @flow(name="retrain", flow_run_name="retrain-{trigger}", on_failure=[notify_failure],
       on_crashed=[notify_failure])
 def retrain(reason: str, trigger: str = "manual", config_file: str | None = None,
-            overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+            overrides: dict[str, Any] | None = None) -> dict[str, Any] | State:
     """Retrain from the logs that arrived since the last run; promote only on improvement.
 
     Args:
@@ -87,8 +89,11 @@ def retrain(reason: str, trigger: str = "manual", config_file: str | None = None
         overrides: settings that win over the file and the environment.
     """
     settings = load_settings(Path(config_file) if config_file else None, **(overrides or {}))
-    with exclusive(settings.state_dir, f"retrain ({trigger}: {reason})"):
-        return run_retrain(settings, trigger=trigger, reason=reason).to_json()
+    try:
+        with exclusive(settings.state_dir, f"retrain ({trigger}: {reason})"):
+            return run_retrain(settings, trigger=trigger, reason=reason).to_json()
+    except Refused as exc:
+        return refused(exc)
 
 
 def run_retrain(settings: Settings, *, trigger: str, reason: str) -> RunSummary:
@@ -98,7 +103,8 @@ def run_retrain(settings: Settings, *, trigger: str, reason: str) -> RunSummary:
     registry = Registry(settings.resolved_tracking_uri, settings.model_name,
                         settings.artifact_root)
     device = pick_device()
-    precision = resolve_precision(settings.encode_precision, device)
+    precision, why = choose_precision(settings.encode_precision, device)
+    logger.info("device %s, precision %s: %s", device, precision, why)
 
     discover_log_files(settings.logs)  # a wrong path fails now, not after the bootstrap
     with timed(seconds, "corpus"):
@@ -108,18 +114,22 @@ def run_retrain(settings: Settings, *, trigger: str, reason: str) -> RunSummary:
     summary.incumbent_version = summary.champion_version = champion.version
     summary.notes += registry.repairs
     run_id = start_tracking(registry, settings, trigger, reason, champion.version,
-                            str(flow_run.id) if flow_run.id else None)
+                            str(flow_run.id) if flow_run.id else None,
+                            {"device": device, "precision": f"{precision} ({why})"})
     summary.mlflow_run_id = run_id
     try:
         with timed(seconds, "ingest"):
             new, ledger = ingest_logs(settings)
         crash_point("ingest")
-        summary.notes += new.notes
+        summary.notes += [n for n in new.notes if n.split(":")[0] not in new.unreadable]
+        summary.unreadable_files = new.unreadable
         summary.rows_ingested = len(new.frame)
         if new.frame.empty:
             summary.outcome = "no-new-data"
             summary.decision_reason = ("no new interaction rows since the last run; the "
                                        "champion and the live index are unchanged")
+            if new.cursors:  # empty or unreadable files: remembered, not tried every night
+                commit_cursors_stage(settings, ledger, new.cursors)
             return _finish(settings, registry, summary)
 
         batch_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{run_id[:8]}"

@@ -86,3 +86,10 @@ def commit_batch_stage(settings: Settings, ledger: Ledger, cursors: dict[str, Cu
     save_batch(settings.state_dir, batch_id, accepted, quarantined)
     crash_point("commit")  # the batch's files written, the ledger not yet moved
     return commit_ledger(settings.state_dir, ledger, cursors, batch_id)
+
+
+@io_stage(name="remember skipped files")
+def commit_cursors_stage(settings: Settings, ledger: Ledger,
+                         cursors: dict[str, Cursor]) -> Ledger:
+    """A run with no new rows still remembers the empty and unreadable files it saw."""
+    return commit_ledger(settings.state_dir, ledger, cursors, None)

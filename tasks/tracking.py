@@ -29,7 +29,10 @@ def code_version() -> str:
 
 
 def start_tracking(registry: Registry, settings: Settings, trigger: str, reason: str,
-                   incumbent: str | None, flow_run_id: str | None) -> str:
+                   incumbent: str | None, flow_run_id: str | None,
+                   runtime: dict[str, str] | None = None) -> str:
+    """An MLflow run with the settings as params; `runtime`: choices made on this machine
+    (device, precision and why), so a slow run can be explained from the UI."""
     tags = {"trigger": trigger, "reason": reason, "code_version": code_version(),
             "incumbent_version": incumbent or "none", "prefect_flow_run_id": flow_run_id or "",
             "mlflow.note.content": f"{trigger} retrain: {reason}"}
@@ -44,7 +47,8 @@ def start_tracking(registry: Registry, settings: Settings, trigger: str, reason:
         "mine_negatives": settings.mine_negatives,
         "negative_relative_margin": settings.negative_relative_margin,
         "weight_by_relevance": settings.weight_by_relevance,
-        **{f"train.{k}": v for k, v in dataclasses.asdict(settings.training).items()}}
+        **{f"train.{k}": v for k, v in dataclasses.asdict(settings.training).items()},
+        **(runtime or {})}
     for key, value in params.items():
         registry.client.log_param(run_id, key, str(value))
     return run_id
@@ -150,6 +154,7 @@ def finish_tracking(registry: Registry, run_id: str, summary: RunSummary,
     client.set_tag(run_id, "champion_version", summary.champion_version or "none")
     for stage, seconds in summary.stage_seconds.items():
         client.log_metric(run_id, f"seconds.{stage}", seconds)
+    client.log_metric(run_id, "unreadable_files", len(summary.unreadable_files))
     if summary.pairs:  # the pool's growth, run by run, in the metric charts
         client.log_metric(run_id, "pool.queries", summary.eval_queries)
         client.log_metric(run_id, "pool.new_queries", summary.pool_new)

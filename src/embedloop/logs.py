@@ -1,8 +1,11 @@
 """The interaction-log contract, its readers, and the ledger of what was read.
 
 One row per shown result (see `LOG_FIELDS`). Readers never drop a row: a line
-that is not even JSON still becomes a row, with `parse_error` set, so that
-validation can quarantine it with a reason and the counts add up.
+that is not even JSON, or a CSV row with the wrong number of fields or bytes that
+are not UTF-8, still becomes a row, with `parse_error` set, so that validation
+can quarantine it with a reason and a line number and the counts add up. A file
+that cannot be read at all (a damaged Parquet file, no permission) is skipped and
+named in `NewRows.unreadable`; the run goes on with the other files.
 
 Incremental reading: a `Cursor` per file records how much of it earlier runs
 consumed (bytes for NDJSON, data rows for CSV, all-or-nothing for Parquet) and
@@ -12,13 +15,17 @@ is noticed.
 
 from __future__ import annotations
 
+import codecs
+import contextlib
+import csv
 import glob
 import hashlib
+import io
 import json
 import math
 import re
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +65,7 @@ class NewRows:
     frame: pd.DataFrame  # LOG_FIELDS + source, line, parse_error; raw values, object dtype
     cursors: dict[str, Cursor]  # updated cursors for every file read (commit after the run)
     notes: list[str]  # things an operator should know (rewritten files, partial lines)
+    unreadable: dict[str, str] = field(default_factory=dict)  # file name -> why, skipped
 
 
 def discover_log_files(source: str | Path) -> list[Path]:
@@ -165,24 +173,71 @@ def _read_ndjson(path: Path, start: int, first_line: int, column_map: dict[str, 
 
 def _read_csv(path: Path, skip_rows: int, column_map: dict[str, str]
               ) -> tuple[pd.DataFrame, int]:
+    """Data rows after the first `skip_rows`, one frame row per CSV record, numbered by
+    the file line it starts on. A record whose field count differs from the header's,
+    or that holds bytes that are not UTF-8, becomes a row with `parse_error` set."""
+    data = path.read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    # surrogateescape keeps undecodable bytes visible per record instead of failing the file
+    reader = csv.reader(io.StringIO(data.decode("utf-8", errors="surrogateescape"),
+                                    newline=""))
+    csv.field_size_limit(1 << 30)  # a 200 kB junk query is a row to quarantine, not a crash
     try:
-        frame = pd.read_csv(path, dtype=object, keep_default_na=False, na_values=[""],
-                            skiprows=range(1, skip_rows + 1), on_bad_lines="error")
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path.name}: not a readable CSV file ({exc})") from None
-    return _columns_frame(frame, column_map, path.name, skip_rows), skip_rows + len(frame)
+        header = next(reader, None)
+        if header is None:  # an empty file: nothing to read yet
+            return _columns_frame(pd.DataFrame(), column_map, path.name, []), 0
+        width = len(header)
+        records: list[list[str | None]] = []
+        lines: list[int] = []
+        errors: list[str | None] = []
+        seen = 0
+        line = reader.line_num
+        for record in reader:
+            start, line = line + 1, reader.line_num
+            if not record:  # a blank line is no record
+                continue
+            seen += 1
+            if seen <= skip_rows:
+                continue
+            error = None
+            if len(record) != width:
+                error = f"expected {width} fields (as in the header), found {len(record)}"
+            elif not _is_utf8("\x1f".join(record)):
+                error = "bytes that are not valid UTF-8"
+            records.append([None] * width if error else [v if v else None for v in record])
+            lines.append(start)
+            errors.append(error)
+    except csv.Error as exc:
+        raise InputError(f"not a readable CSV file (line {reader.line_num}: {exc})") from None
+    frame = pd.DataFrame(records, columns=header, dtype=object)
+    out = _columns_frame(frame, column_map, path.name, lines)
+    out["parse_error"] = pd.Series(errors, dtype=object)
+    return out, skip_rows + len(records)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # a surrogate escape stands for a byte that was not UTF-8
+        return False
 
 
 def _read_parquet(path: Path, column_map: dict[str, str]) -> pd.DataFrame:
     try:
         frame = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several unrelated types for a bad file
-        raise InputError(f"{path.name}: not a readable Parquet file ({exc})") from None
-    return _columns_frame(frame, column_map, path.name, 0)
+        raise InputError(f"not a readable Parquet file ({_one_line(exc)})") from None
+    return _columns_frame(frame, column_map, path.name, range(1, len(frame) + 1))
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _columns_frame(frame: pd.DataFrame, column_map: dict[str, str], source: str,
-                   first_line: int) -> pd.DataFrame:
+                   lines: Sequence[int]) -> pd.DataFrame:
     """A tabular file's columns as raw rows; a missing column is all nulls."""
     frame = frame.rename(columns=column_map)
     frame = frame.loc[:, ~frame.columns.duplicated(keep="last")]
@@ -192,58 +247,89 @@ def _columns_frame(frame: pd.DataFrame, column_map: dict[str, str], source: str,
             column = frame[name].astype(object)
             out[name] = column.where(column.notna(), None).to_numpy()
     out["source"] = source
-    out["line"] = range(first_line + 1, first_line + len(frame) + 1)
+    out["line"] = list(lines)
     return out.astype(object)
 
 
 def read_new_rows(files: list[Path], cursors: dict[str, Cursor],
                   column_map: dict[str, str] | None = None) -> NewRows:
     """Read what earlier runs have not consumed. Pure with respect to the ledger:
-    it returns updated cursors and the caller commits them when the run ends."""
+    it returns updated cursors and the caller commits them when the run ends.
+    A file that cannot be read at all is named in `unreadable` and skipped; where it
+    can be fingerprinted its cursor is moved too, so it is not tried again until it
+    changes."""
     column_map = column_map or {}
     frames: list[pd.DataFrame] = []
     updated: dict[str, Cursor] = {}
     notes: list[str] = []
+    unreadable: dict[str, str] = {}
     for path in files:
         key = str(path.resolve())
-        kind = FORMATS[path.suffix.lower()]
-        cursor = cursors.get(key)
-        size = path.stat().st_size
-        if kind == "parquet":
-            fingerprint = _sha256(path.read_bytes())
-            if cursor and cursor.fingerprint == fingerprint:
-                continue
-            if cursor:
-                notes.append(f"{path.name}: Parquet file changed since it was read; reading it "
-                             f"again (already-seen event ids are quarantined as duplicates)")
-            parquet_rows = _read_parquet(path, column_map)
-            frames.append(parquet_rows)
-            updated[key] = Cursor(kind, 1, fingerprint, len(parquet_rows))
+        try:
+            read = _read_file(path, cursors.get(key), column_map, notes)
+        except (OSError, InputError) as exc:
+            why = str(exc) if isinstance(exc, InputError) else _one_line(exc)
+            unreadable[path.name] = why
+            notes.append(f"{path.name}: skipped, {why}; it is not read again until it changes")
+            with contextlib.suppress(OSError):  # no permission: tried again next run
+                updated[key] = Cursor(FORMATS[path.suffix.lower()], 0,
+                                      UNREADABLE + _sha256(path.read_bytes()))
             continue
-        start = cursor.consumed if cursor else 0
-        first_line = cursor.lines if cursor else 0
-        if cursor and (_fingerprint(path, kind, start) != cursor.fingerprint
-                       or (kind == "ndjson" and size < start)):
-            notes.append(f"{path.name}: file was rewritten since it was last read; reading it "
-                         f"from the start (already-seen event ids are quarantined as duplicates)")
-            start = first_line = 0
-        if kind == "ndjson":
-            if start >= size:
-                continue
-            new_rows, consumed, lines, file_notes = _read_ndjson(path, start, first_line,
-                                                                 column_map)
-            notes.extend(file_notes)
-        else:
-            new_rows, consumed = _read_csv(path, start, column_map)
-            lines = consumed
-        if consumed == start:
-            continue
-        frames.append(new_rows)
-        updated[key] = Cursor(kind, consumed, _fingerprint(path, kind, consumed), lines)
+        if read is not None:
+            frames.append(read[0])
+            updated[key] = read[1]
     frames = [f for f in frames if len(f)]
     frame = (pd.concat(frames, ignore_index=True) if frames
              else pd.DataFrame(columns=FRAME_COLUMNS))
-    return NewRows(frame=frame.astype(object), cursors=updated, notes=notes)
+    return NewRows(frame=frame.astype(object), cursors=updated, notes=notes,
+                   unreadable=unreadable)
+
+
+UNREADABLE = "unreadable:"  # cursor fingerprint prefix: the whole file, as it was skipped
+
+
+def _read_file(path: Path, cursor: Cursor | None, column_map: dict[str, str],
+               notes: list[str]) -> tuple[pd.DataFrame, Cursor] | None:
+    """One file's unread rows and its new cursor, or None when it holds nothing new."""
+    kind = FORMATS[path.suffix.lower()]
+    if cursor and cursor.fingerprint.startswith(UNREADABLE):
+        if cursor.fingerprint == UNREADABLE + _sha256(path.read_bytes()):
+            return None  # skipped before and unchanged since
+        cursor = None  # changed: a fresh start
+    if kind == "parquet":
+        fingerprint = _sha256(path.read_bytes())
+        if cursor and cursor.fingerprint == fingerprint:
+            return None
+        if cursor:
+            notes.append(f"{path.name}: Parquet file changed since it was read; reading it "
+                         f"again (already-seen event ids are quarantined as duplicates)")
+        parquet_rows = _read_parquet(path, column_map)
+        return parquet_rows, Cursor(kind, 1, fingerprint, len(parquet_rows))
+    size = path.stat().st_size
+    if size == 0:  # being created, or left empty by a failed export: said once
+        if cursor is None:
+            notes.append(f"{path.name}: empty file (0 bytes), nothing to read yet")
+            return pd.DataFrame(columns=FRAME_COLUMNS), Cursor(kind, 0, _sha256(b""), 0)
+        return None
+    start = cursor.consumed if cursor else 0
+    first_line = cursor.lines if cursor else 0
+    if cursor and start and (_fingerprint(path, kind, start) != cursor.fingerprint
+                             or (kind == "ndjson" and size < start)):
+        notes.append(f"{path.name}: file was rewritten since it was last read; reading it "
+                     f"from the start (already-seen event ids are quarantined as duplicates)")
+        start = first_line = 0
+    if kind == "ndjson":
+        if start >= size:
+            return None
+        new_rows, consumed, lines, file_notes = _read_ndjson(path, start, first_line,
+                                                             column_map)
+        notes.extend(file_notes)
+    else:
+        new_rows, consumed = _read_csv(path, start, column_map)
+        lines = consumed
+    if consumed == start:
+        return None
+    return new_rows, Cursor(kind, consumed, _fingerprint(path, kind, consumed), lines)
 
 
 # ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ class RunSummary:
     rows_accepted: int = 0
     rows_quarantined: int = 0
     quarantined_by_reason: dict[str, int] = field(default_factory=dict)
+    unreadable_files: dict[str, str] = field(default_factory=dict)  # name -> why, skipped
     pairs: int = 0
     train_queries: int = 0
     eval_queries: int = 0  # the evaluation pool
@@ -42,6 +43,11 @@ class RunSummary:
                ("  accepted", str(self.rows_accepted)),
                ("  quarantined", str(self.rows_quarantined))]
         out += [(f"    {code}", str(n)) for code, n in self.quarantined_by_reason.items()]
+        if self.unreadable_files:
+            out.append(("unreadable files", f"{len(self.unreadable_files)} skipped, not read "
+                                            f"again until they change: "
+                                            + "; ".join(f"{name} ({why})" for name, why
+                                                        in self.unreadable_files.items())))
         if self.pairs:
             out += [("training pairs", f"{self.pairs} ({self.train_queries} queries, "
                                        f"{self.mined_negatives} corpus-mined negatives)"),

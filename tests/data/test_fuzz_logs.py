@@ -103,6 +103,24 @@ def test_csv_cells_of_any_text(rows: list[dict[str, str]]) -> None:
         check(path, len(rows))
 
 
+CELL = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters='",\r\n'),
+               max_size=12)
+
+
+@FUZZ
+@given(lines=st.lists(st.tuples(st.lists(CELL, min_size=1, max_size=12), st.binary(max_size=3)),
+                      min_size=1, max_size=25))
+def test_csv_rows_of_any_width_and_bytes(lines: list[tuple[list[str], bytes]]) -> None:
+    """Damaged CSV: any field count, any bytes appended (not UTF-8 ones too): every
+    non-blank line is a row, accepted or quarantined with its reason."""
+    body = [",".join(cells).encode() + junk.replace(b"\n", b"").replace(b"\r", b"")
+            .replace(b'"', b"").replace(b",", b"") for cells, junk in lines]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "logs.csv"
+        path.write_bytes(",".join(LOG_FIELDS).encode() + b"\n" + b"\n".join(body) + b"\n")
+        check(path, sum(1 for line in body if line))
+
+
 CONVERTERS = {"event_id": logs._as_id, "query": logs._as_text, "position": logs._as_position,
               "clicked": logs._as_clicked, "dwell_ms": logs._as_number}
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from embedloop.config import load_settings
-from embedloop.errors import BatchRejected, RegistryError
+from embedloop.errors import BatchRejected
 from embedloop.index import IndexStore
 from embedloop.ledger import load_ledger
 from embedloop.registry import CHAMPION, PREVIOUS, Registry
@@ -116,8 +116,9 @@ def test_rollback_restores_previous_champion_and_its_index(promoted: tuple[Path,
     assert IndexStore(settings.index_dir).load().manifest.model_version == "1"
     assert search_live(settings, "protein", k=3)  # the restored pair is consistent
 
-    with pytest.raises(RegistryError, match="first champion"):
-        rollback(reason="again", config_file=str(config))
+    again = rollback(reason="again", config_file=str(config), return_state=True)
+    assert again.is_completed() and again.name == "Refused"  # declined, not failed
+    assert "first champion" in again.result()["decision_reason"]
     assert registry.version_for_alias(CHAMPION) == "1"  # a refused rollback changed nothing
 
 
@@ -136,6 +137,42 @@ def test_candidate_no_better_is_not_promoted(tmp_path: Path, sim_logs: Path,
     assert registry.version_for_alias(CHAMPION) == "1"  # unchanged
     assert registry.version_info("2").tags["decision"] == "not promoted"  # but recorded
     assert IndexStore(load_settings(config).index_dir).live_version() == "v0001"
+
+
+def test_damaged_files_never_stop_the_run_nor_later_ones(tmp_path: Path, sim_logs: Path,
+                                                        tiny_beir: Path) -> None:
+    """A 0-byte CSV, a CSV row with extra fields and a file that is not Parquet at all,
+    beside a good week of logs: the run goes on, the bad row is quarantined with its
+    line, the bad file is named, and the next run does not trip over either."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "week.jsonl").write_bytes((sim_logs / "batch-001.jsonl").read_bytes())
+    (logs / "empty.csv").write_bytes(b"")
+    doc = json.loads((tiny_beir / "corpus.jsonl").read_text().splitlines()[0])["_id"]
+    (logs / "ragged.csv").write_text(
+        "event_id,ts,session_id,query,doc_id,position,clicked,dwell_ms\n"
+        f"c1,2026-03-01T12:00:05Z,cs1,aspirin,{doc},1,true,3000\n"
+        f"c2,2026-03-01T12:00:06Z,cs1,aspirin,{doc},1,true,3000,oops,oops\n")
+    (logs / "export.parquet").write_bytes(b"PAR1 truncated upload")
+    config = make_home(tmp_path / "home", logs, tiny_beir / "corpus.jsonl",
+                       training={**FAST["training"], "learning_rate": 0.0})
+
+    summary = run(config)
+    assert summary["outcome"] == "kept"
+    assert list(summary["unreadable_files"]) == ["export.parquet"]
+    assert summary["rows_ingested"] == summary["rows_accepted"] + summary["rows_quarantined"]
+    settings = load_settings(config)
+    batch = settings.state_dir / "batches" / load_ledger(settings.state_dir).batches[0]
+    quarantined = pd.read_parquet(batch / "quarantine.parquet").set_index("event_id",
+                                                                          drop=False)
+    ragged = quarantined[quarantined["source"] == "ragged.csv"]
+    assert list(ragged["line"]) == [3]
+    assert "expected 8 fields (as in the header), found 10" in ragged["reason"].iloc[0]
+    accepted = pd.read_parquet(batch / "accepted.parquet")
+    assert "c1" in set(accepted["event_id"])
+
+    again = run(config, reason="the next night")
+    assert again["outcome"] == "no-new-data" and not again["unreadable_files"]
 
 
 def test_mostly_broken_batch_stops_before_training(tmp_path: Path, sim_logs: Path,

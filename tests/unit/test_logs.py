@@ -97,6 +97,67 @@ def test_csv_and_parquet_with_a_column_map(tmp_path: Path) -> None:
     assert list(appended.frame["event_id"]) == ["e9"]
 
 
+CSV_HEADER = "event_id,ts,session_id,query,doc_id,position,clicked,dwell_ms\n"
+CSV_ROW = "e{},2026-03-01T12:00:05Z,s1,q,d1,1,true,4000\n"
+
+
+def test_csv_damage_is_quarantined_row_by_row_with_its_line(tmp_path: Path) -> None:
+    log = tmp_path / "a.csv"
+    log.write_bytes((CSV_HEADER + CSV_ROW.format(1)
+                     + "e2,2026-03-01T12:00:05Z,s1,q,d1,1,true,4000,extra,more\n"
+                     + "e3,2026-03-01T12:00:05Z,s1\n").encode()
+                    + b"e4,2026-03-01T12:00:05Z,s1,caf\xe9,d1,1,true,4000\n"
+                    + CSV_ROW.format(5).encode())
+    new = read_new_rows([log], {})
+    assert not new.unreadable
+    frame = new.frame.set_index("line")
+    assert list(frame.index) == [2, 3, 4, 5, 6]  # file lines: the header is line 1
+    assert frame.at[3, "parse_error"] == "expected 8 fields (as in the header), found 10"
+    assert frame.at[4, "parse_error"] == "expected 8 fields (as in the header), found 3"
+    assert frame.at[5, "parse_error"] == "bytes that are not valid UTF-8"
+    assert frame["parse_error"].isna().sum() == 2 and list(frame.loc[[2, 6], "event_id"]) == [
+        "e1", "e5"]
+    typed = to_typed_frame(new.frame)
+    assert typed["type_errors"].iloc[1] == ("row: expected 8 fields (as in the header), "
+                                            "found 10")
+
+    with log.open("a") as f:  # rows appended after damage are read once, numbered on
+        f.write(CSV_ROW.format(6))
+    appended = read_new_rows([log], new.cursors)
+    assert list(appended.frame["event_id"]) == ["e6"] and list(appended.frame["line"]) == [7]
+
+
+def test_an_empty_csv_is_noted_once_and_read_when_it_fills(tmp_path: Path) -> None:
+    log = tmp_path / "a.csv"
+    log.write_bytes(b"")
+    first = read_new_rows([log], {})
+    assert first.frame.empty and not first.unreadable
+    assert any("empty file" in note for note in first.notes)
+    again = read_new_rows([log], first.cursors)
+    assert again.frame.empty and not again.notes
+    log.write_text(CSV_HEADER + CSV_ROW.format(1))
+    filled = read_new_rows([log], {**first.cursors, **again.cursors})
+    assert list(filled.frame["event_id"]) == ["e1"] and not filled.notes
+
+
+def test_an_unreadable_file_is_skipped_named_and_not_retried_until_it_changes(
+        tmp_path: Path) -> None:
+    bad = tmp_path / "b.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet")
+    good = tmp_path / "a.jsonl"
+    write_ndjson(good, rows(2))
+    first = read_new_rows([good, bad], {})
+    assert list(first.frame["event_id"]) == ["e0", "e1"]  # the other files are read
+    assert list(first.unreadable) == ["b.parquet"]
+    assert "not a readable Parquet file" in first.unreadable["b.parquet"]
+    assert "\n" not in first.unreadable["b.parquet"]
+    again = read_new_rows([good, bad], first.cursors)
+    assert not again.unreadable and again.frame.empty  # unchanged: not tried again
+    pd.DataFrame(rows(1, start=7)).to_parquet(bad)  # repaired: read
+    repaired = read_new_rows([good, bad], {**first.cursors, **again.cursors})
+    assert list(repaired.frame["event_id"]) == ["e7"] and not repaired.unreadable
+
+
 def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no log files found"):
         discover_log_files(str(tmp_path / "nowhere" / "*.jsonl"))
