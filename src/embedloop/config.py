@@ -52,7 +52,9 @@ class Settings:
     # validation
     max_quarantine_share: float = 0.2
     min_clicks: int = 20
-    max_query_chars: int = 1000
+    # Long text is not junk (RAG queries are paragraphs; the model truncates anyway):
+    # the limit only stops pasted blobs.
+    max_query_chars: int = 10_000
     max_position: int = 1000
     # The evaluation pool: this share of all queries (by a hash of the normalized query)
     # is never trained on; every decision is judged on all of it, labelled from all

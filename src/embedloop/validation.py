@@ -213,6 +213,7 @@ def validate_logs(raw: pd.DataFrame, known_doc_ids: set[str], seen_event_ids: Se
     all_bad_fields = typed["bad_fields"].to_numpy()
     reasons: dict[int, list[tuple[str, str]]] = {}
     for code, reason, rows in outcome.failures:
+        reason = reason.format_map(parameters)  # "... ({max_query_chars} characters)"
         for i in rows:
             reasons.setdefault(i, []).append(
                 (code, type_errors[i] if code == "wrong_type" else reason))

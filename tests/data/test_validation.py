@@ -74,7 +74,7 @@ def test_reasons_name_the_problem_once(tiny_beir: Path) -> None:
     assert reasons == {
         2: "position: not an integer ('first')",
         3: "ts is in the future",
-        4: "query is longer than max_query_chars",
+        4: "query is longer than max_query_chars (1000 characters)",
         5: "query contains control characters",
         6: "doc_id is not in the corpus",
         7: "dwell_ms is negative or over a day",
@@ -137,3 +137,21 @@ def test_corpus_problems_stop_with_the_offending_ids(tmp_path: Path, lines: list
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(CorpusInvalid, match=message):
         load_corpus(path)
+
+
+def test_long_text_is_a_query_and_a_pasted_blob_is_not() -> None:
+    """RAG queries are paragraphs: the default limit takes them and stops only blobs."""
+    from embedloop.config import Settings
+
+    limits = {"max_query_chars": Settings().max_query_chars, "max_position": 1000}
+    paragraph = ("Does a deficiency of vitamin B6 raise homocysteine in adults,\n"
+                 "and is the effect seen in patients with renal failure as well? ") * 12
+    good = {"event_id": "e1", "ts": "2026-03-01T12:00:05Z", "session_id": "s",
+            "query": paragraph, "doc_id": "d1", "position": 1, "clicked": True,
+            "dwell_ms": 10}
+    raw = pd.DataFrame([good, {**good, "event_id": "e2", "query": "x" * 20000}]).assign(
+        source="f", line=[1, 2], parse_error=None).astype(object)
+    result = validate_logs(raw, {"d1"}, set(), **limits)
+    assert len(paragraph) >= 1500 and list(result.accepted["event_id"]) == ["e1"]
+    assert list(result.quarantined["reason"]) == [
+        f"query is longer than max_query_chars ({limits['max_query_chars']} characters)"]
