@@ -15,7 +15,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from prefect.states import Completed, State
+
 from embedloop.config import load_settings
+from embedloop.errors import Refused
 from embedloop.index import IndexStore
 from embedloop.registry import CHAMPION, Registry
 
@@ -50,6 +53,13 @@ def failure_payload(flow_name: str, run_name: str, run_id: str, state_name: str,
     return {"text": text, "flow": flow_name, "flow_run": run_name, "flow_run_id": run_id,
             "state": state_name, "message": message, "reason": parameters.get("reason"),
             "trigger": parameters.get("trigger"), **production}
+
+
+def refused(exc: Refused) -> State:
+    """A flow's answer to a declined request: a completed run named Refused, so neither
+    the failure hook nor an automation on Failed fires, and the UI says what happened."""
+    return Completed(name="Refused", message=str(exc),
+                     data={"outcome": "refused", "decision_reason": str(exc)})
 
 
 def notify_failure(flow: Any, flow_run: Any, state: Any) -> None:

@@ -43,8 +43,12 @@ def test_retrain_with_a_wrong_log_path_fails_fast_and_clearly(
 @pytest.mark.usefixtures("prefect_harness")
 def test_rollback_with_nothing_to_roll_back(tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["rollback", "--reason", "3am", "--home", str(tmp_path)]) == 1
-    assert "nothing to roll back" in capsys.readouterr().err
+    """A refusal, not a failure: exit 3, one line, no alert (nothing is wrong)."""
+    assert main(["rollback", "--reason", "3am", "--home", str(tmp_path)]) == 3
+    err = capsys.readouterr().err
+    [line] = [x for x in err.splitlines() if x.startswith("embedloop rollback:")]
+    assert line.startswith("embedloop rollback: refused: ") and "nothing to roll back" in line
+    assert "ERROR" not in err
 
 
 def test_validate_is_a_dry_run_with_counts(sim_logs: Path, tiny_beir: Path, tmp_path: Path,

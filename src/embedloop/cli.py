@@ -8,7 +8,9 @@
     embedloop demo                     make the bundled demo data and retrain on it
     embedloop serve                    serve the nightly/manual/rollback deployments
 
-Errors print one line and exit non-zero; `--debug` shows the traceback.
+Exit codes: 0 done, 1 failed (one line on stderr; `--debug` shows the traceback),
+2 usage, 3 refused (nothing is wrong and nothing changed: another run holds the lock,
+nothing to roll back to; one line on stderr, no alert).
 """
 
 from __future__ import annotations
@@ -17,16 +19,18 @@ import argparse
 import functools
 import logging
 import os
+import signal
 import sys
 import textwrap
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from embedloop.config import Settings, load_settings
-from embedloop.errors import EmbedloopError
+from embedloop.errors import EmbedloopError, Refused
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 
 
 def _quiet_environment() -> None:
@@ -76,6 +80,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
     result = retrain(reason=args.reason, trigger=args.trigger, config_file=args.config,
                      overrides=_overrides(args))
+    if result.get("outcome") == "refused":
+        return _refused(args, result["decision_reason"])
     summary = RunSummary(**result)
     print()
     print(summary.to_text())
@@ -151,10 +157,17 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from flows.rollback import rollback
 
     result = rollback(reason=args.reason, config_file=args.config, overrides=_overrides(args))
+    if result.get("outcome") == "refused":
+        return _refused(args, result["decision_reason"])
     print(f"rolled back: champion v{result['from']} -> v{result['to']}; live index "
           f"{result['live_index']}; previous is now "
           f"{'v' + result['previous'] if result['previous'] else 'none'}")
     return EXIT_OK
+
+
+def _refused(args: argparse.Namespace, why: str) -> int:
+    print(f"embedloop {args.command}: refused: {why}", file=sys.stderr)
+    return EXIT_REFUSED
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -273,12 +286,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop_on_sigterm() -> None:
+    """systemd and Kubernetes stop a service with SIGTERM: treat it as Ctrl-C, so the run
+    unwinds (production untouched, rows unread, Prefect's temporary server stopped)
+    instead of being killed mid-write after the grace period."""
+    def interrupt(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_environment()
     _quiet_prefect_console()
+    _stop_on_sigterm()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except Refused as exc:
+        return _refused(args, str(exc))
     except (EmbedloopError, OSError) as exc:  # OSError: a full disk, a read-only mount
         if args.debug:
             raise

@@ -31,7 +31,16 @@ class RegistryError(EmbedloopError):
     pass
 
 
-class RunInProgress(EmbedloopError):
+class Refused(EmbedloopError):
+    """Nothing is wrong: the request was declined and nothing changed (another run holds
+    the lock, nothing to roll back to). Not a failure: no alert; exit code 3."""
+
+
+class RunInProgress(Refused):
+    pass
+
+
+class NothingToRollBack(Refused, RegistryError):
     pass
 
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from embedloop.errors import RegistryError
+from embedloop.errors import NothingToRollBack, RegistryError
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -154,10 +154,10 @@ class Registry:
         current = self.version_for_alias(CHAMPION)
         target = self.version_for_alias(PREVIOUS)
         if current is None:
-            raise RegistryError(f"model {self.model_name!r} has no champion yet: nothing to "
+            raise NothingToRollBack(f"model {self.model_name!r} has no champion yet: nothing to "
                                 f"roll back")
         if target is None:
-            raise RegistryError(f"champion v{current} is the first champion: there is no "
+            raise NothingToRollBack(f"champion v{current} is the first champion: there is no "
                                 f"previous version to roll back to")
         before = self.version_info(target).tags.get("promoted_from")
         self.client.set_registered_model_alias(self.model_name, CHAMPION, target)
