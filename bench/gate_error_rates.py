@@ -16,7 +16,10 @@ quality is known from the judged test split, which the pipeline never sees. This
    - the same, with a new null candidate every night (fresh signs per look);
    beside each, the naive rule (alpha at every look) for comparison;
 4. power: the share of resampled pools on which each real candidate is promoted at
-   looks 1-3, with graded labels and (look 1) with binary ones, next to its true gain.
+   looks 1-3, with graded labels and (look 1) with binary ones, next to its true gain;
+5. each protocol decision again, candidate against the champion it was judged against,
+   on the same pool queries with click labels and with their true train-split qrels:
+   how much evidence perfect labels would give (the limit of power at this pool size).
 
     .venv/bin/python -u bench/gate_error_rates.py --run bench/out/scifact
 """
@@ -42,6 +45,7 @@ from protocol import REPO, evaluate_queries, read_jsonl, read_qrels  # noqa: E40
 
 from embedloop.evaluation import EvalReport  # noqa: E402
 from embedloop.promotion import PromotionPolicy, should_promote  # noqa: E402
+from embedloop.significance import randomization_p_value  # noqa: E402
 
 
 def resampled(report: EvalReport, picks: np.ndarray, values: np.ndarray | None = None,
@@ -123,7 +127,14 @@ def main() -> None:
                                          min_relevance=settings.min_click_relevance,
                                          graded_labels=labels == "graded").eval_qrels
              for labels in ("graded", "binary")}
-    print(f"final pool: {len(pools['graded'])} queries; test: {len(test)} queries", flush=True)
+    # the pool's queries are train-split queries: their judged qrels are the truth the
+    # click labels estimate
+    train_ids = read_qrels(args.beir / "qrels" / "train.tsv")
+    train = {queries[q].strip(): {d: float(g) for d, g in docs.items()}
+             for q, docs in train_ids.items()}
+    pools["true"] = {q: train[q] for q in pools["graded"] if q in train}
+    print(f"final pool: {len(pools['graded'])} queries ({len(pools['true'])} with train "
+          f"qrels); test: {len(test)} queries", flush=True)
 
     models: dict[str, str] = {}
     for v in registry.client.search_model_versions(f"name='{settings.model_name}'"):
@@ -172,6 +183,24 @@ def main() -> None:
             cells.append(f"{d.mean():+.4f} ({z:.2f})")
         print(f"| {name} | {decisions.get(name, 'trained by this bench')} | "
               f"{s['test'].primary - base['test'].primary:+.4f} | {' | '.join(cells)} |")
+
+    print("\n### Each decision again: candidate against the champion it was judged against, "
+          "on the final pool\n")
+    print("| batch | decision | test Δ | pool Δ click labels (p) | pool Δ true qrels (p) |")
+    print("|---|---|---|---|---|")
+    cycles = json.loads((args.run / "results.json").read_text())["cycles"]
+    for before, cycle in zip(cycles, cycles[1:], strict=False):
+        cand, inc = f"v{cycle.get('candidate_version')}", f"v{before['champion']}"
+        if cand not in scores or inc not in scores:
+            continue
+        cells = []
+        for kind in ("graded", "true"):
+            d = (scores[cand][kind].per_query["ndcg@10"]
+                 - scores[inc][kind].per_query["ndcg@10"]).to_numpy()
+            cells.append(f"{d.mean():+.4f} ({randomization_p_value(d):.3f})")
+        print(f"| {cycle['batch']} ({cand} vs {inc}) | {cycle.get('outcome', '?')} | "
+              f"{scores[cand]['test'].primary - scores[inc]['test'].primary:+.4f} | "
+              f"{' | '.join(cells)} |", flush=True)
 
     policy = PromotionPolicy(primary_metric=settings.primary_metric,
                              min_improvement=settings.min_improvement,

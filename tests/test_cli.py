@@ -59,5 +59,29 @@ def test_validate_is_a_dry_run_with_counts(sim_logs: Path, tiny_beir: Path, tmp_
     out = capsys.readouterr().out
     assert code == 0, out
     assert "2400 rows in 2 files" in out and "batch would be accepted" in out
+    assert f"corpus      {tiny_beir / 'corpus.jsonl'} (200 documents)" in out
+    assert "batch-001.jsonl (1200 rows), batch-002.jsonl (1200 rows)" in out
+    assert "not read    manifest.json (not a log format" in out
     assert out_file.exists()
     assert not (tmp_path / ".embedloop").exists()  # a dry run records nothing
+
+
+def test_validate_names_what_went_wrong(sim_logs: Path, tiny_beir: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The wrong corpus, a file of other column names, a format it does not read."""
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"_id": "x1", "title": "t", "text": "an unrelated document"}\n')
+    code = main(["validate", str(sim_logs / "batch-001.jsonl"), "--corpus", str(other),
+                 "--home", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 1 and f"are not in {other}: is it the corpus" in out
+
+    (tmp_path / "renamed.csv").write_text("id,time,q\ne1,2026-03-01T12:00:05Z,aspirin\n")
+    main(["validate", str(tmp_path / "renamed.csv"), "--corpus", str(other),
+          "--home", str(tmp_path)])
+    assert "[embedloop.column_map] id = \"event_id\"" in capsys.readouterr().out
+
+    (tmp_path / "logs.bin").write_bytes(b"\x00")
+    assert main(["validate", str(tmp_path / "logs.bin"), "--corpus", str(other),
+                 "--home", str(tmp_path)]) == 1
+    assert ".bin is not a log format embedloop reads" in capsys.readouterr().err

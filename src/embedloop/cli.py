@@ -184,7 +184,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from embedloop.corpus import load_corpus
     from embedloop.ledger import load_ledger, seen_event_ids
-    from embedloop.logs import discover_log_files, read_new_rows
+    from embedloop.logs import FORMATS, discover_log_files, files_not_read, read_new_rows
     from embedloop.validation import check_batch, validate_logs
 
     settings = _settings(args)
@@ -193,7 +193,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
                              " to check doc ids")
     corpus = load_corpus(settings.corpus)
     files = discover_log_files(args.path)
-    raw = read_new_rows(files, {}, settings.column_map).frame
+    new = read_new_rows(files, {}, settings.column_map)
+    raw = new.frame
     # Rows this deployment already committed would be quarantined as duplicates: say so.
     seen = functools.partial(seen_event_ids, settings.state_dir, load_ledger(settings.state_dir))
     result = validate_logs(raw, set(corpus["doc_id"]), seen,
@@ -201,12 +202,31 @@ def cmd_validate(args: argparse.Namespace) -> int:
                            max_position=settings.max_position)
     verdict = check_batch(result, max_quarantine_share=settings.max_quarantine_share,
                           min_clicks=settings.min_clicks)
+    per_file = raw["source"].value_counts(sort=False) if len(raw) else {}
+    print(f"corpus      {settings.corpus} ({len(corpus)} documents): doc ids are checked "
+          f"against it")
+    print(f"read        {len(files) - len(new.unreadable)} file(s): "
+          + (", ".join(f"{p.name} ({per_file.get(p.name, 0)} rows)" for p in files
+                       if p.name not in new.unreadable) or "none"))
+    for name, why in new.unreadable.items():
+        print(f"unreadable  {name}: {why}")
+    skipped = files_not_read(args.path)
+    if skipped:
+        print(f"not read    {', '.join(p.name for p in skipped)} (not a log format: "
+              f"{', '.join(sorted(FORMATS))})")
+    for note in new.notes:
+        if note.split(":")[0] not in new.unreadable:
+            print(f"note        {note}")
     print(f"{result.input_rows} rows in {len(files)} files: {len(result.accepted)} accepted, "
           f"{len(result.quarantined)} quarantined ({result.quarantined_share:.1%})")
     for code, count in result.reason_counts.items():
         example = result.quarantined[result.quarantined["reason_code"] == code].iloc[0]
         print(f"  {code:<20} {count:>6}   e.g. {example['source']}:{example['line']} "
               f"{example['reason'][:60]}")
+    unknown = result.reason_counts.get("unknown_doc_id", 0)
+    if result.input_rows and unknown > result.input_rows / 2:
+        print(f"most doc ids ({unknown} rows) are not in {settings.corpus}: is it the corpus "
+              f"these logs were searched over? (--corpus)")
     if args.out:
         result.quarantined.to_parquet(args.out, index=False)
         print(f"quarantined rows written to {args.out}")

@@ -78,11 +78,22 @@ def discover_log_files(source: str | Path) -> list[Path]:
         candidates = [path]
     else:
         candidates = (Path(p) for p in glob.glob(source, recursive=True))
+    if path.is_file() and path.suffix.lower() not in FORMATS:
+        raise InputError(f"{source}: {path.suffix or 'a file without extension'} is not a log "
+                         f"format embedloop reads ({', '.join(sorted(FORMATS))})")
     files = sorted(p for p in candidates if p.is_file() and p.suffix.lower() in FORMATS)
     if not files and not path.is_dir():
         raise InputError(f"no log files found at {source!r} (expected a directory or a glob "
                          f"matching {', '.join(sorted(FORMATS))} files)")
     return files
+
+
+def files_not_read(source: str | Path) -> list[Path]:
+    """Files in a log directory that are not in a log format (named, so none is missed)."""
+    path = Path(source)
+    if not path.is_dir():
+        return []
+    return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() not in FORMATS)
 
 
 def _sha256(data: bytes) -> str:
@@ -155,10 +166,13 @@ def _read_ndjson(path: Path, start: int, first_line: int, column_map: dict[str, 
     appends = [(columns[name].append, name) for name in LOG_FIELDS]
     lines: list[int] = []
     errors: list[str | None] = []
+    keys: dict[str, None] = {}  # the first records' field names, in order, for hints
     for i, raw in enumerate(raw_lines, start=first_line + 1):
         record, error = _parse_line(raw)
         if error == "blank":
             continue
+        if len(lines) < 50:
+            keys.update(dict.fromkeys(map(str, record)))
         if column_map:
             record = {column_map.get(k, k): v for k, v in record.items()}
         get = record.get
@@ -168,6 +182,7 @@ def _read_ndjson(path: Path, start: int, first_line: int, column_map: dict[str, 
         errors.append(error)
     frame = pd.DataFrame({**columns, "source": [path.name] * len(lines), "line": lines,
                           "parse_error": errors}, columns=FRAME_COLUMNS, dtype=object)
+    frame.attrs["source_columns"] = list(keys)
     return frame, consumed, first_line + len(raw_lines), notes
 
 
@@ -239,6 +254,7 @@ def _one_line(exc: BaseException) -> str:
 def _columns_frame(frame: pd.DataFrame, column_map: dict[str, str], source: str,
                    lines: Sequence[int]) -> pd.DataFrame:
     """A tabular file's columns as raw rows; a missing column is all nulls."""
+    source_columns = [str(c) for c in frame.columns]
     frame = frame.rename(columns=column_map)
     frame = frame.loc[:, ~frame.columns.duplicated(keep="last")]
     out = pd.DataFrame(index=pd.RangeIndex(len(frame)), columns=FRAME_COLUMNS, dtype=object)
@@ -248,7 +264,9 @@ def _columns_frame(frame: pd.DataFrame, column_map: dict[str, str], source: str,
             out[name] = column.where(column.notna(), None).to_numpy()
     out["source"] = source
     out["line"] = list(lines)
-    return out.astype(object)
+    out = out.astype(object)
+    out.attrs["source_columns"] = source_columns
+    return out
 
 
 def read_new_rows(files: list[Path], cursors: dict[str, Cursor],
@@ -278,11 +296,38 @@ def read_new_rows(files: list[Path], cursors: dict[str, Cursor],
         if read is not None:
             frames.append(read[0])
             updated[key] = read[1]
+            hint = missing_columns_note(path.name, read[0], column_map)
+            if hint:
+                notes.append(hint)
     frames = [f for f in frames if len(f)]
     frame = (pd.concat(frames, ignore_index=True) if frames
              else pd.DataFrame(columns=FRAME_COLUMNS))
     return NewRows(frame=frame.astype(object), cursors=updated, notes=notes,
                    unreadable=unreadable)
+
+
+def missing_columns_note(name: str, frame: pd.DataFrame,
+                         column_map: dict[str, str]) -> str | None:
+    """Required fields that no row of a file holds: a file written with other column
+    names quarantines every row as missing_*, so say which and how to map them."""
+    parsed = frame[frame["parse_error"].isna()]
+    if parsed.empty:
+        return None
+    missing = [f for f in REQUIRED_FIELDS if parsed[f].isna().all()]
+    if not missing:
+        return None
+    has = [c for c in frame.attrs.get("source_columns", []) if c not in column_map]
+    has_text = f"; its columns are {', '.join(has[:12])}" if has else ""
+    example = next((c for c in has if c not in LOG_FIELDS), None)
+    how = ("map them in embedloop.toml, e.g. [embedloop.column_map] "
+           f"{example} = \"{missing[0]}\"" if example
+           else "map them with column_map in embedloop.toml")
+    if len(missing) == len(REQUIRED_FIELDS):
+        return (f"{name}: none of the expected fields ({', '.join(REQUIRED_FIELDS)}) found, so "
+                f"every row is quarantined{has_text}. If they are there under other names, "
+                f"{how}")
+    return (f"{name}: no row has {', '.join(missing)}{has_text}. If the file names "
+            f"{'it' if len(missing) == 1 else 'them'} differently, {how}")
 
 
 UNREADABLE = "unreadable:"  # cursor fingerprint prefix: the whole file, as it was skipped

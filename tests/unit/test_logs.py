@@ -195,3 +195,20 @@ def test_lenient_but_exact_coercions(field: str, value: object, typed_value: obj
     assert typed.at[0, "type_errors"] is None
     got = typed.at[0, field]
     assert (pd.isna(got) and typed_value is None) or got == typed_value
+
+
+def test_a_file_with_other_column_names_says_how_to_map_them(tmp_path: Path) -> None:
+    renamed = [{"id": r["event_id"], "time": r["ts"], "sid": r["session_id"], "q": r["query"],
+                "doc": r["doc_id"], "rank": r["position"], "click": r["clicked"]}
+               for r in rows(2)]
+    pd.DataFrame(renamed).to_csv(tmp_path / "a.csv", index=False)
+    [note] = read_new_rows([tmp_path / "a.csv"], {}).notes
+    assert note.startswith("a.csv: none of the expected fields (event_id, ts, ")
+    assert "its columns are id, time, sid, q, doc, rank, click" in note
+    assert '[embedloop.column_map] id = "event_id"' in note
+
+    write_ndjson(tmp_path / "b.jsonl", [{("q" if k == "query" else k): v for k, v in r.items()}
+                                        for r in rows(2)])
+    [note] = read_new_rows([tmp_path / "b.jsonl"], {}).notes
+    assert note.startswith("b.jsonl: no row has query; its columns are event_id, ts, ")
+    assert read_new_rows([tmp_path / "b.jsonl"], {}, {"q": "query"}).notes == []
