@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import logging
+
 from prefect import flow, get_run_logger
+from prefect.exceptions import MissingContextError
 from prefect.states import State
 
-from embedloop.config import Settings, load_settings
+from embedloop.config import load_settings
 from embedloop.errors import IndexUnavailable, Refused
 from embedloop.index import IndexStore
 from embedloop.lock import exclusive
@@ -25,15 +28,22 @@ def rollback(reason: str, config_file: str | None = None,
     The target's index must exist (indexes are never deleted by embedloop); the check
     happens before anything moves, so a refused rollback changes nothing.
     """
-    settings = load_settings(Path(config_file) if config_file else None, **(overrides or {}))
     try:
-        return _rollback(settings, reason)
+        return rollback_now(reason, config_file, overrides)
     except Refused as exc:
         return refused(exc)
 
 
-def _rollback(settings: Settings, reason: str) -> dict[str, Any]:
-    logger = get_run_logger()
+def rollback_now(reason: str, config_file: str | None = None,
+                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The rollback itself, outside Prefect: what `embedloop rollback` runs when no Prefect
+    server is configured, rather than start a temporary one (8-17 s at 3 a.m.) whose
+    record would vanish with it. MLflow records the rollback either way."""
+    settings = load_settings(Path(config_file) if config_file else None, **(overrides or {}))
+    try:
+        logger: Any = get_run_logger()
+    except MissingContextError:
+        logger = logging.getLogger("embedloop.rollback")
     with exclusive(settings.state_dir, f"rollback ({reason})"):
         registry = Registry(settings.resolved_tracking_uri, settings.model_name,
                             settings.artifact_root)

@@ -124,7 +124,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         info = registry.version_info(champion)
         metric = settings.primary_metric.replace("@", "_at_")
-        score = info.tags.get(metric)
+        score = info.tags.get(metric) or _judged_as_incumbent(registry, champion, metric)
         print(f"champion    v{champion}" + (f"  {settings.primary_metric} {score}" if score else "")
               + f"  ({info.tags.get('decision', '')})")
         print(f"previous    {'v' + previous if previous else 'none (rollback not possible)'}")
@@ -149,16 +149,32 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {when}  {run.info.status:<8} {tags.get('trigger', ''):<9} "
               f"{tags.get('decision', '-'):<11} {tags.get('reason', '')[:50]}")
         if tags.get("decision_reason"):
-            print(f"  {'':16}  why: {tags['decision_reason'][:110]}")
+            print(textwrap.fill(tags["decision_reason"], width=100,
+                                initial_indent=f"  {'':16}  why: ",
+                                subsequent_indent=" " * 25))
     return EXIT_OK
 
 
-def cmd_rollback(args: argparse.Namespace) -> int:
-    from flows.rollback import rollback
+def _judged_as_incumbent(registry: Any, version: str, metric: str) -> str | None:
+    """A champion never judged as a candidate (the bootstrap base model) has a score from
+    the latest run that judged it as the incumbent."""
+    for run in registry.recent_runs(50):
+        if (run.data.tags.get("incumbent_version") == version
+                and f"incumbent.{metric}" in run.data.metrics):
+            return f"{run.data.metrics[f'incumbent.{metric}']:.4f} (as incumbent)"
+    return None
 
-    result = rollback(reason=args.reason, config_file=args.config, overrides=_overrides(args))
-    if result.get("outcome") == "refused":
-        return _refused(args, result["decision_reason"])
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from flows.rollback import rollback, rollback_now
+
+    if os.environ.get("PREFECT_API_URL"):  # a server to record it in: run it as a flow
+        result = rollback(reason=args.reason, config_file=args.config,
+                          overrides=_overrides(args))
+        if result.get("outcome") == "refused":
+            return _refused(args, result["decision_reason"])
+    else:  # raises Refused, which main() prints as a refusal
+        result = rollback_now(args.reason, args.config, _overrides(args))
     print(f"rolled back: champion v{result['from']} -> v{result['to']}; live index "
           f"{result['live_index']}; previous is now "
           f"{'v' + result['previous'] if result['previous'] else 'none'}")

@@ -97,7 +97,9 @@ def load_model(path: str, device: str | None = None,
     """Load a local sentence-transformers folder; never reaches a hub, never runs remote code."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a bar per weight load is noise, not progress
     try:
         # safetensors only: a pickle-format checkpoint (pytorch_model.bin) can run code
         # when unpickled, and models come from places this process did not write.
