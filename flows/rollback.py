@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
-
-import logging
 
 from prefect import flow, get_run_logger
 from prefect.exceptions import MissingContextError
