@@ -29,8 +29,8 @@ from prefect.states import State
 from embedloop.config import Settings, load_settings
 from embedloop.corpus import corpus_fingerprint
 from embedloop.encoding import choose_precision, load_model, pick_device
-from embedloop.errors import BatchRejected, Refused
-from embedloop.faults import crash_point
+from embedloop.errors import BatchRejected, RecordingFailed, Refused
+from embedloop.faults import crash_point, pause_point
 from embedloop.index import IndexManifest, IndexStore, LoadedIndex, build_faiss_index
 from embedloop.ledger import (
     load_accepted_history,
@@ -207,6 +207,7 @@ def run_retrain(settings: Settings, *, trigger: str, reason: str) -> RunSummary:
         summary.candidate, summary.incumbent = candidate.means, incumbent.means
 
         with timed(seconds, "register"):
+            pause_point("register")
             version = registry.log_model(
                 run_id, tuned.model,
                 description=(f"Fine-tuned from v{champion.version} on batch {batch_id} "
@@ -225,6 +226,7 @@ def run_retrain(settings: Settings, *, trigger: str, reason: str) -> RunSummary:
                 manifest = write_index_stage(settings, candidate_vectors, corpus, version,
                                              precision)
                 crash_point("publish")  # a new index version on disk, not live
+                pause_point("publish")
                 promote_stage(settings, registry, version, manifest.version)
             summary.champion_version = version
 
@@ -245,6 +247,13 @@ def run_retrain(settings: Settings, *, trigger: str, reason: str) -> RunSummary:
             summary.live_index = IndexStore(settings.index_dir).live_version()
             finish_tracking(registry, run_id, summary, failed=True)
             _summary_artifact(settings, registry, summary)
+        if summary.champion_version != summary.incumbent_version and isinstance(exc, Exception):
+            # Past the commit point: production did change. Say so, or on-call would
+            # roll back a promotion that worked because its bookkeeping did not.
+            raise RecordingFailed(
+                f"the promotion is complete (champion v{summary.champion_version}, live "
+                f"index {summary.live_index}), but recording this run failed: "
+                f"{type(exc).__name__}: {exc}") from exc
         raise
 
 

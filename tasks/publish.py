@@ -10,7 +10,7 @@ from prefect import get_run_logger
 
 from embedloop.config import Settings
 from embedloop.corpus import corpus_fingerprint
-from embedloop.faults import crash_point
+from embedloop.faults import crash_point, pause_point
 from embedloop.index import IndexManifest, IndexStore
 from embedloop.ledger import Ledger, commit_ledger, save_batch
 from embedloop.logs import Cursor
@@ -54,6 +54,7 @@ def promote_stage(settings: Settings, registry: Registry, version: str,
     A crash between the two is repaired by `align_live_index` at the next start."""
     old = registry.promote(version)
     crash_point("promote")  # champion moved, live index not yet: see align_live_index
+    pause_point("promote")
     IndexStore(settings.index_dir).set_live(index_version)
     if old is None:
         get_run_logger().info("champion v%s (the first); live index %s", version, index_version)

@@ -47,21 +47,21 @@ def _quiet_environment() -> None:
 
 
 def _quiet_prefect_console() -> None:
-    """Prefect logs a flow's exception with its traceback; for the errors embedloop
-    raises on purpose the message is the whole story (the Prefect UI keeps the rest)."""
+    """Prefect logs a failed task's or flow's exception with its traceback, once per
+    retry and again for the flow. On the console the cause is the last line embedloop
+    prints; `--debug` keeps the tracebacks (and raises at the end)."""
     make_record = logging.getLogRecordFactory()
     if getattr(make_record, "embedloop", False):
         return
 
-    def record_without_known_tracebacks(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    def record_without_tracebacks(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = make_record(*args, **kwargs)
-        if (record.exc_info and isinstance(record.exc_info[1], EmbedloopError)
-                and record.name.startswith("prefect")):
+        if record.exc_info and record.name.startswith("prefect"):
             record.exc_info = None
         return record
 
-    record_without_known_tracebacks.embedloop = True  # type: ignore[attr-defined]
-    logging.setLogRecordFactory(record_without_known_tracebacks)
+    record_without_tracebacks.embedloop = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(record_without_tracebacks)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -181,8 +181,13 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _one_line(message: object) -> str:
+    """A message from pandas or an HTTP client may span lines; the answer is one."""
+    return " ".join(str(message).split())
+
+
 def _refused(args: argparse.Namespace, why: str) -> int:
-    print(f"embedloop {args.command}: refused: {why}", file=sys.stderr)
+    print(f"embedloop {args.command}: refused: {_one_line(why)}", file=sys.stderr)
     return EXIT_REFUSED
 
 
@@ -336,9 +341,10 @@ def _stop_on_sigterm() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_environment()
-    _quiet_prefect_console()
     _stop_on_sigterm()
     args = build_parser().parse_args(argv)
+    if not args.debug and args.command != "serve":  # served runs keep them for the UI
+        _quiet_prefect_console()
     try:
         return args.func(args)
     except Refused as exc:
@@ -346,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     except (EmbedloopError, OSError) as exc:  # OSError: a full disk, a read-only mount
         if args.debug:
             raise
-        print(f"embedloop {args.command}: error: {exc}", file=sys.stderr)
+        print(f"embedloop {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"embedloop {args.command}: interrupted", file=sys.stderr)
@@ -354,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug, or a failure deep in a library: still one line
         if args.debug:
             raise
-        print(f"embedloop {args.command}: failed: {type(exc).__name__}: {exc} "
+        print(f"embedloop {args.command}: failed: {type(exc).__name__}: {_one_line(exc)} "
               f"(rerun with --debug for the traceback)", file=sys.stderr)
         return EXIT_ERROR
 

@@ -46,3 +46,8 @@ class NothingToRollBack(Refused, RegistryError):
 
 class CheckpointError(EmbedloopError):
     """A model folder that cannot be loaded (truncated, corrupt, incomplete)."""
+
+
+class RecordingFailed(EmbedloopError):
+    """Production changed as decided, but writing the run's record (MLflow, ledger) failed
+    afterwards: the message says what is live, so nobody undoes a promotion that worked."""

@@ -154,11 +154,11 @@ class Registry:
         current = self.version_for_alias(CHAMPION)
         target = self.version_for_alias(PREVIOUS)
         if current is None:
-            raise NothingToRollBack(f"model {self.model_name!r} has no champion yet: nothing to "
-                                f"roll back")
+            raise NothingToRollBack(f"model {self.model_name!r} has no champion yet: "
+                                    f"nothing to roll back")
         if target is None:
-            raise NothingToRollBack(f"champion v{current} is the first champion: there is no "
-                                f"previous version to roll back to")
+            raise NothingToRollBack(f"champion v{current} is the first champion: there is "
+                                    f"no previous version to roll back to")
         before = self.version_info(target).tags.get("promoted_from")
         self.client.set_registered_model_alias(self.model_name, CHAMPION, target)
         if before:

@@ -19,8 +19,10 @@ from tests.helpers import FAST, make_home
 BIN = Path(sys.executable).parent
 
 
-def start(config: Path, reason: str, prefect_home: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "PREFECT_HOME": str(prefect_home)}  # each its own local Prefect
+def start(config: Path, reason: str, prefect_home: Path,
+          **extra_env: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PREFECT_HOME": str(prefect_home),  # each its own local Prefect
+           **extra_env}
     env.pop("PREFECT_API_URL", None)
     return subprocess.Popen([str(BIN / "embedloop"), "retrain", "--reason", reason,
                              "--config", str(config)], env=env, stdout=subprocess.PIPE,
@@ -29,20 +31,21 @@ def start(config: Path, reason: str, prefect_home: Path) -> subprocess.Popen[str
 
 def test_second_retrain_is_refused_while_the_first_runs(tmp_path: Path, sim_logs: Path,
                                                         tiny_beir: Path) -> None:
-    # Enough steps that the first run still holds the lock when the second starts.
     config = make_home(tmp_path / "home", sim_logs / "batch-001.jsonl",
-                       tiny_beir / "corpus.jsonl",
-                       training={**FAST["training"], "max_steps": 40})
-    lock = load_settings(config).state_dir / "pipeline.lock"
-    first = start(config, "first", tmp_path / "prefect-1")
-    deadline = time.monotonic() + 240
-    while not (lock.exists() and lock.read_text().strip()):
+                       tiny_beir / "corpus.jsonl")
+    # The first run waits, holding the lock, just before it registers its candidate.
+    paused = tmp_path / "paused"
+    first = start(config, "first", tmp_path / "prefect-1", EMBEDLOOP_PAUSE_AT="register",
+                  EMBEDLOOP_PAUSE_FILE=str(paused))
+    deadline = time.monotonic() + 300
+    while not paused.exists():
         assert first.poll() is None, first.communicate()
-        assert time.monotonic() < deadline, "the first run never took the lock"
+        assert time.monotonic() < deadline, "the first run never reached register"
         time.sleep(0.2)
 
     second = start(config, "second", tmp_path / "prefect-2")
     out2, err2 = second.communicate(timeout=300)
+    paused.unlink()
     out1, err1 = first.communicate(timeout=600)
 
     assert second.returncode == 3  # refused: nothing is wrong, so no alert either

@@ -36,9 +36,22 @@ def promoted(tmp_path_factory: pytest.TempPathFactory, sim_logs: Path,
              tiny_beir: Path) -> tuple[Path, dict[str, Any]]:
     """First run on the first week of logs. min_improvement=-1 and no significance test
     make the gate accept any candidate, so this exercises the promotion and re-index path
-    itself (the gate's own decisions are unit-tested, and the tie case below)."""
-    config = make_home(tmp_path_factory.mktemp("promoted"), sim_logs / "batch-001.jsonl",
-                       tiny_beir / "corpus.jsonl", min_improvement=-1.0,
+    itself (the gate's own decisions are unit-tested, and the tie case below).
+
+    Beside the week's logs lie damaged files as real log folders hold them: a 0-byte CSV,
+    a CSV row with extra fields, and a file that is not Parquet at all."""
+    root = tmp_path_factory.mktemp("promoted")
+    logs = root / "logs"
+    logs.mkdir()
+    (logs / "week.jsonl").write_bytes((sim_logs / "batch-001.jsonl").read_bytes())
+    (logs / "empty.csv").write_bytes(b"")
+    doc = json.loads((tiny_beir / "corpus.jsonl").read_text().splitlines()[0])["_id"]
+    (logs / "ragged.csv").write_text(
+        "event_id,ts,session_id,query,doc_id,position,clicked,dwell_ms\n"
+        f"c1,2026-03-01T12:00:05Z,cs1,aspirin,{doc},1,true,3000\n"
+        f"c2,2026-03-01T12:00:06Z,cs1,aspirin,{doc},1,true,3000,oops,oops\n")
+    (logs / "export.parquet").write_bytes(b"PAR1 truncated upload")
+    config = make_home(root / "home", logs, tiny_beir / "corpus.jsonl", min_improvement=-1.0,
                        significance_alpha=1.0)
     return config, run(config, reason="first week")
 
@@ -85,6 +98,22 @@ def test_first_run_bootstraps_trains_and_promotes(promoted: tuple[Path, dict]) -
     assert len(pd.read_parquet(batch / "quarantine.parquet")) == summary["rows_quarantined"]
 
 
+def test_damaged_files_do_not_stop_the_run(promoted: tuple[Path, dict]) -> None:
+    """The bad CSV row is quarantined with its line, the bad file is named and skipped,
+    and the good rows of both CSV and NDJSON were trained on."""
+    config, summary = promoted
+    assert list(summary["unreadable_files"]) == ["export.parquet"]
+    settings = load_settings(config)
+    batch = settings.state_dir / "batches" / load_ledger(settings.state_dir).batches[0]
+    quarantined = pd.read_parquet(batch / "quarantine.parquet")
+    ragged = quarantined[quarantined["source"] == "ragged.csv"]
+    assert list(ragged["line"]) == [3]
+    assert "expected 8 fields (as in the header), found 10" in ragged["reason"].iloc[0]
+    accepted = pd.read_parquet(batch / "accepted.parquet")
+    assert "c1" in set(accepted["event_id"]) and set(accepted["source"]) == {"week.jsonl",
+                                                                              "ragged.csv"}
+
+
 def test_search_uses_the_live_index_with_the_champion(promoted: tuple[Path, dict],
                                                       tiny_beir: Path) -> None:
     config, _ = promoted
@@ -99,6 +128,7 @@ def test_rerun_on_the_same_input_ingests_nothing(promoted: tuple[Path, dict]) ->
     again = run(config, reason="rerun")
     assert again["outcome"] == "no-new-data"
     assert again["rows_ingested"] == 0
+    assert not again["unreadable_files"]  # the damaged file is not tried again unchanged
     assert registry_for(config).version_for_alias(CHAMPION) == "2"
     assert len(load_ledger(load_settings(config).state_dir).batches) == 1
 
@@ -137,42 +167,6 @@ def test_candidate_no_better_is_not_promoted(tmp_path: Path, sim_logs: Path,
     assert registry.version_for_alias(CHAMPION) == "1"  # unchanged
     assert registry.version_info("2").tags["decision"] == "not promoted"  # but recorded
     assert IndexStore(load_settings(config).index_dir).live_version() == "v0001"
-
-
-def test_damaged_files_never_stop_the_run_nor_later_ones(tmp_path: Path, sim_logs: Path,
-                                                        tiny_beir: Path) -> None:
-    """A 0-byte CSV, a CSV row with extra fields and a file that is not Parquet at all,
-    beside a good week of logs: the run goes on, the bad row is quarantined with its
-    line, the bad file is named, and the next run does not trip over either."""
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    (logs / "week.jsonl").write_bytes((sim_logs / "batch-001.jsonl").read_bytes())
-    (logs / "empty.csv").write_bytes(b"")
-    doc = json.loads((tiny_beir / "corpus.jsonl").read_text().splitlines()[0])["_id"]
-    (logs / "ragged.csv").write_text(
-        "event_id,ts,session_id,query,doc_id,position,clicked,dwell_ms\n"
-        f"c1,2026-03-01T12:00:05Z,cs1,aspirin,{doc},1,true,3000\n"
-        f"c2,2026-03-01T12:00:06Z,cs1,aspirin,{doc},1,true,3000,oops,oops\n")
-    (logs / "export.parquet").write_bytes(b"PAR1 truncated upload")
-    config = make_home(tmp_path / "home", logs, tiny_beir / "corpus.jsonl",
-                       training={**FAST["training"], "learning_rate": 0.0})
-
-    summary = run(config)
-    assert summary["outcome"] == "kept"
-    assert list(summary["unreadable_files"]) == ["export.parquet"]
-    assert summary["rows_ingested"] == summary["rows_accepted"] + summary["rows_quarantined"]
-    settings = load_settings(config)
-    batch = settings.state_dir / "batches" / load_ledger(settings.state_dir).batches[0]
-    quarantined = pd.read_parquet(batch / "quarantine.parquet").set_index("event_id",
-                                                                          drop=False)
-    ragged = quarantined[quarantined["source"] == "ragged.csv"]
-    assert list(ragged["line"]) == [3]
-    assert "expected 8 fields (as in the header), found 10" in ragged["reason"].iloc[0]
-    accepted = pd.read_parquet(batch / "accepted.parquet")
-    assert "c1" in set(accepted["event_id"])
-
-    again = run(config, reason="the next night")
-    assert again["outcome"] == "no-new-data" and not again["unreadable_files"]
 
 
 def test_mostly_broken_batch_stops_before_training(tmp_path: Path, sim_logs: Path,

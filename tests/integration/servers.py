@@ -11,9 +11,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +53,20 @@ def wait_for(url: str, process: subprocess.Popen[bytes], what: str, log: Path,
     raise RuntimeError(f"{what} not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
 
 
+POSTGRES_RESTART: dict[str, list[str]] = {}  # dsn -> the command that restarts it
+
+
+def restart_postgres(dsn: str) -> None:
+    """A database restart (an upgrade, a failover): every open connection is dropped."""
+    subprocess.run(POSTGRES_RESTART[dsn], check=True, capture_output=True, timeout=120)
+
+
 @contextlib.contextmanager
 def postgres(databases: tuple[str, ...]) -> Iterator[str]:
     """A throwaway cluster on a loopback port; yields 'user@127.0.0.1:port'."""
     as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     data = Path(tempfile.mkdtemp(prefix="embedloop-pg-"))  # not under a root-only dir
+    pg_ctl = [*as_postgres, pg_bin("pg_ctl"), "-D", str(data / "db")]
     if as_postgres:
         shutil.chown(data, "postgres", "postgres")
     port = free_port()
@@ -70,7 +80,11 @@ def postgres(databases: tuple[str, ...]) -> Iterator[str]:
             subprocess.run([pg_bin("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "embedloop",
                             "-d", "postgres", "-c", f"CREATE DATABASE {db}"], check=True,
                            capture_output=True)
-        yield f"embedloop@127.0.0.1:{port}"
+        dsn = f"embedloop@127.0.0.1:{port}"
+        # -l: the restarted server must not inherit (and hold open) the caller's pipes
+        POSTGRES_RESTART[dsn] = [*pg_ctl, "-w", "-m", "fast", "-l", str(data / "log"),
+                                 "restart"]
+        yield dsn
     finally:
         subprocess.run([*as_postgres, pg_bin("pg_ctl"), "-D", str(data / "db"), "-m", "fast",
                         "stop"], capture_output=True)
@@ -81,8 +95,10 @@ def postgres(databases: tuple[str, ...]) -> Iterator[str]:
 def server(command: list[str], env: dict[str, str], health: str, what: str,
            log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
+        # cwd: beside its log, not the starting test's own temp dir, which is removed
+        # when that test passes (a server restarted mid-module would lose its cwd)
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+                                   start_new_session=True, cwd=log.parent)
     try:
         wait_for(health, process, what, log)
         yield process
@@ -121,10 +137,10 @@ def s3_server(bucket: str, env: dict[str, str], log: Path) -> Iterator[str]:
 
 @contextlib.contextmanager
 def mlflow_server(db: str, s3_endpoint: str, bucket: str, env: dict[str, str],
-                  log: Path) -> Iterator[str]:
+                  log: Path, port: int | None = None) -> Iterator[str]:
     """Runs in Postgres, artifacts in S3 behind the server's artifact proxy (as in
     docker-compose.yml). Yields the tracking URI."""
-    port = free_port()
+    port = port or free_port()
     env = {**env, **S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
     with server([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
                  "--backend-store-uri", f"postgresql+psycopg2://{db}/mlflow",
@@ -144,3 +160,65 @@ def prefect_server(db: str, home: Path, env: dict[str, str], log: Path) -> Itera
                  str(port)],
                 env, f"http://127.0.0.1:{port}/api/health", "Prefect server", log):
         yield f"http://127.0.0.1:{port}/api"
+
+
+class Restartable:
+    """A server an outage test can stop and start again at the same address."""
+
+    def __init__(self, make: Callable[[], contextlib.AbstractContextManager[str]]) -> None:
+        self._make = make
+        self._running: contextlib.AbstractContextManager[str] | None = None
+
+    def start(self) -> str:
+        assert self._running is None, "already running"
+        self._running = self._make()
+        return self._running.__enter__()
+
+    def stop(self) -> None:
+        if self._running is not None:
+            running, self._running = self._running, None
+            running.__exit__(None, None, None)
+
+
+class Partition:
+    """A TCP forwarder between a client and a server that a test can cut: while cut, new
+    connections are refused and open ones are closed, as a network partition would."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = ("127.0.0.1", target_port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.cut = False
+        self._open: set[socket.socket] = set()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def set_cut(self, cut: bool) -> None:
+        self.cut = cut
+        if cut:
+            for conn in list(self._open):
+                with contextlib.suppress(OSError):
+                    conn.close()
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self.listener.accept()
+            if self.cut:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            self._open |= {client, upstream}
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for conn in (source, sink):
+            self._open.discard(conn)
+            with contextlib.suppress(OSError):
+                conn.close()

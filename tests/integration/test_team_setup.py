@@ -10,18 +10,23 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import simulate
 from tests.helpers import make_home
 from tests.integration.servers import (
+    Partition,
+    Restartable,
+    free_port,
     mlflow_server,
     postgres,
     prefect_server,
+    restart_postgres,
     s3_client,
     s3_server,
 )
@@ -54,8 +59,13 @@ def team(tmp_path_factory: pytest.TempPathFactory, sim_logs: Path,
                HF_HUB_OFFLINE="1", PREFECT_HOME=str(root / "prefect-client"))
     with (postgres(("mlflow", "prefect")) as db,
           s3_server("mlflow", env, root / "s3.log") as s3,
-          mlflow_server(db, s3, "mlflow", env, root / "mlflow.log") as tracking,
           prefect_server(db, root / "prefect-server", env, root / "prefect.log") as api):
+        # MLflow reaches S3 through a link the outage tests can cut
+        s3_link = Partition(int(s3.rsplit(":", 1)[1]))
+        port = free_port()  # fixed, so the outage tests can stop and restart it
+        mlflow = Restartable(lambda: mlflow_server(db, f"http://127.0.0.1:{s3_link.port}",
+                                                   "mlflow", env, root / "mlflow.log", port))
+        tracking = mlflow.start()
         env.update(PREFECT_API_URL=api, EMBEDLOOP_TRACKING_URI=tracking,
                    EMBEDLOOP_ALERT_WEBHOOK=f"http://127.0.0.1:{hook.server_port}/alert")
         config = make_home(root / "home", sim_logs / "batch-001.jsonl",
@@ -67,11 +77,13 @@ def team(tmp_path_factory: pytest.TempPathFactory, sim_logs: Path,
                                    start_new_session=True)
         try:
             yield {"env": env, "tracking": tracking, "api": api, "root": root, "s3": s3,
-                   "serve_log": root / "serve.log"}
+                   "serve_log": root / "serve.log", "mlflow": mlflow, "config": config,
+                   "db": db, "s3_link": s3_link}
         finally:
             os.killpg(serving.pid, 15)
             serving.wait(timeout=60)
             hook.shutdown()
+            mlflow.stop()
 
 
 def prefect(team: dict[str, Any], *args: str, timeout: float = 900) -> str:
@@ -154,3 +166,115 @@ def test_rollback_through_the_served_deployment(team: dict[str, Any]) -> None:
     assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
     live = team["root"] / "home" / ".embedloop" / "indexes" / "live"
     assert os.readlink(live) == "versions/v0001"
+
+
+def retrain_with_outage_at(team: dict[str, Any], point: str, logs: Path,
+                           outage: Callable[[], None], restore: Callable[[], None],
+                           ) -> subprocess.CompletedProcess[str]:
+    """`embedloop retrain` on `logs`, recorded in the team's Prefect server; at `point`
+    the pipeline waits while `outage` happens, then goes on. `restore` mends it after."""
+    flag = team["root"] / f"paused-{point}"
+    env = {**team["env"], "EMBEDLOOP_PAUSE_AT": point, "EMBEDLOOP_PAUSE_FILE": str(flag),
+           # MLflow's client retries for minutes by default; an outage test need not wait
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
+    process = subprocess.Popen([str(BIN / "embedloop"), "retrain", "--reason",
+                                f"outage at {point}", "--config", str(team["config"]),
+                                "--logs", str(logs)], env=env, cwd=team["root"], text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    while not flag.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"the run never reached {point}"
+        time.sleep(0.2)
+    outage()
+    flag.unlink()
+    out, err = process.communicate(timeout=600)
+    restore()
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def production(team: dict[str, Any]) -> tuple[str, str]:
+    """(champion version in the registry, model version that built the live index)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(team["tracking"], registry_uri=team["tracking"])
+    live = team["root"] / "home" / ".embedloop" / "indexes" / "live"
+    manifest = json.loads((live / "manifest.json").read_text())
+    return client.get_model_version_by_alias(MODEL, "champion").version, manifest["model_version"]
+
+
+def later_week(team: dict[str, Any], tiny_beir: Path, seed: int) -> Path:
+    """One more simulated week in the outage tests' own log folder (rows a failed run
+    left unread stay there for the next)."""
+    logs = team["root"] / "later-weeks"
+    simulate(tiny_beir, team["root"] / f"sim-{seed}", "--batches", "1", "--seed", str(seed))
+    logs.mkdir(exist_ok=True)
+    (logs / f"week-{seed}.jsonl").write_bytes(
+        (team["root"] / f"sim-{seed}" / "batch-001.jsonl").read_bytes())
+    return logs
+
+
+def ledger_text(team: dict[str, Any]) -> str:
+    return (team["root"] / "home" / ".embedloop" / "ledger.json").read_text()
+
+
+def test_mlflow_down_after_the_alias_move_is_a_complete_promotion_said_so(
+        team: dict[str, Any], tiny_beir: Path) -> None:
+    """Between moving `champion` and swapping the index, MLflow goes away: the swap (local)
+    still happens, so production is whole, and the one-line error says it is."""
+    wait_for_deployments(team)
+    before = production(team)
+    result = retrain_with_outage_at(team, "promote", later_week(team, tiny_beir, 7),
+                                    team["mlflow"].stop, team["mlflow"].start)
+    assert result.returncode == 1, result.stderr[-3000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("embedloop retrain: error: the promotion is complete (champion v")
+    champion, built_by = production(team)
+    assert champion == built_by != before[0]  # moved, and whole: alias and index agree
+    assert f"champion v{champion}," in error
+
+
+def test_mlflow_down_before_the_alias_move_fails_and_changes_nothing(
+        team: dict[str, Any], tiny_beir: Path) -> None:
+    """MLflow gone after the candidate's index is written, before `champion` moves: a
+    clear failure; production and the ledger stay as they were."""
+    wait_for_deployments(team)
+    before, ledger = production(team), ledger_text(team)
+    result = retrain_with_outage_at(team, "publish", later_week(team, tiny_beir, 8),
+                                    team["mlflow"].stop, team["mlflow"].start)
+    assert result.returncode == 1, result.stderr[-3000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("embedloop retrain: ") and "Traceback" not in result.stderr
+    assert production(team) == before and ledger_text(team) == ledger
+
+
+def test_s3_unreachable_while_the_model_is_logged_fails_and_changes_nothing(
+        team: dict[str, Any], tiny_beir: Path) -> None:
+    """The artifact store cut off just before the candidate is logged: a clear failure,
+    production and the ledger as they were."""
+    wait_for_deployments(team)
+    before, ledger = production(team), ledger_text(team)
+    result = retrain_with_outage_at(team, "register", later_week(team, tiny_beir, 9),
+                                    lambda: team["s3_link"].set_cut(True),
+                                    lambda: team["s3_link"].set_cut(False))
+    assert result.returncode == 1, result.stderr[-3000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("embedloop retrain: ") and "Traceback" not in result.stderr
+    assert production(team) == before and ledger_text(team) == ledger
+
+
+def test_postgres_restarted_mid_run_is_survived_and_nothing_was_lost(
+        team: dict[str, Any]) -> None:
+    """The database behind MLflow and Prefect restarts before the alias move: the run
+    reconnects and completes, production moves whole, and it reads the weeks the two
+    failed runs above left unread: an outage never stops later runs for good."""
+    wait_for_deployments(team)
+    before = production(team)
+    logs = team["root"] / "later-weeks"
+    result = retrain_with_outage_at(team, "publish", logs,
+                                    lambda: restart_postgres(team["db"]), lambda: None)
+    assert result.returncode == 0, result.stderr[-3000:]
+    champion, built_by = production(team)
+    assert champion == built_by != before[0]
+    read = {Path(k).name for k in json.loads(ledger_text(team))["cursors"]}
+    assert {"week-8.jsonl", "week-9.jsonl"} <= read
