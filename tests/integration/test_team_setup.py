@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -84,6 +85,7 @@ def team(tmp_path_factory: pytest.TempPathFactory, sim_logs: Path,
             serving.wait(timeout=60)
             hook.shutdown()
             mlflow.stop()
+            shutil.rmtree(root / "home", ignore_errors=True)  # ~700 MB of model copies
 
 
 def prefect(team: dict[str, Any], *args: str, timeout: float = 900) -> str:
