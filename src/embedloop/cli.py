@@ -49,7 +49,8 @@ def _quiet_environment() -> None:
 def _quiet_prefect_console() -> None:
     """Prefect logs a failed task's or flow's exception with its traceback, once per
     retry and again for the flow. On the console the cause is the last line embedloop
-    prints; `--debug` keeps the tracebacks (and raises at the end)."""
+    prints; `--debug` keeps the tracebacks (and raises at the end). Also drops the
+    documentation link Prefect prints with every temporary server."""
     make_record = logging.getLogRecordFactory()
     if getattr(make_record, "embedloop", False):
         return
@@ -58,6 +59,9 @@ def _quiet_prefect_console() -> None:
         record = make_record(*args, **kwargs)
         if record.exc_info and record.name.startswith("prefect"):
             record.exc_info = None
+        if (record.name == "prefect" and isinstance(record.msg, str)
+                and record.msg.startswith("Starting temporary server")):
+            record.msg = record.msg.split("\n")[0]  # not the documentation link every run
         return record
 
     record_without_tracebacks.embedloop = True  # type: ignore[attr-defined]

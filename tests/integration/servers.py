@@ -189,6 +189,7 @@ class Partition:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.cut = False
+        self.refused = 0  # connections tried while cut: proof the outage was felt
         self._open: set[socket.socket] = set()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -203,6 +204,7 @@ class Partition:
         while True:
             client, _ = self.listener.accept()
             if self.cut:
+                self.refused += 1
                 client.close()
                 continue
             try:

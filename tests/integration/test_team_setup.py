@@ -73,13 +73,17 @@ def team(tmp_path_factory: pytest.TempPathFactory, sim_logs: Path,
                            tiny_beir / "corpus.jsonl", min_improvement=-1.0,
                            significance_alpha=1.0)
         log = (root / "serve.log").open("wb")
+        # `embedloop serve` reaches the Prefect API through a link a test can cut
+        api_link = Partition(int(api.rsplit(":", 1)[1].split("/")[0]))
+        serve_env = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{api_link.port}/api"}
         serving = subprocess.Popen([str(BIN / "embedloop"), "serve", "--config", str(config)],
-                                   env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT,
+                                   env=serve_env, cwd=root, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         try:
             yield {"env": env, "tracking": tracking, "api": api, "root": root, "s3": s3,
                    "serve_log": root / "serve.log", "mlflow": mlflow, "config": config,
-                   "db": db, "s3_link": s3_link}
+                   "db": db, "s3_link": s3_link, "api_link": api_link,
+                   "serving": serving}
         finally:
             os.killpg(serving.pid, 15)
             serving.wait(timeout=60)
@@ -157,10 +161,18 @@ def test_a_failed_run_alerts_and_changes_nothing(team: dict[str, Any]) -> None:
     assert "/nonexistent/logs" in alert["text"] and f"champion v{before}" in alert["text"]
 
 
-def test_rollback_through_the_served_deployment(team: dict[str, Any]) -> None:
+def test_rollback_through_the_served_deployment_after_an_api_outage(
+        team: dict[str, Any]) -> None:
+    """The Prefect API is cut off from `embedloop serve` and comes back (a network blip, a
+    server upgrade): serve rides it out, and the rollback requested afterwards runs."""
     from mlflow import MlflowClient
 
     wait_for_deployments(team)
+    team["api_link"].set_cut(True)
+    time.sleep(12)  # longer than the runner's 10 s polling interval: it hits the outage
+    assert team["api_link"].refused > 0, "serve did not try the API during the outage"
+    assert team["serving"].poll() is None, team["serve_log"].read_text()[-3000:]
+    team["api_link"].set_cut(False)
     out = prefect(team, "deployment", "run", "rollback/rollback", "-p",
                   "reason=integration: 3 a.m. rollback", "--watch", "--watch-timeout", "300")
     assert "rc=0" in out and "Completed" in out, out
