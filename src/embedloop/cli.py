@@ -79,9 +79,14 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
+    from embedloop.lock import refuse_if_held
+
+    # the same words the flow would use, without first importing Prefect and starting
+    # a temporary server for a run that could only be refused
+    refuse_if_held(_settings(args).state_dir, f"retrain ({args.trigger}: {args.reason})")
+
     from embedloop.summary import RunSummary
     from flows.retrain import retrain
-
     result = retrain(reason=args.reason, trigger=args.trigger, config_file=args.config,
                      overrides=_overrides(args))
     if result.get("outcome") == "refused":

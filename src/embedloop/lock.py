@@ -22,9 +22,7 @@ def exclusive(state_dir: Path, what: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise RunInProgress(f"cannot start {what}: {holder} is still running "
-                                f"(lock {path})") from None
+            raise _busy(what, handle.read().strip(), path) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"{what} (pid {os.getpid()})")
@@ -35,3 +33,25 @@ def exclusive(state_dir: Path, what: str) -> Iterator[None]:
             handle.seek(0)
             handle.truncate()
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+
+def refuse_if_held(state_dir: Path, what: str) -> None:
+    """Raise RunInProgress now if another run holds the lock: the CLI refuses at once,
+    before starting a Prefect server for a run that could only be refused. (The flow
+    still takes the lock itself, so a run that starts after this look is refused there.)"""
+    path = state_dir / "pipeline.lock"
+    if not path.exists():
+        return
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise _busy(what, handle.read().strip(), path) from None
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _busy(what: str, holder: str, path: Path) -> RunInProgress:
+    return RunInProgress(f"cannot start {what}: {holder or 'another process'} is still "
+                         f"running (lock {path})")

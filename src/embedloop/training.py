@@ -14,7 +14,7 @@ import pandas as pd
 from embedloop.config import TrainingConfig
 from embedloop.encoding import load_model, resolve_precision
 from embedloop.errors import EmbedloopError
-from embedloop.faults import crash_point
+from embedloop.faults import crash_point, pause_point
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -32,6 +32,7 @@ def _crash_point_after_first_step() -> object:
                         **kwargs: object) -> None:
             if state.global_step == 1:
                 crash_point("train")
+                pause_point("train")
 
     return CrashPoint()
 

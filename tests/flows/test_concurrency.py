@@ -1,5 +1,5 @@
-"""Two retrains started at once, as two real processes: one runs, the other is refused at
-once with one line naming the run that holds the lock."""
+"""Real processes: two retrains at once (one runs, the other is refused at once with one
+line naming the run that holds the lock), and a run stopped with SIGTERM."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from embedloop.config import load_settings
 from embedloop.index import IndexStore
 from embedloop.ledger import load_ledger
 from embedloop.registry import CHAMPION, Registry
-from tests.helpers import FAST, make_home
+from tests.helpers import make_home
 
 BIN = Path(sys.executable).parent
 
@@ -27,36 +27,6 @@ def start(config: Path, reason: str, prefect_home: Path,
     return subprocess.Popen([str(BIN / "embedloop"), "retrain", "--reason", reason,
                              "--config", str(config)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-
-
-def test_second_retrain_is_refused_while_the_first_runs(tmp_path: Path, sim_logs: Path,
-                                                        tiny_beir: Path) -> None:
-    config = make_home(tmp_path / "home", sim_logs / "batch-001.jsonl",
-                       tiny_beir / "corpus.jsonl")
-    # The first run waits, holding the lock, just before it registers its candidate.
-    paused = tmp_path / "paused"
-    first = start(config, "first", tmp_path / "prefect-1", EMBEDLOOP_PAUSE_AT="register",
-                  EMBEDLOOP_PAUSE_FILE=str(paused))
-    deadline = time.monotonic() + 300
-    while not paused.exists():
-        assert first.poll() is None, first.communicate()
-        assert time.monotonic() < deadline, "the first run never reached register"
-        time.sleep(0.2)
-
-    second = start(config, "second", tmp_path / "prefect-2")
-    out2, err2 = second.communicate(timeout=300)
-    paused.unlink()
-    out1, err1 = first.communicate(timeout=600)
-
-    assert second.returncode == 3  # refused: nothing is wrong, so no alert either
-    [error] = [line for line in err2.splitlines() if line.startswith("embedloop retrain:")]
-    assert error.startswith("embedloop retrain: refused: cannot start retrain (manual: second): "
-                            "retrain (manual: first) (pid ")
-    assert "Traceback" not in err2 and "ERROR" not in err2
-    assert "Finished in state Refused" in err2 + out2
-    assert first.returncode == 0, err1[-3000:]
-    assert "decision" in out1
-    assert len(load_ledger(load_settings(config).state_dir).batches) == 1  # one run's batch
 
 
 def children_of(pid: int) -> set[int]:
@@ -80,30 +50,42 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_sigterm_stops_a_retrain_cleanly(tmp_path: Path, sim_logs: Path,
-                                         tiny_beir: Path) -> None:
-    """systemd/Kubernetes stop with SIGTERM: the run stops within seconds, production and
-    the ledger stay as they were, and no child process is left behind."""
+def test_a_second_retrain_is_refused_and_sigterm_stops_the_first_cleanly(
+        tmp_path: Path, sim_logs: Path, tiny_beir: Path) -> None:
+    """Two real processes. The first is paused inside its training loop, holding the lock:
+    the second is refused at once, in one line, exit 3 (nothing is wrong, so no alert).
+    Then the first gets SIGTERM, as systemd or Kubernetes stop a service: it stops within
+    seconds, production and the ledger stay as they were, and no child process (its
+    temporary Prefect server) is left behind."""
     config = make_home(tmp_path / "home", sim_logs / "batch-001.jsonl",
-                       tiny_beir / "corpus.jsonl",
-                       training={**FAST["training"], "max_steps": 400})
+                       tiny_beir / "corpus.jsonl")
     settings = load_settings(config)
-    run = start(config, "to be stopped", tmp_path / "prefect")
+    paused = tmp_path / "paused"
+    first = start(config, "first", tmp_path / "prefect-1", EMBEDLOOP_PAUSE_AT="train",
+                  EMBEDLOOP_PAUSE_FILE=str(paused))
     deadline = time.monotonic() + 300
-    work = settings.state_dir / "work"
-    while not (work.exists() and any(work.iterdir())):  # training is under way
-        assert run.poll() is None, run.communicate()
-        assert time.monotonic() < deadline, "training never started"
+    while not paused.exists():  # after the first training step
+        assert first.poll() is None, first.communicate()
+        assert time.monotonic() < deadline, "the first run never reached training"
         time.sleep(0.2)
-    children = children_of(run.pid)
+    children = children_of(first.pid)
     assert children, "expected the temporary Prefect server as a child"
 
-    run.send_signal(signal.SIGTERM)
+    second = start(config, "second", tmp_path / "prefect-2")
+    out2, err2 = second.communicate(timeout=300)
+    assert second.returncode == 3, err2[-2000:]  # refused: nothing is wrong, no alert
+    [line] = [x for x in err2.splitlines() if x.startswith("embedloop retrain:")]
+    assert line.startswith("embedloop retrain: refused: cannot start retrain (manual: second): "
+                           "retrain (manual: first) (pid ")
+    assert "Traceback" not in err2 and "ERROR" not in err2
+    assert not (tmp_path / "prefect-2").exists()  # refused before starting a Prefect server
+
+    first.send_signal(signal.SIGTERM)
     stopped = time.monotonic()
-    out, err = run.communicate(timeout=120)
+    out1, err1 = first.communicate(timeout=120)
     assert time.monotonic() - stopped < 30, "SIGTERM did not stop the run promptly"
-    assert run.returncode == 130, err[-2000:]
-    assert "embedloop retrain: interrupted" in err and "Traceback" not in err
+    assert first.returncode == 130, err1[-2000:]
+    assert "embedloop retrain: interrupted" in err1 and "Traceback" not in err1
     time.sleep(1)
     assert not [pid for pid in children if alive(pid)], "child processes left behind"
     assert load_ledger(settings.state_dir).batches == []  # the rows stay unread

@@ -208,3 +208,19 @@ def test_training_past_its_time_limit_fails_the_run_and_changes_nothing(
     assert load_ledger(settings.state_dir).batches == []  # the rows will be read again
     failed = registry.recent_runs(1)[0]
     assert failed.info.status == "FAILED" and failed.data.tags["decision"] == "failed"
+
+
+def test_a_retrain_refused_by_the_lock_ends_refused_not_failed(tmp_path: Path, sim_logs: Path,
+                                                               tiny_beir: Path) -> None:
+    """Through Prefect (a deployment's route): the run ends in a Completed state named
+    Refused, so the failure hook and its alert do not fire."""
+    from embedloop.lock import exclusive
+    from flows.retrain import retrain
+
+    config = make_home(tmp_path / "home", sim_logs / "batch-001.jsonl",
+                       tiny_beir / "corpus.jsonl")
+    with exclusive(load_settings(config).state_dir, "retrain (schedule: nightly schedule)"):
+        state = retrain(reason="manual", config_file=str(config), return_state=True)
+    assert state.is_completed() and state.name == "Refused"
+    assert "retrain (schedule: nightly schedule) (pid" in state.result()["decision_reason"]
+    assert registry_for(config).version_for_alias(CHAMPION) is None  # nothing happened

@@ -169,7 +169,7 @@ def test_rollback_through_the_served_deployment_after_an_api_outage(
 
     wait_for_deployments(team)
     team["api_link"].set_cut(True)
-    time.sleep(12)  # longer than the runner's 10 s polling interval: it hits the outage
+    time.sleep(11)  # longer than the runner's 10 s polling interval: it hits the outage
     assert team["api_link"].refused > 0, "serve did not try the API during the outage"
     assert team["serving"].poll() is None, team["serve_log"].read_text()[-3000:]
     team["api_link"].set_cut(False)
