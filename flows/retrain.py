@@ -121,7 +121,7 @@ def run_retrain(settings: Settings, *, trigger: str, reason: str) -> RunSummary:
         with timed(seconds, "ingest"):
             new, ledger = ingest_logs(settings)
         crash_point("ingest")
-        summary.notes += [n for n in new.notes if n.split(":")[0] not in new.unreadable]
+        summary.notes += new.notes
         summary.unreadable_files = new.unreadable
         summary.rows_ingested = len(new.frame)
         if new.frame.empty:

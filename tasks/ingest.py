@@ -28,4 +28,6 @@ def ingest_logs(settings: Settings) -> tuple[NewRows, Ledger]:
                 len(files))
     for note in new.notes:
         logger.warning(note)
+    for name, why in new.unreadable.items():
+        logger.warning("%s: skipped, %s; it is not read again until it changes", name, why)
     return new, ledger

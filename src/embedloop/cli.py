@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from embedloop.config import Settings, load_settings
-from embedloop.errors import EmbedloopError, Refused
+from embedloop.errors import EmbedloopError, Refused, one_line
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 
@@ -190,13 +190,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _one_line(message: object) -> str:
-    """A message from pandas or an HTTP client may span lines; the answer is one."""
-    return " ".join(str(message).split())
-
-
 def _refused(args: argparse.Namespace, why: str) -> int:
-    print(f"embedloop {args.command}: refused: {_one_line(why)}", file=sys.stderr)
+    print(f"embedloop {args.command}: refused: {one_line(why)}", file=sys.stderr)
     return EXIT_REFUSED
 
 
@@ -245,8 +240,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"not read    {', '.join(p.name for p in skipped)} (not a log format: "
               f"{', '.join(sorted(FORMATS))})")
     for note in new.notes:
-        if note.split(":")[0] not in new.unreadable:
-            print(f"note        {note}")
+        print(f"note        {note}")
     print(f"{result.input_rows} rows in {len(files)} files: {len(result.accepted)} accepted, "
           f"{len(result.quarantined)} quarantined ({result.quarantined_share:.1%})")
     for code, count in result.reason_counts.items():
@@ -361,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     except (EmbedloopError, OSError) as exc:  # OSError: a full disk, a read-only mount
         if args.debug:
             raise
-        print(f"embedloop {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"embedloop {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"embedloop {args.command}: interrupted", file=sys.stderr)
@@ -369,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug, or a failure deep in a library: still one line
         if args.debug:
             raise
-        print(f"embedloop {args.command}: failed: {type(exc).__name__}: {_one_line(exc)} "
+        print(f"embedloop {args.command}: failed: {type(exc).__name__}: {one_line(exc)} "
               f"(rerun with --debug for the traceback)", file=sys.stderr)
         return EXIT_ERROR
 

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def one_line(message: object) -> str:
+    """A message from pandas, pyarrow or an HTTP client may span lines; the answer is one."""
+    text = " ".join(str(message).split())
+    return text or (type(message).__name__ if isinstance(message, BaseException) else "")
+
+
 class EmbedloopError(Exception):
     """Base class: the message is the whole story, printed without a traceback."""
 

@@ -7,6 +7,7 @@ import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from embedloop.errors import RunInProgress
 
@@ -18,11 +19,7 @@ def exclusive(state_dir: Path, what: str) -> Iterator[None]:
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / "pipeline.lock"
     with path.open("a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            raise _busy(what, handle.read().strip(), path) from None
+        _lock_or_refuse(handle, what, path)
         handle.seek(0)
         handle.truncate()
         handle.write(f"{what} (pid {os.getpid()})")
@@ -35,7 +32,6 @@ def exclusive(state_dir: Path, what: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-
 def refuse_if_held(state_dir: Path, what: str) -> None:
     """Raise RunInProgress now if another run holds the lock: the CLI refuses at once,
     before starting a Prefect server for a run that could only be refused. (The flow
@@ -44,14 +40,16 @@ def refuse_if_held(state_dir: Path, what: str) -> None:
     if not path.exists():
         return
     with path.open("a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            raise _busy(what, handle.read().strip(), path) from None
+        _lock_or_refuse(handle, what, path)
         fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _busy(what: str, holder: str, path: Path) -> RunInProgress:
-    return RunInProgress(f"cannot start {what}: {holder or 'another process'} is still "
-                         f"running (lock {path})")
+def _lock_or_refuse(handle: IO[str], what: str, path: Path) -> None:
+    """Take the lock without waiting, or raise naming the run that holds it."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        raise RunInProgress(f"cannot start {what}: {holder} is still running "
+                            f"(lock {path})") from None

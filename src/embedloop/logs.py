@@ -33,7 +33,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from embedloop.errors import InputError
+from embedloop.errors import InputError, one_line
 
 LOG_FIELDS = ("event_id", "ts", "session_id", "query", "doc_id", "position", "clicked", "dwell_ms")
 REQUIRED_FIELDS = ("event_id", "ts", "session_id", "query", "doc_id", "position", "clicked")
@@ -243,12 +243,8 @@ def _read_parquet(path: Path, column_map: dict[str, str]) -> pd.DataFrame:
     try:
         frame = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several unrelated types for a bad file
-        raise InputError(f"not a readable Parquet file ({_one_line(exc)})") from None
+        raise InputError(f"not a readable Parquet file ({one_line(exc)})") from None
     return _columns_frame(frame, column_map, path.name, range(1, len(frame) + 1))
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _columns_frame(frame: pd.DataFrame, column_map: dict[str, str], source: str,
@@ -286,9 +282,8 @@ def read_new_rows(files: list[Path], cursors: dict[str, Cursor],
         try:
             read = _read_file(path, cursors.get(key), column_map, notes)
         except (OSError, InputError) as exc:
-            why = str(exc) if isinstance(exc, InputError) else _one_line(exc)
-            unreadable[path.name] = why
-            notes.append(f"{path.name}: skipped, {why}; it is not read again until it changes")
+            why = str(exc) if isinstance(exc, InputError) else one_line(exc)
+            unreadable[path.name] = why  # reported there, not also as a note
             with contextlib.suppress(OSError):  # no permission: tried again next run
                 updated[key] = Cursor(FORMATS[path.suffix.lower()], 0,
                                       UNREADABLE + _sha256(path.read_bytes()))
