@@ -135,6 +135,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ceiling-epochs", type=float, default=3.0)
     ap.add_argument("--no-ceiling", action="store_true")
+    ap.add_argument("--cycles", type=int, default=0,
+                    help="stop after this many retrains (0: every batch and the noise batch);"
+                         " `--cycles 1` checks that a change left the base row and the first"
+                         " cycle as they were")
     ap.add_argument("--config", type=Path, default=REPO / "bench/protocol.toml",
                     help="the pipeline's settings (default: bench/protocol.toml)")
     args = ap.parse_args()
@@ -163,6 +167,7 @@ def main() -> None:
     cycles: list[dict[str, Any]] = []
     feeds = [(b["file"], args.out / "logs" / b["file"]) for b in manifest["batches"]]
     feeds.append(("noise-only", args.out / "noise" / noise["batches"][0]["file"]))
+    feeds = feeds[:args.cycles] if args.cycles > 0 else feeds
     for name, path in feeds:
         shutil.copy(path, arrived / f"{len(cycles) + 1:03d}-{path.name}")
         started = time.perf_counter()
@@ -177,6 +182,7 @@ def main() -> None:
         if not cycles:
             cycles.append({"batch": "base model", "champion": "1",
                            **score_version(settings, "1", queries, test)})
+            print(json.dumps(cycles[0]), flush=True)
         champion = summary.get("champion_version") or cycles[-1]["champion"]
         row = {"batch": name, "outcome": summary["outcome"], "champion": champion,
                "why": summary["decision_reason"], "wall_s": wall,
