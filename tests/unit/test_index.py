@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from embedloop.errors import IndexUnavailable
-from embedloop.index import IndexSpec, IndexStore, build_faiss_index, choose_index
+from embedloop.faiss_index import (
+    FaissIndex,
+    FaissIndexStore,
+    IndexSpec,
+    build_faiss_index,
+    choose_index,
+)
 
 
 def unit(rows: list[list[float]]) -> np.ndarray:
@@ -15,14 +21,16 @@ def unit(rows: list[list[float]]) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def write(store: IndexStore, model_version: str, vectors: np.ndarray) -> str:
-    return store.write_version(vectors, [f"d{i}" for i in range(len(vectors))],
-                               model_name="m", model_version=model_version,
-                               corpus_fingerprint="c", precision="fp32").version
+def write(store: FaissIndexStore, model_version: str, vectors: np.ndarray,
+          titles: list[str] | None = None, spec: IndexSpec | None = None) -> str:
+    ids = [f"d{i}" for i in range(len(vectors))]
+    index = FaissIndex.build(vectors, ids, "fp32", spec, titles)
+    return store.save_version(index, model_name="m", model_version=model_version,
+                              corpus_fingerprint="c").version
 
 
 def test_publish_swap_and_search(tmp_path: Path) -> None:
-    store = IndexStore(tmp_path)
+    store = FaissIndexStore(tmp_path)
     v1 = write(store, "1", unit([[1, 0], [0, 1], [1, 1]]))
     assert store.live_version() is None  # written is not live
     store.set_live(v1)
@@ -40,7 +48,7 @@ def test_publish_swap_and_search(tmp_path: Path) -> None:
 
 
 def test_searching_with_another_model_is_refused(tmp_path: Path) -> None:
-    store = IndexStore(tmp_path)
+    store = FaissIndexStore(tmp_path)
     store.set_live(write(store, "3", unit([[1, 0]])))
     store.load().require_model("m", "3")
     with pytest.raises(IndexUnavailable, match="built by m v3, not m v4"):
@@ -48,7 +56,7 @@ def test_searching_with_another_model_is_refused(tmp_path: Path) -> None:
 
 
 def test_missing_and_damaged_indexes_are_clear_errors(tmp_path: Path) -> None:
-    store = IndexStore(tmp_path)
+    store = FaissIndexStore(tmp_path)
     with pytest.raises(IndexUnavailable, match="no live index yet"):
         store.load()
     version = write(store, "1", unit([[1, 0], [0, 1]]))
@@ -81,11 +89,10 @@ def test_approximate_indexes_find_what_exact_search_finds(tmp_path: Path,
     docs = (docs / np.linalg.norm(docs, axis=1, keepdims=True)).astype(np.float32)
     queries = docs[rng.choice(4_000, 100, replace=False)] + 0.05 * rng.normal(size=(100, 64))
     queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
-    store = IndexStore(tmp_path)
-    ids = [f"d{i}" for i in range(len(docs))]
-    version = store.write_version(docs, ids, model_name="m", model_version="1",
-                                  corpus_fingerprint="c", precision="fp32", spec=spec).version
+    store = FaissIndexStore(tmp_path)
+    version = write(store, "1", docs, spec=spec)
     loaded = store.load(version)
+    assert loaded.manifest is not None
     assert (loaded.manifest.kind, loaded.manifest.params) == (spec.kind, spec.params)
     exact = build_faiss_index(docs).search(queries, 10)[1]
     approx = loaded.index.search(queries, 10)[1]
@@ -95,15 +102,13 @@ def test_approximate_indexes_find_what_exact_search_finds(tmp_path: Path,
 
 @pytest.mark.parametrize("name", ["../../etc", "v0001/../../x", "/tmp", "live", ""])
 def test_only_version_names_become_paths(tmp_path: Path, name: str) -> None:
-    store = IndexStore(tmp_path / "indexes")
+    store = FaissIndexStore(tmp_path / "indexes")
     write(store, "1", unit([[1, 0], [0, 1]]))
     with pytest.raises(IndexUnavailable, match="not an index version"):
         store.load(name) if name else store.set_live(name)
 
 
 def test_titles_travel_with_the_index(tmp_path: Path) -> None:
-    store = IndexStore(tmp_path)
-    version = store.write_version(unit([[1, 0], [0, 1]]), ["a", "b"], model_name="m",
-                                  model_version="1", corpus_fingerprint="c", precision="fp32",
-                                  titles=["Alpha", "Beta"]).version
+    store = FaissIndexStore(tmp_path)
+    version = write(store, "1", unit([[1, 0], [0, 1]]), titles=["Alpha", "Beta"])
     assert store.load(version).titles == ["Alpha", "Beta"]
