@@ -41,7 +41,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocol import REPO, evaluate_queries, read_jsonl, read_qrels  # noqa: E402
+from protocol import REPO, index_texts, read_jsonl, read_qrels  # noqa: E402
 
 from embedloop.evaluation import EvalReport  # noqa: E402
 from embedloop.promotion import PromotionPolicy, should_promote  # noqa: E402
@@ -98,11 +98,11 @@ def main() -> None:
 
     from embedloop.config import load_settings
     from embedloop.corpus import document_texts, load_corpus
-    from embedloop.encoding import encode, load_model, pick_device, resolve_precision
-    from embedloop.index import LoadedIndex, build_faiss_index
+    from embedloop.encoding import load_model, pick_device, resolve_precision
     from embedloop.ledger import batch_dir, load_accepted_history, load_ledger
     from embedloop.pairs import build_training_data
     from embedloop.registry import Registry
+    from embedloop.retrieval import evaluate_retrieval
     from embedloop.training import fine_tune
 
     settings = load_settings(args.config, home=str(args.run / "home"))
@@ -156,13 +156,9 @@ def main() -> None:
     scores: dict[str, dict[str, EvalReport]] = {}
     for name, path in sorted(models.items()):
         model = load_model(path, device, settings.max_seq_length)
-        vectors = encode(model, document_texts(corpus), precision=precision,
-                         batch_size=settings.encode_batch_size, show_progress=True)
-        index = LoadedIndex(None, build_faiss_index(vectors),  # type: ignore[arg-type]
-                            list(corpus["doc_id"]))
+        retriever = index_texts(model, texts, precision, settings.encode_batch_size)
         # keyed by query text: each query is its own text to encode
-        scores[name] = {kind: evaluate_queries(model, index, {q: q for q in qrels}, qrels,
-                                               precision)
+        scores[name] = {kind: evaluate_retrieval(retriever, qrels)
                         for kind, qrels in (("test", test), *pools.items())}
         print(f"{name}: " + ", ".join(f"{k} {r.primary:.4f}" for k, r in scores[name].items()),
               flush=True)

@@ -57,42 +57,35 @@ def simulate(beir: Path, out: Path, *extra: str) -> dict[str, Any]:
     return json.loads((out / "manifest.json").read_text())
 
 
-def evaluate_queries(model: Any, index: Any, queries: dict[str, str],
-                     qrels: dict[str, dict[str, float]], precision: str) -> Any:
-    """Per-query EvalReport of `model` searching `index` (top 100) for every judged query;
-    `queries` maps the qrels' keys to the text to encode."""
+def index_texts(model: Any, texts: dict[str, str], precision: str,
+                batch_size: int = 64) -> Any:
+    """A Retriever: `model` searching an in-memory index of `texts` ({doc_id: text})."""
     from embedloop.encoding import encode
-    from embedloop.evaluation import evaluate_rankings
+    from embedloop.faiss_index import FaissIndex
+    from embedloop.retrieval import Retriever
 
-    keys = sorted(q for q in qrels if q in queries)
-    vectors = encode(model, [queries[q] for q in keys], precision=precision)
-    hits = index.search(vectors, 100)
-    rankings = {q: [d for d, _ in h] for q, h in zip(keys, hits, strict=True)}
-    return evaluate_rankings(rankings, {q: qrels[q] for q in keys})
+    vectors = encode(model, list(texts.values()), batch_size=batch_size, precision=precision,
+                     show_progress=True)
+    return Retriever(model, FaissIndex.build(vectors, list(texts), precision), batch_size)
 
 
-def score_index(model: Any, index: Any, queries: dict[str, str],
-                qrels: dict[str, dict[str, int]], precision: str) -> dict[str, float]:
-    means = evaluate_queries(model, index, queries, qrels, precision).means
+def score_index(retriever: Any, queries: dict[str, str],
+                qrels: dict[str, dict[str, int]]) -> dict[str, float]:
+    """TEST_METRICS of `retriever` on the judged queries; `queries`: id -> text."""
+    from embedloop.retrieval import evaluate_retrieval
+
+    means = evaluate_retrieval(retriever, qrels, texts=queries).means
     return {m: means[m] for m in TEST_METRICS}
 
 
 def score_version(settings: Any, version: str, queries: dict[str, str],
                   qrels: dict[str, dict[str, int]]) -> dict[str, float]:
     """The test score of a registered version, through the index it built."""
-    from embedloop.encoding import load_model, pick_device
-    from embedloop.index import IndexStore
-    from embedloop.registry import Registry
+    from embedloop.production import Production
 
-    registry = Registry(settings.resolved_tracking_uri, settings.model_name,
-                        settings.artifact_root)
-    store = IndexStore(settings.index_dir)
-    index_version = store.latest_for_model(settings.model_name, version)
-    assert index_version is not None, f"v{version} has no index"
-    index = store.load(index_version)
-    model = load_model(registry.local_model_path(version, settings.state_dir / "models"),
-                       pick_device(), settings.max_seq_length)
-    return score_index(model, index, queries, qrels, index.manifest.precision)
+    retriever = Production.from_settings(settings).retriever(
+        version, max_seq_length=settings.max_seq_length)
+    return score_index(retriever, queries, qrels)
 
 
 def ceiling(beir: Path, queries: dict[str, str], test: dict[str, dict[str, int]],
@@ -101,8 +94,7 @@ def ceiling(beir: Path, queries: dict[str, str], test: dict[str, dict[str, int]]
     import pandas as pd
 
     from embedloop.config import TrainingConfig, default_base_model
-    from embedloop.encoding import encode, pick_device, resolve_precision
-    from embedloop.index import LoadedIndex, build_faiss_index
+    from embedloop.encoding import pick_device, resolve_precision
     from embedloop.training import fine_tune
 
     corpus = read_jsonl(beir / "corpus.jsonl")
@@ -118,11 +110,9 @@ def ceiling(beir: Path, queries: dict[str, str], test: dict[str, dict[str, int]]
     train_s = time.perf_counter() - started
     precision = resolve_precision("auto", device)
     started = time.perf_counter()
-    vectors = encode(result.model, list(texts.values()), precision=precision,
-                     show_progress=True)
+    retriever = index_texts(result.model, texts, precision)
     encode_s = time.perf_counter() - started
-    index = LoadedIndex(None, build_faiss_index(vectors), list(texts))  # type: ignore[arg-type]
-    scores = score_index(result.model, index, queries, test, precision)
+    scores = score_index(retriever, queries, test)
     return {"pairs": len(pairs), "epochs": epochs, "train_s": train_s, "encode_s": encode_s,
             **scores}
 

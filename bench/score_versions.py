@@ -15,7 +15,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocol import REPO, TEST_METRICS, read_jsonl, read_qrels, score_index  # noqa: E402
+from protocol import (  # noqa: E402
+    REPO,
+    TEST_METRICS,
+    index_texts,
+    read_jsonl,
+    read_qrels,
+    score_index,
+)
 
 
 def main() -> None:
@@ -28,8 +35,7 @@ def main() -> None:
 
     from embedloop.config import load_settings
     from embedloop.corpus import document_texts, load_corpus
-    from embedloop.encoding import encode, load_model, pick_device, resolve_precision
-    from embedloop.index import LoadedIndex, build_faiss_index
+    from embedloop.encoding import load_model, pick_device, resolve_precision
     from embedloop.registry import Registry
 
     settings = load_settings(args.config, home=str(args.out / "home"))
@@ -43,11 +49,10 @@ def main() -> None:
     for version in args.versions:
         model = load_model(registry.local_model_path(version, settings.state_dir / "models"),
                            device, settings.max_seq_length)
-        vectors = encode(model, document_texts(corpus), precision=precision,
-                         batch_size=settings.encode_batch_size, show_progress=True)
-        index = LoadedIndex(None, build_faiss_index(vectors),  # type: ignore[arg-type]
-                            list(corpus["doc_id"]))
-        scores = score_index(model, index, queries, test, precision)
+        retriever = index_texts(model, dict(zip(corpus["doc_id"], document_texts(corpus),
+                                                strict=True)),
+                                precision, settings.encode_batch_size)
+        scores = score_index(retriever, queries, test)
         tags = registry.version_info(version).tags
         print(f"v{version} ({tags.get('decision', '?')}): "
               + ", ".join(f"{m} {scores[m]:.4f}" for m in TEST_METRICS), flush=True)
