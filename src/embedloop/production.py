@@ -1,0 +1,213 @@
+"""Production: the `champion` alias in the model registry and the live index, as one thing.
+
+The rule everything else relies on: **the live index was built by the champion**, and
+the two move together. Promotion and rollback move the alias first (the commit point)
+and the live pointer second; a crash between the two leaves an alias whose index is
+not live yet, which `repair()` finishes at the next start and `champion_index()`
+already answers around. Every reader of production (the flows, the CLI, search, alerts)
+goes through this class, so the rule is written once.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from embedloop.errors import IndexUnavailable
+from embedloop.faults import crash_point, pause_point
+from embedloop.index import IndexManifest, IndexStore, VectorIndex, open_index_store
+from embedloop.registry import CHAMPION, PREVIOUS, Registry, is_intact, seal
+
+if TYPE_CHECKING:
+    from embedloop.config import Settings
+    from embedloop.retrieval import Retriever
+
+
+@dataclass(frozen=True)
+class Champion:
+    version: str
+    model_path: str  # a local folder holding it
+
+
+@dataclass(frozen=True)
+class ProductionState:
+    model_name: str
+    champion: str | None
+    previous: str | None
+    live_index: str | None
+    live_manifest: IndexManifest | None
+
+    @property
+    def aligned(self) -> bool:
+        """The live index was built by the champion (or there is neither yet)."""
+        if self.champion is None or self.live_manifest is None:
+            return self.champion is None and self.live_manifest is None
+        return self.live_manifest.model_version == self.champion
+
+
+@dataclass(frozen=True)
+class Rollback:
+    rolled_back: str  # the champion that was replaced
+    champion: str
+    live_index: str
+    previous: str | None  # what a further rollback would restore
+
+
+class Production:
+    def __init__(self, registry: Registry, store: IndexStore, models_dir: Path) -> None:
+        self.registry = registry
+        self.store = store
+        self.models_dir = models_dir  # local, checksummed copies of registered versions
+        self.model_name = registry.model_name
+        self.notes: list[str] = []  # what was found damaged or cut off and repaired
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Production:
+        registry = Registry(settings.resolved_tracking_uri, settings.model_name,
+                            settings.artifact_root)
+        return cls(registry, open_index_store(settings), settings.state_dir / "models")
+
+    # -- reading ---------------------------------------------------------------
+    def state(self) -> ProductionState:
+        live = self.store.live_version()
+        return ProductionState(self.model_name, self.registry.version_for_alias(CHAMPION),
+                               self.registry.version_for_alias(PREVIOUS), live,
+                               self.store.manifest(live) if live else None)
+
+    def model_path(self, version: str) -> str:
+        path = self.registry.local_model_path(version, self.models_dir)
+        self.notes += self.registry.repairs
+        self.registry.repairs.clear()
+        return path
+
+    def champion(self) -> Champion | None:
+        version = self.registry.version_for_alias(CHAMPION)
+        return Champion(version, self.model_path(version)) if version else None
+
+    def champion_index(self) -> VectorIndex:
+        """The index the champion built: the live one, or, when a promotion was cut off
+        between the alias move and the swap (the next run finishes it), the newest one
+        the champion built. Anything else is refused."""
+        champion = self.registry.version_for_alias(CHAMPION)
+        if champion is None:
+            raise IndexUnavailable("no champion yet: run `embedloop retrain --reason ...` first")
+        live = self.store.load()
+        if live.manifest is not None and live.manifest.model_version != champion:
+            built = self.store.latest_for_model(self.model_name, champion)
+            if built is not None:
+                return self.store.load(built)
+        live.require_model(self.model_name, champion)  # refuses with a clear message
+        return live
+
+    def retriever(self, version: str | None = None, *, device: str | None = None,
+                  max_seq_length: int | None = None, batch_size: int = 64) -> Retriever:
+        """`version` (default: the champion) searching the index it built."""
+        from embedloop.encoding import load_model
+        from embedloop.retrieval import Retriever
+
+        if version is None:
+            index = self.champion_index()
+            assert index.manifest is not None
+            version = index.manifest.model_version
+        else:
+            built = self.store.latest_for_model(self.model_name, version)
+            if built is None:
+                raise IndexUnavailable(f"v{version} has no index")
+            index = self.store.load(built)
+        model = load_model(self.model_path(version), device, max_seq_length)
+        return Retriever(model, index, batch_size)
+
+    # -- changing --------------------------------------------------------------
+    def register(self, run_id: str, model: Any, model_dir: Path, *, description: str,
+                 tags: dict[str, str]) -> str:
+        """A new registered version (not promoted), with a local copy kept so later runs
+        need not download it."""
+        version = self.registry.log_model(run_id, model, description=description, tags=tags)
+        crash_point("register")  # a registered version that is no one's champion
+        target = self.models_dir / f"v{version}"
+        if not is_intact(target):
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(model_dir, target / "model")
+            seal(target)
+        return version
+
+    def save_index(self, index: VectorIndex, version: str,
+                   corpus_fingerprint: str) -> IndexManifest:
+        """`index` (built by model `version`) stored as a new index version, not live."""
+        return self.store.save_version(index, model_name=self.model_name,
+                                       model_version=version,
+                                       corpus_fingerprint=corpus_fingerprint)
+
+    def promote(self, version: str) -> str | None:
+        """The commit point: `version` becomes champion, then its newest index goes live.
+        Refused, with nothing moved, if it has no index. Returns the old champion."""
+        index_version = self.store.latest_for_model(self.model_name, version)
+        if index_version is None:
+            raise IndexUnavailable(f"v{version} has no index; promotion refused, nothing "
+                                   f"changed")
+        old = self.registry.promote(version)
+        crash_point("promote")  # champion moved, live index not yet: see repair()
+        pause_point("promote")
+        self.store.set_live(index_version)
+        return old
+
+    def rollback(self) -> Rollback:
+        """`previous` becomes champion and its newest index goes live. The index is looked
+        up before anything moves, so a refused rollback changes nothing."""
+        target = self.registry.version_for_alias(PREVIOUS)
+        index_version = self.store.latest_for_model(self.model_name, target) if target else None
+        if target and index_version is None:
+            raise IndexUnavailable(f"v{target} has no index on disk; rollback refused, "
+                                   f"nothing changed")
+        old, new = self.registry.rollback()  # refused, saying why, if there is no previous
+        assert index_version is not None
+        self.store.set_live(index_version)
+        return Rollback(old, new, index_version, self.registry.version_for_alias(PREVIOUS))
+
+    def repair(self) -> str | None:
+        """Finish a promotion or rollback cut off between its two steps: make the live
+        index the newest one the champion built. Returns the live version, or None when
+        the champion has no index at all (it must be rebuilt)."""
+        champion = self.registry.version_for_alias(CHAMPION)
+        live = self.store.live_version()
+        if champion is None or (live and self.store.manifest(live).model_version == champion):
+            return live
+        wanted = self.store.latest_for_model(self.model_name, champion)
+        if wanted is not None:
+            self.store.set_live(wanted)
+            self.notes.append(f"the live index was {live}, not built by champion "
+                              f"v{champion}: set it to {wanted}, the champion's own")
+        return wanted
+
+    def ensure_champion(self, base_model: str, load: Callable[[str], Any],
+                        index_corpus: Callable[[Any, str], VectorIndex],
+                        corpus_fingerprint: str) -> Champion:
+        """First run: the base model becomes champion v1, live with its own index.
+        Later runs: repair() and, if the champion has no index at all, rebuild it.
+
+        `load(path)` loads a model; `index_corpus(model, path)` encodes the corpus with
+        it and builds the index (the caller decides how encoding is spread out)."""
+        champion = self.registry.version_for_alias(CHAMPION)
+        if champion is None:
+            run_id = self.registry.start_run("bootstrap", {
+                "trigger": "bootstrap", "reason": "first run: the base model becomes champion"})
+            model = load(base_model)
+            version = self.register(run_id, model, Path(base_model), description=(
+                f"Base model {base_model}, registered as the first champion."),
+                tags={"decision": "bootstrap"})
+            self.save_index(index_corpus(model, base_model), version, corpus_fingerprint)
+            self.promote(version)
+            self.registry.client.set_terminated(run_id, "FINISHED")
+            self.notes.append(f"no champion yet: the base model {base_model} is champion "
+                              f"v{version}")
+        elif self.repair() is None:
+            path = self.model_path(champion)
+            self.save_index(index_corpus(load(path), path), champion, corpus_fingerprint)
+            self.store.set_live(self.store.latest_for_model(self.model_name, champion) or "")
+            self.notes.append(f"champion v{champion} had no index: rebuilt it")
+        found = self.champion()
+        assert found is not None
+        return found

@@ -1,0 +1,114 @@
+"""Production's rule, tested once: the champion alias and the live index move together,
+and the live index is the one the champion built. Real MLflow registry (SQLite in a
+temp dir) and real FAISS store; versions are registered without weights (the alias and
+index moves do not read them), which keeps each test under a few seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedloop.errors import IndexUnavailable, NothingToRollBack
+from embedloop.faiss_index import FaissIndex, FaissIndexStore
+from embedloop.production import Production
+from embedloop.registry import CHAMPION, Registry
+
+MODEL = "embedloop-test"
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One database for the module (its migrations take seconds); one model per test."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def production(tracking_uri: str, tmp_path: Path) -> Production:
+    registry = Registry(tracking_uri, MODEL, tmp_path / "artifacts")
+    for found in registry.client.search_registered_models(f"name='{MODEL}'"):
+        registry.client.delete_registered_model(found.name)
+    registry.client.create_registered_model(MODEL)
+    return Production(registry, FaissIndexStore(tmp_path / "indexes"), tmp_path / "models")
+
+
+def new_version(production: Production, with_index: bool = True) -> str:
+    """A registered version and, unless told otherwise, an index it built."""
+    run_id = production.registry.start_run("test", {})
+    version = str(production.registry.client.create_model_version(
+        MODEL, source=f"runs:/{run_id}/model", run_id=run_id).version)
+    if with_index:
+        vectors = np.eye(3, dtype=np.float32)[[int(version) % 3, (int(version) + 1) % 3]]
+        production.save_index(FaissIndex.build(vectors, ["a", "b"], "fp32"), version, "c")
+    return version
+
+
+def test_promotion_moves_champion_and_live_index_together(production: Production) -> None:
+    v1, v2 = new_version(production), new_version(production)
+    assert production.promote(v1) is None
+    assert production.promote(v2) == v1
+    state = production.state()
+    assert (state.champion, state.previous, state.live_index) == (v2, v1, "v0002")
+    assert state.aligned and state.live_manifest is not None
+    assert state.live_manifest.model_version == v2
+
+
+def test_a_version_without_an_index_is_not_promoted(production: Production) -> None:
+    v1 = new_version(production)
+    production.promote(v1)
+    bare = new_version(production, with_index=False)
+    with pytest.raises(IndexUnavailable, match="no index; promotion refused"):
+        production.promote(bare)
+    assert (production.state().champion, production.state().live_index) == (v1, "v0001")
+
+
+def test_a_cut_off_promotion_is_answered_around_then_repaired(production: Production) -> None:
+    v1, v2 = new_version(production), new_version(production)
+    production.promote(v1)
+    production.registry.promote(v2)  # the alias moved; the process died before the swap
+    assert not production.state().aligned
+    index = production.champion_index()  # search already uses the champion's own index
+    assert index.manifest is not None and index.manifest.model_version == v2
+    assert production.repair() == "v0002"
+    assert production.state().aligned
+    assert "not built by champion" in production.notes[0]
+    assert production.repair() == "v0002" and len(production.notes) == 1  # nothing to do
+
+
+def test_rollback_restores_the_previous_pair_and_walks_back(production: Production) -> None:
+    v1, v2, v3 = (new_version(production) for _ in range(3))
+    for version in (v1, v2, v3):
+        production.promote(version)
+    done = production.rollback()
+    assert (done.rolled_back, done.champion, done.live_index, done.previous) == (
+        v3, v2, "v0002", v1)
+    assert production.rollback().champion == v1
+    assert production.state().live_index == "v0001" and production.state().aligned
+    with pytest.raises(NothingToRollBack, match="first champion"):
+        production.rollback()
+
+
+def test_rollback_to_a_version_without_an_index_changes_nothing(
+        production: Production, tmp_path: Path) -> None:
+    v1, v2 = new_version(production), new_version(production)
+    production.promote(v1)
+    production.promote(v2)
+    (tmp_path / "indexes" / "versions" / "v0001").rename(tmp_path / "elsewhere")
+    with pytest.raises(IndexUnavailable, match="rollback refused, nothing changed"):
+        production.rollback()
+    state = production.state()
+    assert (state.champion, state.previous, state.live_index) == (v2, v1, "v0002")
+
+
+def test_an_index_the_champion_did_not_build_is_never_searched(
+        production: Production) -> None:
+    with pytest.raises(IndexUnavailable, match="no champion yet"):
+        production.champion_index()
+    v1 = new_version(production)
+    production.promote(v1)
+    bare = new_version(production, with_index=False)
+    production.registry.client.set_registered_model_alias(MODEL, CHAMPION, bare)
+    with pytest.raises(IndexUnavailable, match=f"built by {MODEL} v{v1}, not {MODEL} v{bare}"):
+        production.champion_index()
+    assert production.repair() is None  # nothing to realign to: the caller rebuilds
