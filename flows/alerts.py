@@ -19,8 +19,7 @@ from prefect.states import Completed, State
 
 from embedloop.config import load_settings
 from embedloop.errors import Refused
-from embedloop.index import IndexStore
-from embedloop.registry import CHAMPION, Registry
+from embedloop.production import Production
 
 WEBHOOK_ENV = "EMBEDLOOP_ALERT_WEBHOOK"
 logger = logging.getLogger("embedloop.alerts")
@@ -32,10 +31,9 @@ def production_now(parameters: dict[str, Any]) -> dict[str, str | None]:
         config = parameters.get("config_file")
         settings = load_settings(Path(config) if config else None,
                                  **(parameters.get("overrides") or {}))
-        registry = Registry(settings.resolved_tracking_uri, settings.model_name,
-                            settings.artifact_root)
-        return {"model": settings.model_name, "champion": registry.version_for_alias(CHAMPION),
-                "live_index": IndexStore(settings.index_dir).live_version()}
+        state = Production.from_settings(settings).state()
+        return {"model": state.model_name, "champion": state.champion,
+                "live_index": state.live_index}
     except Exception as exc:  # the alert must still go out
         return {"model": None, "champion": None, "live_index": None,
                 "unknown_because": f"{type(exc).__name__}: {exc}"}

@@ -11,10 +11,9 @@ from prefect.exceptions import MissingContextError
 from prefect.states import State
 
 from embedloop.config import load_settings
-from embedloop.errors import IndexUnavailable, Refused
-from embedloop.index import IndexStore
+from embedloop.errors import Refused
 from embedloop.lock import exclusive
-from embedloop.registry import PREVIOUS, Registry
+from embedloop.production import Production
 from flows.alerts import notify_failure, refused
 
 
@@ -44,22 +43,13 @@ def rollback_now(reason: str, config_file: str | None = None,
     except MissingContextError:
         logger = logging.getLogger("embedloop.rollback")
     with exclusive(settings.state_dir, f"rollback ({reason})"):
-        registry = Registry(settings.resolved_tracking_uri, settings.model_name,
-                            settings.artifact_root)
-        store = IndexStore(settings.index_dir)
-        target = registry.version_for_alias(PREVIOUS)
-        index_version = (store.latest_for_model(settings.model_name, target)
-                         if target else None)
-        if target and index_version is None:
-            raise IndexUnavailable(f"v{target} has no index on disk; rollback refused, "
-                                   f"nothing changed")
-        old, new = registry.rollback()  # raises with a clear message if nothing to roll to
-        assert index_version is not None
-        store.set_live(index_version)
-        run_id = registry.start_run("rollback", {"trigger": "rollback", "reason": reason,
-                                                 "decision": "rolled back",
-                                                 "decision_reason": f"v{old} -> v{new}"})
-        registry.client.set_terminated(run_id, "FINISHED")
-        logger.info("rolled back v%s -> v%s; live index %s", old, new, index_version)
-        return {"outcome": "rolled back", "from": old, "to": new, "live_index": index_version,
-                "previous": registry.version_for_alias(PREVIOUS)}
+        production = Production.from_settings(settings)
+        done = production.rollback()  # refused, with nothing moved, if it cannot be done
+        transition = f"v{done.rolled_back} -> v{done.champion}"
+        run_id = production.registry.start_run("rollback", {
+            "trigger": "rollback", "reason": reason, "decision": "rolled back",
+            "decision_reason": transition})
+        production.registry.client.set_terminated(run_id, "FINISHED")
+        logger.info("rolled back %s; live index %s", transition, done.live_index)
+        return {"outcome": "rolled back", "from": done.rolled_back, "to": done.champion,
+                "live_index": done.live_index, "previous": done.previous}

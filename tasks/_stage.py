@@ -1,12 +1,61 @@
+"""The two kinds of task a stage is, and the clock that times a run's stages.
+
+A stage's wall time (retries included) is added to the running flow's `stage_clock`
+under the stage's name, once: a stage called inside another (an encode chunk inside
+"index candidate") counts as part of the outer one.
+"""
+
 from __future__ import annotations
 
+import contextlib
 import functools
+import time
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from typing import Any, TypeVar
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-# DataFrames, models and vectors pass between stages in memory: hashing them for a
-# cache key would cost time and buy nothing (every run sees new data).
-stage = functools.partial(task, cache_policy=NO_CACHE)
-# I/O that can fail transiently (files on network storage, the tracking server).
-io_stage = functools.partial(task, cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+F = TypeVar("F", bound=Callable[..., Any])
+_seconds: ContextVar[dict[str, float] | None] = ContextVar("stage_seconds", default=None)
+_inside: ContextVar[bool] = ContextVar("inside_stage", default=False)
+
+
+@contextlib.contextmanager
+def stage_clock() -> Iterator[dict[str, float]]:
+    """Time every stage run within the block: {stage name: seconds}."""
+    seconds: dict[str, float] = {}
+    token = _seconds.set(seconds)
+    try:
+        yield seconds
+    finally:
+        _seconds.reset(token)
+
+
+def _timed(name: str, fn: F) -> F:
+    @functools.wraps(fn)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        seconds = _seconds.get()
+        if seconds is None or _inside.get():
+            return fn(*args, **kwargs)
+        token, started = _inside.set(True), time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _inside.reset(token)
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
+    return timed  # type: ignore[return-value]
+
+
+def stage(name: str, **options: Any) -> Callable[[F], Any]:
+    """A pipeline stage: a Prefect task, never cached. DataFrames, models and vectors pass
+    between stages in memory: hashing them for a cache key would cost time and buy
+    nothing (every run sees new data)."""
+    return lambda fn: task(_timed(name, fn), name=name, cache_policy=NO_CACHE, **options)
+
+
+def io_stage(name: str) -> Callable[[F], Any]:
+    """A stage that does I/O that can fail transiently (files on network storage, the
+    tracking server): retried twice, after 2 s and 10 s."""
+    return stage(name, retries=2, retry_delay_seconds=[2, 10])

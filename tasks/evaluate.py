@@ -1,6 +1,9 @@
+"""Encode the corpus into an index, and judge candidate against incumbent."""
+
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -9,14 +12,17 @@ from prefect import get_run_logger
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from embedloop.config import Settings
-from embedloop.corpus import document_texts
-from embedloop.encoding import encode, load_model, pick_device
-from embedloop.errors import ConfigError
-from embedloop.evaluation import EvalReport, evaluate_rankings
-from embedloop.index import LoadedIndex
+from embedloop.corpus import corpus_fingerprint, document_texts
+from embedloop.encoding import Runtime, encode, load_model, pick_device
+from embedloop.evaluation import EvalReport
+from embedloop.faults import crash_point
+from embedloop.index import IndexStore, VectorIndex
+from embedloop.ledger import record_look
+from embedloop.pairs import TrainingData
+from embedloop.production import Champion
+from embedloop.promotion import Decision, PromotionPolicy, should_promote
+from embedloop.retrieval import Retriever, evaluate_retrieval
 from tasks._stage import stage
-
-RETRIEVE_K = 100
 
 
 @stage(name="encode chunk")
@@ -38,8 +44,6 @@ def _load_cached(path: str, device: str, max_seq_length: int | None) -> Any:
 def make_task_runner(settings: Settings) -> TaskRunner[Any]:
     """threads: one process (torch already uses every core, so one worker by default);
     dask: chunks spread over a Dask cluster (`dask_address`, or a local one)."""
-    if settings.task_runner == "threads":
-        return ThreadPoolTaskRunner(max_workers=settings.encode_workers)
     if settings.task_runner == "dask":
         from prefect_dask import DaskTaskRunner
 
@@ -47,11 +51,11 @@ def make_task_runner(settings: Settings) -> TaskRunner[Any]:
             return DaskTaskRunner(address=settings.dask_address)
         return DaskTaskRunner(cluster_kwargs={"n_workers": settings.encode_workers,
                                               "threads_per_worker": 1})
-    raise ConfigError(f"task_runner must be 'threads' or 'dask', not {settings.task_runner!r}")
+    return ThreadPoolTaskRunner(max_workers=settings.encode_workers)
 
 
-def encode_corpus_stage(settings: Settings, model: Any, model_path: str, corpus: pd.DataFrame,
-                        precision: str) -> np.ndarray:
+def encode_corpus(settings: Settings, model: Any, model_path: str, corpus: pd.DataFrame,
+                  precision: str) -> np.ndarray:
     """Corpus vectors in chunks of `encode_chunk_docs`, each a task on the configured
     runner, so a large re-index spreads over workers; one chunk runs in-process."""
     texts = document_texts(corpus)
@@ -73,15 +77,81 @@ def encode_corpus_stage(settings: Settings, model: Any, model_path: str, corpus:
     return vectors
 
 
+def index_corpus(settings: Settings, store: IndexStore, corpus: pd.DataFrame, precision: str,
+                 model: Any, model_path: str) -> VectorIndex:
+    """The corpus encoded by `model`, in an index of the kind the live one would be, in
+    memory (saved only if it is published)."""
+    vectors = encode_corpus(settings, model, model_path, corpus, precision)
+    return store.build(vectors, list(corpus["doc_id"]), precision=precision,
+                       titles=list(corpus["title"]))
+
+
+@stage(name="incumbent")
+def incumbent_stage(settings: Settings, store: IndexStore, champion: Champion,
+                    corpus: pd.DataFrame, runtime: Runtime) -> tuple[Retriever, str | None]:
+    """The champion searching its live index, which already holds its vectors; re-encoded
+    only if the corpus changed since that index was built (then a note says so)."""
+    model = load_model(champion.model_path, runtime.device, settings.max_seq_length)
+    live = store.load()
+    if live.manifest is not None and (live.manifest.model_version, live.manifest.corpus_fingerprint
+                                      ) == (champion.version, corpus_fingerprint(corpus)):
+        return Retriever(model, live, settings.encode_batch_size), None
+    index = index_corpus(settings, store, corpus, runtime.precision, model, champion.model_path)
+    return Retriever(model, index, settings.encode_batch_size), (
+        f"the corpus changed since live index {store.live_version()} was built; the "
+        f"incumbent was re-encoded for a fair comparison")
+
+
+@stage(name="index candidate")
+def candidate_stage(settings: Settings, store: IndexStore, model: Any, model_path: str,
+                    corpus: pd.DataFrame, runtime: Runtime) -> Retriever:
+    index = index_corpus(settings, store, corpus, runtime.precision, model, model_path)
+    return Retriever(model, index, settings.encode_batch_size)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Both models on the same queries: the pool, this batch's slice of it, the guard set."""
+
+    candidate: EvalReport
+    incumbent: EvalReport
+    recent: tuple[EvalReport, EvalReport]
+    guard: tuple[EvalReport, EvalReport] | None
+
+
 @stage(name="evaluate")
-def evaluate_stage(settings: Settings, label: str, model: object, index: LoadedIndex,
-                   qrels: dict[str, dict[str, int]], precision: str) -> EvalReport:
-    """Rank the full corpus for every evaluation query and score against its labels."""
-    queries = sorted(qrels)
-    vectors = encode(model, queries, batch_size=settings.encode_batch_size, precision=precision)
-    hits = index.search(vectors, RETRIEVE_K)
-    rankings = {q: [doc_id for doc_id, _ in h] for q, h in zip(queries, hits, strict=True)}
-    report = evaluate_rankings(rankings, qrels, settings.primary_metric)
-    get_run_logger().info("%s: %s", label, ", ".join(f"{k} {v:.4f}"
-                                                     for k, v in report.means.items()))
-    return report
+def evaluate_stage(settings: Settings, candidate: Retriever, incumbent: Retriever,
+                   data: TrainingData,
+                   guard_qrels: dict[str, dict[str, int]] | None) -> Evaluation:
+    """Rank the full corpus for every pool (and guard) query with each model."""
+    crash_point("evaluate")
+    logger = get_run_logger()
+
+    def judge(label: str, retriever: Retriever, qrels: dict[str, Any]) -> EvalReport:
+        report = evaluate_retrieval(retriever, qrels, primary_metric=settings.primary_metric)
+        logger.info("%s: %s", label, ", ".join(f"{k} {v:.4f}" for k, v in report.means.items()))
+        return report
+
+    cand = judge("candidate", candidate, data.eval_qrels)
+    inc = judge("incumbent", incumbent, data.eval_qrels)
+    guard = None
+    if guard_qrels:  # fixed queries: a gain on new logs must not hide a loss here
+        guard = (judge("candidate on guard set", candidate, guard_qrels),
+                 judge("incumbent on guard set", incumbent, guard_qrels))
+    recent = (cand.subset(data.recent_qrels), inc.subset(data.recent_qrels))
+    return Evaluation(cand, inc, recent, guard)
+
+
+@stage(name="decide")
+def decide_stage(settings: Settings, evaluation: Evaluation, champion: Champion) -> Decision:
+    """One more look at the champion, counted before the decision is acted on (a crash
+    can only overcount), then the gate."""
+    look = record_look(settings.state_dir, champion.version)
+    decision = should_promote(evaluation.candidate, evaluation.incumbent, PromotionPolicy(
+        primary_metric=settings.primary_metric, min_improvement=settings.min_improvement,
+        min_eval_queries=settings.min_holdout_queries, alpha=settings.significance_alpha,
+        guard_tolerance=settings.guard_tolerance), guard=evaluation.guard, look=look,
+        recent=evaluation.recent)
+    get_run_logger().info("decision: %s - %s", "promote" if decision.promote else "keep",
+                          decision.reason)
+    return decision

@@ -5,8 +5,9 @@ from prefect import get_run_logger
 
 from embedloop.config import Settings
 from embedloop.corpus import load_corpus
-from embedloop.ledger import Ledger, load_ledger
-from embedloop.logs import NewRows, discover_log_files, read_new_rows
+from embedloop.faults import crash_point
+from embedloop.ledger import Ledger, commit_ledger, load_ledger, save_batch, save_guard_set
+from embedloop.logs import Cursor, NewRows, discover_log_files, read_new_rows
 from tasks._stage import io_stage
 
 
@@ -30,4 +31,27 @@ def ingest_logs(settings: Settings) -> tuple[NewRows, Ledger]:
         logger.warning(note)
     for name, why in new.unreadable.items():
         logger.warning("%s: skipped, %s; it is not read again until it changes", name, why)
+    crash_point("ingest")  # rows read, nothing recorded yet
     return new, ledger
+
+
+@io_stage(name="commit batch")
+def commit_batch_stage(settings: Settings, ledger: Ledger, cursors: dict[str, Cursor],
+                       batch_id: str, accepted: pd.DataFrame, quarantined: pd.DataFrame,
+                       freeze_guard: dict[str, dict[str, float]] | None = None) -> Ledger:
+    """Store the batch's rows, then move the ledger past them in one atomic write: the
+    run's last step, so a run that fails earlier leaves its rows to be read again.
+    `freeze_guard`: the first judged run's pool queries, kept as the fixed guard set
+    that every later run re-checks."""
+    if freeze_guard:
+        save_guard_set(settings.state_dir, freeze_guard, batch_id)
+    save_batch(settings.state_dir, batch_id, accepted, quarantined)
+    crash_point("commit")  # the batch's files written, the ledger not yet moved
+    return commit_ledger(settings.state_dir, ledger, cursors, batch_id)
+
+
+@io_stage(name="remember skipped files")
+def commit_cursors_stage(settings: Settings, ledger: Ledger,
+                         cursors: dict[str, Cursor]) -> Ledger:
+    """A run with no new rows still remembers the empty and unreadable files it saw."""
+    return commit_ledger(settings.state_dir, ledger, cursors, None)

@@ -7,9 +7,8 @@ from prefect import get_run_logger
 
 from embedloop.config import Settings
 from embedloop.corpus import document_texts
-from embedloop.encoding import encode
-from embedloop.index import LoadedIndex
 from embedloop.pairs import TrainingData, build_training_data, mine_corpus_negatives
+from embedloop.retrieval import Retriever
 from embedloop.training import FineTuneResult, fine_tune
 from tasks._stage import stage
 
@@ -37,18 +36,17 @@ def build_pairs_stage(settings: Settings, accepted: pd.DataFrame, corpus: pd.Dat
 
 
 @stage(name="mine negatives")
-def mine_negatives_stage(settings: Settings, data: TrainingData, model: object,
-                         index: LoadedIndex, corpus: pd.DataFrame, precision: str) -> int:
+def mine_negatives_stage(settings: Settings, data: TrainingData, champion: Retriever,
+                         corpus: pd.DataFrame) -> int:
     """Replace each pair's skipped-document negative with one mined from the whole corpus
     by the champion, through its live index (no corpus re-encode). Returns how many."""
     pairs = data.pairs
     if "negative" not in pairs.columns or pairs.empty:
         return 0
     first_text = pairs.drop_duplicates("qkey").set_index("qkey")["anchor"]
-    vectors = encode(model, list(first_text), batch_size=settings.encode_batch_size,
-                     precision=precision)
-    hits = dict(zip(first_text.index, index.search(vectors, settings.negative_search_k),
-                    strict=True))
+    found_hits = champion.search(list(first_text), settings.negative_search_k)
+    hits = {qkey: [(hit.doc_id, hit.score) for hit in found]
+            for qkey, found in zip(first_text.index, found_hits, strict=True)}
     mined = mine_corpus_negatives(pairs, hits, data.clicked_for,
                                   settings.negative_relative_margin)
     found = pd.Series(mined, index=pairs.index).dropna()

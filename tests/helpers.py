@@ -22,3 +22,13 @@ def make_home(root: Path, logs: Path | str, corpus: Path, **settings: Any) -> Pa
     lines += ["[embedloop.training]"] + [f"{k} = {json.dumps(v)}" for k, v in training.items()]
     (root / "embedloop.toml").write_text("\n".join(lines) + "\n")
     return root / "embedloop.toml"
+
+
+def search(config_or_settings: Any, text: str, k: int) -> list[Any]:
+    """What `embedloop search` answers: the champion searching the index it built."""
+    from embedloop.config import Settings, load_settings
+    from embedloop.production import Production
+
+    settings = (config_or_settings if isinstance(config_or_settings, Settings)
+                else load_settings(config_or_settings))
+    return Production.from_settings(settings).retriever().search([text], k)[0]

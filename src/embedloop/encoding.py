@@ -6,6 +6,7 @@ import contextlib
 import functools
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -78,6 +79,20 @@ def choose_precision(precision: str, device: str) -> tuple[str, str]:
         return "fp16", "CUDA device without bf16: fp16"
     native, why = cpu_bf16()
     return ("bf16" if native else "fp32"), why
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how this process encodes and trains, and why (logged with each run)."""
+
+    device: str
+    precision: str
+    why: str
+
+
+def choose_runtime(precision: str) -> Runtime:
+    device = pick_device()
+    return Runtime(device, *choose_precision(precision, device))
 
 
 @contextlib.contextmanager

@@ -128,13 +128,13 @@ def seen_event_ids(state_dir: Path, ledger: Ledger, candidates: Iterable[str]) -
         db.close()
 
 
-def load_guard_set(state_dir: Path) -> dict[str, dict[str, int]] | None:
+def load_guard_set(state_dir: Path) -> dict[str, dict[str, float]] | None:
     """The fixed queries every later run re-checks (None until the first run sets them)."""
     path = state_dir / "guard.json"
     return json.loads(path.read_text())["qrels"] if path.exists() else None
 
 
-def save_guard_set(state_dir: Path, qrels: dict[str, dict[str, int]], batch_id: str) -> None:
+def save_guard_set(state_dir: Path, qrels: dict[str, dict[str, float]], batch_id: str) -> None:
     atomic_write_text(state_dir / "guard.json",
                       json.dumps({"batch": batch_id, "qrels": qrels}, indent=1))
 

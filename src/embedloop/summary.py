@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from embedloop.logs import NewRows
+    from embedloop.pairs import TrainingData
+    from embedloop.promotion import Decision
+    from embedloop.validation import LogValidation
 
 
 @dataclass
@@ -96,3 +102,44 @@ class RunSummary:
         lines = ["| | |", "|---|---|"]
         lines += [f"| {label.strip()} | {value} |" for label, value in self.rows()]
         return "\n".join(lines)
+
+
+@dataclass
+class RunResults:
+    """What the run's stages returned, as far as it got: the summary is made from these."""
+
+    trigger: str
+    reason: str
+    incumbent_version: str | None = None
+    mlflow_run_id: str | None = None
+    new: NewRows | None = None
+    validation: LogValidation | None = None
+    data: TrainingData | None = None
+    mined_negatives: int = 0
+    candidate: dict[str, float] = field(default_factory=dict)  # means on the pool
+    incumbent: dict[str, float] = field(default_factory=dict)
+    decision: Decision | None = None
+    candidate_version: str | None = None
+    promoted_index: str | None = None  # the candidate's index, live since publish
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self, outcome: str, why: str, *, live_index: str | None,
+                stage_seconds: dict[str, float]) -> RunSummary:
+        new, validation, data = self.new, self.validation, self.data
+        return RunSummary(
+            trigger=self.trigger, reason=self.reason, outcome=outcome, decision_reason=why,
+            rows_ingested=len(new.frame) if new else 0,
+            rows_accepted=len(validation.accepted) if validation else 0,
+            rows_quarantined=len(validation.quarantined) if validation else 0,
+            quarantined_by_reason=validation.reason_counts if validation else {},
+            unreadable_files=new.unreadable if new else {},
+            pairs=len(data.pairs) if data else 0, train_queries=data.train_queries if data else 0,
+            eval_queries=data.eval_queries if data else 0, pool_new=data.pool_new if data else 0,
+            mined_negatives=self.mined_negatives, candidate=self.candidate,
+            incumbent=self.incumbent, gate=self.decision.numbers if self.decision else {},
+            incumbent_version=self.incumbent_version, candidate_version=self.candidate_version,
+            champion_version=(self.candidate_version if self.promoted_index
+                              else self.incumbent_version),
+            live_index=live_index, mlflow_run_id=self.mlflow_run_id,
+            stage_seconds=dict(stage_seconds),
+            notes=[*self.notes, *(new.notes if new else [])])

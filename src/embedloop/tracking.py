@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from embedloop.config import Settings
+from embedloop.encoding import Runtime
 from embedloop.evaluation import EvalReport
 from embedloop.history import champion_history
 from embedloop.promotion import Decision
@@ -30,7 +31,7 @@ def code_version() -> str:
 
 def start_tracking(registry: Registry, settings: Settings, trigger: str, reason: str,
                    incumbent: str | None, flow_run_id: str | None,
-                   runtime: dict[str, str] | None = None) -> str:
+                   runtime: Runtime | None = None) -> str:
     """An MLflow run with the settings as params; `runtime`: choices made on this machine
     (device, precision and why), so a slow run can be explained from the UI."""
     tags = {"trigger": trigger, "reason": reason, "code_version": code_version(),
@@ -48,7 +49,8 @@ def start_tracking(registry: Registry, settings: Settings, trigger: str, reason:
         "negative_relative_margin": settings.negative_relative_margin,
         "weight_by_relevance": settings.weight_by_relevance,
         **{f"train.{k}": v for k, v in dataclasses.asdict(settings.training).items()},
-        **(runtime or {})}
+        **({"device": runtime.device, "precision": f"{runtime.precision} ({runtime.why})"}
+           if runtime else {})}
     for key, value in params.items():
         registry.client.log_param(run_id, key, str(value))
     return run_id

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from embedloop.config import load_settings
-from embedloop.index import IndexStore
+from embedloop.faiss_index import FaissIndexStore
 from embedloop.ledger import load_ledger
 from embedloop.registry import CHAMPION, Registry
 from tests.helpers import make_home
@@ -92,4 +92,4 @@ def test_a_second_retrain_is_refused_and_sigterm_stops_the_first_cleanly(
     registry = Registry(settings.resolved_tracking_uri, settings.model_name,
                         settings.artifact_root)
     assert registry.version_for_alias(CHAMPION) == "1"  # the bootstrap champion, unchanged
-    assert IndexStore(settings.index_dir).live_version() == "v0001"
+    assert FaissIndexStore(settings.index_dir).live_version() == "v0001"

@@ -17,12 +17,11 @@ import pandas as pd
 import pytest
 
 from embedloop.config import load_settings
+from embedloop.faiss_index import FaissIndexStore
 from embedloop.faults import CRASH_AT, POINTS
-from embedloop.index import IndexStore
 from embedloop.ledger import batch_dir, load_ledger
 from embedloop.registry import CHAMPION, Registry
-from embedloop.search import search_live
-from tests.helpers import make_home
+from tests.helpers import make_home, search
 from tests.integration.servers import free_port, server
 
 BIN = Path(sys.executable).parent
@@ -58,7 +57,7 @@ def production(config: Path) -> tuple[str | None, str | None]:
     """(champion version, live index version)"""
     s = load_settings(config)
     registry = Registry(s.resolved_tracking_uri, s.model_name, s.artifact_root)
-    return registry.version_for_alias(CHAMPION), IndexStore(s.index_dir).live_version()
+    return registry.version_for_alias(CHAMPION), FaissIndexStore(s.index_dir).live_version()
 
 
 def committed_rows(config: Path) -> pd.DataFrame:
@@ -123,7 +122,7 @@ def test_sigkill_in_every_stage_changes_nothing_and_loses_nothing(
             # and the index swap is finished by the next start; searches meanwhile use
             # the index the champion built.
             assert champion != before[0], point
-            hits = search_live(load_settings(home), "cancer treatment", 3)
+            hits = search(load_settings(home), "cancer treatment", 3)
             assert len(hits) == 3
             before = (champion, live if point == "commit" else before[1])
         else:
@@ -135,7 +134,7 @@ def test_sigkill_in_every_stage_changes_nothing_and_loses_nothing(
     assert final.returncode == 0, final.stderr[-3000:]
     champion, live = production(home)
     s = load_settings(home)
-    assert IndexStore(s.index_dir).manifest(live).model_version == champion
+    assert FaissIndexStore(s.index_dir).manifest(live).model_version == champion
     # Every line of both log files committed exactly once, across the two batches.
     rows = committed_rows(home)
     assert not rows.duplicated().any()

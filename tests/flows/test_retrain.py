@@ -12,11 +12,10 @@ import pytest
 
 from embedloop.config import load_settings
 from embedloop.errors import BatchRejected
-from embedloop.index import IndexStore
+from embedloop.faiss_index import FaissIndexStore
 from embedloop.ledger import load_ledger
 from embedloop.registry import CHAMPION, PREVIOUS, Registry
-from embedloop.search import search_live
-from tests.helpers import FAST, make_home
+from tests.helpers import FAST, make_home, search
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -69,7 +68,7 @@ def test_first_run_bootstraps_trains_and_promotes(promoted: tuple[Path, dict]) -
     # v1 is the base model (bootstrap), v2 the candidate, now champion; v1 is previous
     assert registry.version_for_alias(CHAMPION) == "2" == summary["champion_version"]
     assert registry.version_for_alias(PREVIOUS) == "1"
-    store = IndexStore(settings.index_dir)
+    store = FaissIndexStore(settings.index_dir)
     live = store.load()
     assert live.manifest.version == summary["live_index"] == "v0002"
     assert live.manifest.model_version == "2" and live.manifest.n_docs == 200
@@ -118,7 +117,7 @@ def test_search_uses_the_live_index_with_the_champion(promoted: tuple[Path, dict
                                                       tiny_beir: Path) -> None:
     config, _ = promoted
     first_doc = json.loads((tiny_beir / "corpus.jsonl").read_text().splitlines()[0])
-    hits = search_live(load_settings(config), first_doc["title"], k=5)
+    hits = search(load_settings(config), first_doc["title"], k=5)
     assert len(hits) == 5
     assert hits[0].doc_id == first_doc["_id"]  # a document's own title finds it
 
@@ -143,8 +142,8 @@ def test_rollback_restores_previous_champion_and_its_index(promoted: tuple[Path,
     assert registry.version_for_alias(CHAMPION) == "1"
     assert registry.version_for_alias(PREVIOUS) is None
     settings = load_settings(config)
-    assert IndexStore(settings.index_dir).load().manifest.model_version == "1"
-    assert search_live(settings, "protein", k=3)  # the restored pair is consistent
+    assert FaissIndexStore(settings.index_dir).load().manifest.model_version == "1"
+    assert search(settings, "protein", k=3)  # the restored pair is consistent
 
     again = rollback(reason="again", config_file=str(config), return_state=True)
     assert again.is_completed() and again.name == "Refused"  # declined, not failed
@@ -166,7 +165,7 @@ def test_candidate_no_better_is_not_promoted(tmp_path: Path, sim_logs: Path,
                                                             abs=1e-6)
     assert registry.version_for_alias(CHAMPION) == "1"  # unchanged
     assert registry.version_info("2").tags["decision"] == "not promoted"  # but recorded
-    assert IndexStore(load_settings(config).index_dir).live_version() == "v0001"
+    assert FaissIndexStore(load_settings(config).index_dir).live_version() == "v0001"
 
 
 def test_mostly_broken_batch_stops_before_training(tmp_path: Path, sim_logs: Path,
@@ -185,7 +184,7 @@ def test_mostly_broken_batch_stops_before_training(tmp_path: Path, sim_logs: Pat
     settings = load_settings(config)
     registry = registry_for(config)
     assert registry.version_for_alias(CHAMPION) == "1"
-    assert IndexStore(settings.index_dir).live_version() == "v0001"
+    assert FaissIndexStore(settings.index_dir).live_version() == "v0001"
     ledger = load_ledger(settings.state_dir)
     kept = pd.read_parquet(settings.state_dir / "batches" / ledger.batches[0] /
                            "quarantine.parquet")
@@ -204,7 +203,7 @@ def test_training_past_its_time_limit_fails_the_run_and_changes_nothing(
     settings = load_settings(config)
     registry = registry_for(config)
     assert registry.version_for_alias(CHAMPION) == "1"
-    assert IndexStore(settings.index_dir).live_version() == "v0001"
+    assert FaissIndexStore(settings.index_dir).live_version() == "v0001"
     assert load_ledger(settings.state_dir).batches == []  # the rows will be read again
     failed = registry.recent_runs(1)[0]
     assert failed.info.status == "FAILED" and failed.data.tags["decision"] == "failed"

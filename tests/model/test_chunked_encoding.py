@@ -11,7 +11,7 @@ from prefect import flow
 from embedloop.config import load_settings
 from embedloop.corpus import document_texts, load_corpus
 from embedloop.encoding import encode, load_model
-from tasks.evaluate import encode_corpus_stage
+from tasks.evaluate import encode_corpus
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -26,7 +26,7 @@ def test_chunks_over_a_task_runner_match_a_single_pass(tiny_beir: Path, base_mod
 
     @flow
     def reindex() -> np.ndarray:
-        return encode_corpus_stage(settings, model, base_model_path, corpus, "fp32")
+        return encode_corpus(settings, model, base_model_path, corpus, "fp32")
 
     chunked = reindex()  # 3 chunks: 12 + 12 + 6 documents
     single = encode(model, document_texts(corpus), precision="fp32")
