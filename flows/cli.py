@@ -115,18 +115,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from embedloop.index import IndexStore
     from embedloop.ledger import looks_at
+    from embedloop.production import Production
     from embedloop.promotion import alpha_for_look, alpha_spent
-    from embedloop.registry import CHAMPION, PREVIOUS, Registry
 
     settings = _settings(args)
-    registry = Registry(settings.resolved_tracking_uri, settings.model_name,
-                        settings.artifact_root)
-    champion = registry.version_for_alias(CHAMPION)
-    previous = registry.version_for_alias(PREVIOUS)
-    store = IndexStore(settings.index_dir)
-    live = store.live_version()
+    production = Production.from_settings(settings)
+    registry = production.registry
+    state = production.state()
+    champion = state.champion
     print(f"model       {settings.model_name}  (tracking {settings.resolved_tracking_uri})")
     if champion is None:
         print("champion    none yet: run `embedloop retrain --reason ...`")
@@ -136,19 +133,21 @@ def cmd_status(args: argparse.Namespace) -> int:
         score = info.tags.get(metric) or _judged_as_incumbent(registry, champion, metric)
         print(f"champion    v{champion}" + (f"  {settings.primary_metric} {score}" if score else "")
               + f"  ({info.tags.get('decision', '')})")
-        print(f"previous    {'v' + previous if previous else 'none (rollback not possible)'}")
+        previous = f"v{state.previous}" if state.previous else "none (rollback not possible)"
+        print(f"previous    {previous}")
         looks = looks_at(settings.state_dir, champion)
         spent = alpha_spent(settings.significance_alpha, looks)
         print(f"evidence    {looks} candidate(s) judged against v{champion}; alpha spent "
               f"{spent:.4f} of {settings.significance_alpha:g}, the next may spend "
               f"{alpha_for_look(settings.significance_alpha, looks + 1):.4f}")
-    if live:
-        m = store.manifest(live)
-        flag = "" if m.model_version == champion else "  MISMATCH: not built by the champion"
-        print(f"live index  {live}: {m.n_docs} docs, built by v{m.model_version} at "
-              f"{m.created_at}{flag}")
+    if state.live_manifest:
+        m = state.live_manifest
+        flag = "" if state.aligned else "  MISMATCH: not built by the champion"
+        print(f"live index  {state.live_index}: {m.n_docs} docs, built by v{m.model_version} "
+              f"at {m.created_at}{flag}")
     else:
         print("live index  none")
+    print(f"indexes     {production.store.describe()}")
     runs = registry.recent_runs(args.runs)
     if runs:
         print("recent runs")
@@ -196,11 +195,14 @@ def _refused(args: argparse.Namespace, why: str) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from embedloop.search import search_live
+    from embedloop.production import Production
 
     settings = _settings(args)
-    hits = search_live(settings, args.text, args.k)
-    for rank, hit in enumerate(hits, start=1):
+    if not args.text.strip():
+        raise EmbedloopError("the query is empty")
+    retriever = Production.from_settings(settings).retriever(
+        max_seq_length=settings.max_seq_length)
+    for rank, hit in enumerate(retriever.search([args.text], args.k)[0], start=1):
         title = f"  {hit.title[:70]}" if hit.title and hit.title != hit.doc_id else ""
         print(f"{rank:>3}. {hit.score:.4f}  {hit.doc_id}{title}")
     return EXIT_OK
@@ -209,7 +211,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from embedloop.corpus import load_corpus
     from embedloop.ledger import load_ledger, seen_event_ids
-    from embedloop.logs import FORMATS, discover_log_files, files_not_read, read_new_rows
+    from embedloop.log_readers import FORMATS
+    from embedloop.logs import discover_log_files, files_not_read, read_new_rows
     from embedloop.validation import check_batch, validate_logs
 
     settings = _settings(args)

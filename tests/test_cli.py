@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from embedloop.cli import main
+from flows.cli import main
 
 
 def test_retrain_requires_a_reason(capsys: pytest.CaptureFixture[str]) -> None:
