@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from embedloop.errors import CorpusInvalid, InputError
-from embedloop.logs import is_missing
+from embedloop.log_schema import is_missing
 from embedloop.validation import validate_corpus
 
 

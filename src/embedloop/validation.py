@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from embedloop.logs import LOG_FIELDS, is_missing, to_typed_frame
+from embedloop.log_schema import LOG_FIELDS, is_missing, to_typed_frame
 
 EXPECTATIONS_DIR = Path(__file__).resolve().parents[2] / "expectations"
 # Clocks drift; a row stamped a few minutes ahead is not "from the future".

@@ -14,8 +14,9 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from embedloop import logs
-from embedloop.logs import LOG_FIELDS, read_new_rows
+from embedloop import log_schema
+from embedloop.log_schema import LOG_FIELDS
+from embedloop.logs import read_new_rows
 from embedloop.validation import validate_logs
 
 DOC_IDS = {"d1", "d2", "d3"}
@@ -121,8 +122,9 @@ def test_csv_rows_of_any_width_and_bytes(lines: list[tuple[list[str], bytes]]) -
         check(path, sum(1 for line in body if line))
 
 
-CONVERTERS = {"event_id": logs._as_id, "query": logs._as_text, "position": logs._as_position,
-              "clicked": logs._as_clicked, "dwell_ms": logs._as_number}
+CONVERTERS = {"event_id": log_schema._as_id, "query": log_schema._as_text,
+              "position": log_schema._as_position, "clicked": log_schema._as_clicked,
+              "dwell_ms": log_schema._as_number}
 
 
 @FUZZ
@@ -135,7 +137,7 @@ def test_column_wise_typing_equals_the_per_value_definition(values: list[Any]) -
     for field, convert in CONVERTERS.items():
         frame = raw.copy()
         frame[field] = pd.Series(values, dtype=object)
-        typed = logs.to_typed_frame(frame)
+        typed = log_schema.to_typed_frame(frame)
         for i, value in enumerate(values):
             want, problem = convert(value)
             got = typed.at[i, field]
