@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from embedloop.errors import ConfigError
-from embedloop.index import IndexSpec, choose_index
+from embedloop.faiss_index import HNSW_MIN_DOCS, IVF_MIN_DOCS
 
 DEFAULT_MODEL_NAME = "embedloop-minilm"
 
@@ -96,9 +96,11 @@ class Settings:
     # hanging the nightly slot.
     train_timeout_s: int = 6 * 3600
     encode_timeout_s: int = 4 * 3600  # per chunk
-    # FAISS index type by corpus size: exact below the first, HNSW, then IVF (index.py)
-    index_hnsw_min_docs: int = 100_000
-    index_ivf_min_docs: int = 2_000_000
+    # Where index versions live (index.py: BACKENDS); "faiss": files under .embedloop/indexes
+    index_backend: str = "faiss"
+    # FAISS index type by corpus size: exact below the first, HNSW, then IVF (faiss_index.py)
+    index_hnsw_min_docs: int = HNSW_MIN_DOCS
+    index_ivf_min_docs: int = IVF_MIN_DOCS
     training: TrainingConfig = field(default_factory=TrainingConfig)
     tracking_uri: str = ""  # empty: sqlite:///<home>/mlruns/mlflow.db
 
@@ -123,9 +125,6 @@ class Settings:
     @property
     def index_dir(self) -> Path:
         return self.state_dir / "indexes"
-
-    def index_spec(self, n_docs: int) -> IndexSpec:
-        return choose_index(n_docs, self.index_hnsw_min_docs, self.index_ivf_min_docs)
 
     @property
     def resolved_base_model(self) -> str:
@@ -228,14 +227,49 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     return dataclasses.replace(settings, home=settings.home.resolve())
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Numbers outside these ranges cannot work: (setting, test, what it must be)
+_RANGES: tuple[tuple[str, Any, str], ...] = (
+    ("holdout_fraction", lambda v: 0 < v < 1, "between 0 and 1 (the pool's share of queries)"),
+    ("significance_alpha", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("max_quarantine_share", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("replay_fraction", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("negative_relative_margin", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("guard_tolerance", lambda v: v >= 0, "0 or more"),
+    ("min_click_relevance", lambda v: v >= 0, "0 or more"),
+    ("min_clicks", lambda v: v >= 0, "0 or more"))
+_POSITIVE = ("min_holdout_queries", "guard_queries", "max_query_chars", "max_position",
+             "negative_search_k", "encode_batch_size", "encode_chunk_docs", "encode_workers",
+             "train_timeout_s", "encode_timeout_s", "index_hnsw_min_docs", "index_ivf_min_docs")
+
+
 def _check(settings: Settings) -> None:
     """Settings that cannot work fail when they are read, not hours into a run."""
-    if settings.eval_labels not in ("graded", "binary"):
-        raise ConfigError(f"eval_labels must be 'graded' or 'binary', not "
-                          f"{settings.eval_labels!r}")
-    if not 0.0 < settings.holdout_fraction < 1.0:
-        raise ConfigError(f"holdout_fraction (the evaluation pool's share of queries) must be "
-                          f"between 0 and 1, not {settings.holdout_fraction}")
-    if not 0.0 < settings.significance_alpha <= 1.0:
-        raise ConfigError(f"significance_alpha must be in (0, 1], not "
-                          f"{settings.significance_alpha}")
+    from embedloop.evaluation import METRICS
+    from embedloop.index import BACKENDS
+
+    choices = {"eval_labels": ("graded", "binary"), "primary_metric": METRICS,
+               "task_runner": ("threads", "dask"), "index_backend": tuple(sorted(BACKENDS)),
+               "encode_precision": PRECISIONS}
+    for name, allowed in choices.items():
+        if getattr(settings, name) not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not "
+                              f"{getattr(settings, name)!r}")
+    if settings.training.precision not in PRECISIONS:
+        raise ConfigError(f"training.precision must be one of {', '.join(PRECISIONS)}, not "
+                          f"{settings.training.precision!r}")
+    for name, test, wanted in _RANGES:
+        if not test(getattr(settings, name)):
+            raise ConfigError(f"{name} must be {wanted}, not {getattr(settings, name)}")
+    for name in _POSITIVE:
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{name} must be at least 1, not {getattr(settings, name)}")
+    training = settings.training
+    if training.batch_size < 2:
+        raise ConfigError(f"training.batch_size must be at least 2 (the other pairs in a "
+                          f"batch are the in-batch negatives), not {training.batch_size}")
+    if training.epochs <= 0 and training.max_steps <= 0:
+        raise ConfigError("training needs epochs > 0 (or max_steps > 0)")
+    if settings.index_ivf_min_docs < settings.index_hnsw_min_docs:
+        raise ConfigError(f"index_ivf_min_docs ({settings.index_ivf_min_docs}) must not be "
+                          f"below index_hnsw_min_docs ({settings.index_hnsw_min_docs})")
