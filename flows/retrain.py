@@ -99,7 +99,7 @@ def run_retrain(settings: Settings, trigger: str, reason: str,
         got.data = data = build_pairs_stage(
             settings, validation.accepted, corpus, set(guard_qrels) if guard_qrels else None,
             load_accepted_history(settings.state_dir, ledger))
-        incumbent, note = incumbent_stage(settings, production.store, champion, corpus, runtime)
+        incumbent, note = incumbent_stage(settings, production, champion, corpus, runtime)
         got.notes += [note] if note else []
         if settings.hard_negatives and settings.mine_negatives:
             got.mined_negatives = mine_negatives_stage(settings, data, incumbent, corpus)

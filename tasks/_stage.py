@@ -33,26 +33,31 @@ def stage_clock() -> Iterator[dict[str, float]]:
         _seconds.reset(token)
 
 
-def _timed(name: str, fn: F) -> F:
-    @functools.wraps(fn)
-    def timed(*args: Any, **kwargs: Any) -> Any:
+class _Timed:
+    """`fn`, adding its wall time to the running clock. A class, not a closure: the Dask
+    runner pickles a task's function, and an instance pickles its function alone."""
+
+    def __init__(self, name: str, fn: Callable[..., Any]) -> None:
+        functools.update_wrapper(self, fn)
+        self.name, self.fn = name, fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         seconds = _seconds.get()
         if seconds is None or _inside.get():
-            return fn(*args, **kwargs)
+            return self.fn(*args, **kwargs)
         token, started = _inside.set(True), time.perf_counter()
         try:
-            return fn(*args, **kwargs)
+            return self.fn(*args, **kwargs)
         finally:
             _inside.reset(token)
-            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
-    return timed  # type: ignore[return-value]
+            seconds[self.name] = seconds.get(self.name, 0.0) + time.perf_counter() - started
 
 
 def stage(name: str, **options: Any) -> Callable[[F], Any]:
     """A pipeline stage: a Prefect task, never cached. DataFrames, models and vectors pass
     between stages in memory: hashing them for a cache key would cost time and buy
     nothing (every run sees new data)."""
-    return lambda fn: task(_timed(name, fn), name=name, cache_policy=NO_CACHE, **options)
+    return lambda fn: task(_Timed(name, fn), name=name, cache_policy=NO_CACHE, **options)
 
 
 def io_stage(name: str) -> Callable[[F], Any]:

@@ -19,7 +19,7 @@ from embedloop.faults import crash_point
 from embedloop.index import IndexStore, VectorIndex
 from embedloop.ledger import record_look
 from embedloop.pairs import TrainingData
-from embedloop.production import Champion
+from embedloop.production import Champion, Production
 from embedloop.promotion import Decision, PromotionPolicy, should_promote
 from embedloop.retrieval import Retriever, evaluate_retrieval
 from tasks._stage import stage
@@ -87,19 +87,21 @@ def index_corpus(settings: Settings, store: IndexStore, corpus: pd.DataFrame, pr
 
 
 @stage(name="incumbent")
-def incumbent_stage(settings: Settings, store: IndexStore, champion: Champion,
+def incumbent_stage(settings: Settings, production: Production, champion: Champion,
                     corpus: pd.DataFrame, runtime: Runtime) -> tuple[Retriever, str | None]:
-    """The champion searching its live index, which already holds its vectors; re-encoded
-    only if the corpus changed since that index was built (then a note says so)."""
+    """The champion searching the index it built, which already holds its vectors;
+    re-encoded only if the corpus changed since that index was built (a note says so)."""
     model = load_model(champion.model_path, runtime.device, settings.max_seq_length)
-    live = store.load()
-    if live.manifest is not None and (live.manifest.model_version, live.manifest.corpus_fingerprint
-                                      ) == (champion.version, corpus_fingerprint(corpus)):
-        return Retriever(model, live, settings.encode_batch_size), None
-    index = index_corpus(settings, store, corpus, runtime.precision, model, champion.model_path)
+    built = production.champion_index()
+    if built.manifest is not None and built.manifest.corpus_fingerprint == corpus_fingerprint(
+            corpus):
+        return Retriever(model, built, settings.encode_batch_size), None
+    index = index_corpus(settings, production.store, corpus, runtime.precision, model,
+                         champion.model_path)
+    version = built.manifest.version if built.manifest else "?"
     return Retriever(model, index, settings.encode_batch_size), (
-        f"the corpus changed since live index {store.live_version()} was built; the "
-        f"incumbent was re-encoded for a fair comparison")
+        f"the corpus changed since index {version} was built; the incumbent was re-encoded "
+        f"for a fair comparison")
 
 
 @stage(name="index candidate")
