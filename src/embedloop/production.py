@@ -87,20 +87,34 @@ class Production:
         version = self.registry.version_for_alias(CHAMPION)
         return Champion(version, self.model_path(version)) if version else None
 
-    def champion_index(self) -> VectorIndex:
-        """The index the champion built: the live one, or, when a promotion was cut off
-        between the alias move and the swap (the next run finishes it), the newest one
-        the champion built. Anything else is refused."""
+    def champion_pair(self) -> tuple[str, str]:
+        """(champion version, the index version search must use with it): the live index,
+        or, when a promotion was cut off between the alias move and the swap (the next
+        run finishes it), the newest index the champion built. Anything else is refused.
+        Reads only the registry and the manifests: cheap enough to poll."""
         champion = self.registry.version_for_alias(CHAMPION)
         if champion is None:
             raise IndexUnavailable("no champion yet: run `embedloop retrain --reason ...` first")
-        live = self.store.load()
-        if live.manifest is not None and live.manifest.model_version != champion:
-            built = self.store.latest_for_model(self.model_name, champion)
-            if built is not None:
-                return self.store.load(built)
-        live.require_model(self.model_name, champion)  # refuses with a clear message
-        return live
+        live = self.store.live_version()
+        if live is None:
+            raise IndexUnavailable("there is no live index yet: run `embedloop retrain` first")
+        m = self.store.manifest(live)
+        if (m.model_name, m.model_version) == (self.model_name, champion):
+            return champion, live
+        built = self.store.latest_for_model(self.model_name, champion)
+        if built is None:
+            raise IndexUnavailable(
+                f"index {live} was built by {m.model_name} v{m.model_version}, not "
+                f"{self.model_name} v{champion}; searching it with that model is refused "
+                f"(run `embedloop status`, then `embedloop rollback` or a retrain to realign)")
+        return champion, built
+
+    def champion_index(self) -> VectorIndex:
+        """The index the champion built (see champion_pair), loaded."""
+        champion, version = self.champion_pair()
+        index = self.store.load(version)
+        index.require_model(self.model_name, champion)  # the files under the manifest too
+        return index
 
     def retriever(self, version: str | None = None, *, device: str | None = None,
                   max_seq_length: int | None = None, batch_size: int = 64) -> Retriever:
