@@ -66,6 +66,11 @@ def notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
     parameters = dict(flow_run.parameters or {})
     payload = failure_payload(flow.name, flow_run.name, str(flow_run.id), state.name, message,
                               parameters, production_now(parameters))
+    send_alert(payload)
+
+
+def send_alert(payload: dict[str, Any]) -> None:
+    """Log `payload["text"]` as an ERROR and POST the payload to EMBEDLOOP_ALERT_WEBHOOK."""
     logger.error(payload["text"])
     url = os.environ.get(WEBHOOK_ENV)
     if not url:

@@ -7,6 +7,7 @@
     embedloop validate PATH            dry run of validation only (nothing is recorded)
     embedloop demo                     make the bundled demo data and retrain on it
     embedloop serve                    serve the nightly/manual/rollback deployments
+    embedloop api                      the search service, following promotions
 
 Exit codes: 0 done, 1 failed (one line on stderr; `--debug` shows the traceback),
 2 usage, 3 refused (nothing is wrong and nothing changed: another run holds the lock,
@@ -264,6 +265,45 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from embedloop.api import TOKEN_ENV, create_app
+    from embedloop.production import Production
+    from embedloop.serving import LiveSearch
+    from flows.alerts import send_alert
+
+    settings = _settings(args)
+    host, port = args.host or settings.api_host, args.port or settings.api_port
+    token = os.environ.get(TOKEN_ENV) or None
+    if host not in ("127.0.0.1", "localhost", "::1") and not token:
+        print(f"warning: serving on {host} without a token (set {TOKEN_ENV})", file=sys.stderr)
+
+    def alert(message: str) -> None:
+        send_alert({"text": f"embedloop api on {host}:{port}: {message}", "service": "api",
+                    "model": settings.model_name, "message": message})
+
+    live = LiveSearch(Production.from_settings(settings), max_seq_length=settings.max_seq_length,
+                      batch_size=settings.encode_batch_size, poll_s=settings.api_poll_s,
+                      on_failure=alert)
+    live.refresh()  # nothing to serve yet is not fatal: it follows the first promotion
+    live.watch()
+    health = live.health()
+    serving = health["serving"]
+    print(f"embedloop api on http://{host}:{port} "
+          + (f"serving model v{serving['model_version']} with index {serving['index_version']}"
+             if serving else f"with nothing to serve yet ({health['error']})")
+          + f"; following promotions every {settings.api_poll_s:g} s"
+          + ("; bearer token required" if token else ""), flush=True)
+    app = create_app(live, token=token, max_query_chars=settings.max_query_chars,
+                     max_k=settings.api_max_k)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        live.stop()
+    return EXIT_OK
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from flows.deployments import serve_deployments
 
@@ -324,6 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="make the bundled demo data (if missing) and retrain on it")
     p.add_argument("--reason", help="why (default: demo)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("api", parents=[common],
+                       help="the search service: the live model and index over HTTP")
+    p.add_argument("--host", help="address to bind (default: api_host, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: api_port, 8000)")
+    p.set_defaults(func=cmd_api)
 
     p = sub.add_parser("serve", parents=[common],
                        help="serve the nightly, manual and rollback Prefect deployments")

@@ -101,6 +101,12 @@ class Settings:
     # FAISS index type by corpus size: exact below the first, HNSW, then IVF (faiss_index.py)
     index_hnsw_min_docs: int = HNSW_MIN_DOCS
     index_ivf_min_docs: int = IVF_MIN_DOCS
+    # the search service (`embedloop api`): loopback unless told otherwise; the token, if
+    # any, comes from EMBEDLOOP_API_TOKEN, never from this file
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_poll_s: float = 2.0  # how often it looks for a promotion or rollback
+    api_max_k: int = 1000
     training: TrainingConfig = field(default_factory=TrainingConfig)
     tracking_uri: str = ""  # empty: sqlite:///<home>/mlruns/mlflow.db
 
@@ -237,10 +243,13 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
     ("negative_relative_margin", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("guard_tolerance", lambda v: v >= 0, "0 or more"),
     ("min_click_relevance", lambda v: v >= 0, "0 or more"),
-    ("min_clicks", lambda v: v >= 0, "0 or more"))
+    ("min_clicks", lambda v: v >= 0, "0 or more"),
+    ("api_poll_s", lambda v: v > 0, "above 0"),
+    ("api_port", lambda v: 0 < v < 65536, "a TCP port (1 to 65535)"))
 _POSITIVE = ("min_holdout_queries", "guard_queries", "max_query_chars", "max_position",
              "negative_search_k", "encode_batch_size", "encode_chunk_docs", "encode_workers",
-             "train_timeout_s", "encode_timeout_s", "index_hnsw_min_docs", "index_ivf_min_docs")
+             "train_timeout_s", "encode_timeout_s", "index_hnsw_min_docs", "index_ivf_min_docs",
+             "api_max_k")
 
 
 def _check(settings: Settings) -> None:

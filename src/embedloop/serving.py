@@ -1,0 +1,219 @@
+"""The search service's core: the live pair (the champion model and the index it built),
+kept warm, followed as production moves, and measured.
+
+A request reads the current pair once and answers from it alone, naming it. A swap loads
+the new pair beside the old one and replaces it with one reference assignment, so a
+request is answered by the old pair or the new, never a mix. A new pair that cannot be
+loaded (damaged index, unreadable model) is not swapped in: the old pair keeps serving,
+health says so, and the failure is reported once per wanted pair (then retried slowly).
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from embedloop.encoding import encode
+from embedloop.production import Production
+from embedloop.retrieval import Hit, Retriever
+
+logger = logging.getLogger("embedloop.serving")
+
+# Latency histogram buckets, seconds (Prometheus `le` labels).
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+@dataclass(frozen=True)
+class LivePair:
+    retriever: Retriever
+    model_version: str
+    index_version: str
+    loaded_at: float
+
+
+@dataclass
+class Metrics:
+    """Counters and a latency histogram per endpoint, in Prometheus text format."""
+
+    requests: dict[tuple[str, int], int] = field(default_factory=dict)
+    latency: dict[str, list[int]] = field(default_factory=dict)  # cumulative per bucket
+    latency_sum: dict[str, float] = field(default_factory=dict)
+    swaps: int = 0
+    swap_failures: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def observe(self, endpoint: str, status: int, seconds: float) -> None:
+        with self.lock:
+            self.requests[endpoint, status] = self.requests.get((endpoint, status), 0) + 1
+            counts = self.latency.setdefault(endpoint, [0] * (len(BUCKETS) + 1))
+            counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+            self.latency_sum[endpoint] = self.latency_sum.get(endpoint, 0.0) + seconds
+
+    def render(self, pair: LivePair | None, degraded: bool) -> str:
+        lines = ["# HELP embedloop_requests_total Requests answered, by endpoint and status.",
+                 "# TYPE embedloop_requests_total counter"]
+        with self.lock:
+            for (endpoint, status), n in sorted(self.requests.items()):
+                lines.append(f'embedloop_requests_total{{endpoint="{endpoint}",'
+                             f'status="{status}"}} {n}')
+            lines += ["# HELP embedloop_request_seconds Request latency.",
+                      "# TYPE embedloop_request_seconds histogram"]
+            for endpoint, counts in sorted(self.latency.items()):
+                total = 0
+                for bound, n in zip((*BUCKETS, float("inf")), counts, strict=True):
+                    total += n
+                    le = "+Inf" if bound == float("inf") else f"{bound:g}"
+                    lines.append(f'embedloop_request_seconds_bucket{{endpoint="{endpoint}",'
+                                 f'le="{le}"}} {total}')
+                lines.append(f'embedloop_request_seconds_sum{{endpoint="{endpoint}"}} '
+                             f"{self.latency_sum[endpoint]:.6f}")
+                lines.append(f'embedloop_request_seconds_count{{endpoint="{endpoint}"}} {total}')
+            lines += ["# HELP embedloop_swaps_total Pairs swapped in since start.",
+                      "# TYPE embedloop_swaps_total counter", f"embedloop_swaps_total {self.swaps}",
+                      "# HELP embedloop_swap_failures_total New pairs that could not be loaded.",
+                      "# TYPE embedloop_swap_failures_total counter",
+                      f"embedloop_swap_failures_total {self.swap_failures}"]
+        lines += ["# HELP embedloop_live_info The pair answering requests.",
+                  "# TYPE embedloop_live_info gauge"]
+        if pair is not None:
+            lines.append(f'embedloop_live_info{{model_version="{pair.model_version}",'
+                         f'index_version="{pair.index_version}"}} 1')
+        lines += ["# HELP embedloop_degraded 1 while production moved to a pair this service "
+                  "could not load (it serves the last good pair).",
+                  "# TYPE embedloop_degraded gauge", f"embedloop_degraded {int(degraded)}"]
+        return "\n".join(lines) + "\n"
+
+
+class LiveSearch:
+    """The champion and its index, warm, following production.
+
+    `refresh()` looks at production (the registry alias and the index manifests, no
+    weights) and swaps in a new pair when it moved; `watch()` calls it every `poll_s`
+    seconds in a daemon thread. `on_failure(message)` is called once per pair that cannot
+    be loaded (an alert); a failed pair is tried again after `retry_s`."""
+
+    def __init__(self, production: Production, *, device: str | None = None,
+                 max_seq_length: int | None = None, batch_size: int = 64,
+                 poll_s: float = 2.0, retry_s: float = 60.0,
+                 on_failure: Callable[[str], None] | None = None) -> None:
+        self.production = production
+        self.device, self.max_seq_length, self.batch_size = device, max_seq_length, batch_size
+        self.poll_s, self.retry_s = poll_s, retry_s
+        self.on_failure = on_failure or (lambda message: None)
+        self.metrics = Metrics()
+        self.pair: LivePair | None = None
+        self.wanted: tuple[str, str] | None = None
+        self.error: str | None = None  # why `wanted` is not being served
+        self._failed_at: dict[tuple[str, str], float] = {}
+        self._refresh_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- answering ---------------------------------------------------------------
+    def current(self) -> LivePair:
+        pair = self.pair  # one read: the whole request uses this pair
+        if pair is None:
+            raise RuntimeError(self.error or "no model loaded yet")
+        return pair
+
+    def search(self, text: str, k: int) -> tuple[LivePair, list[Hit]]:
+        pair = self.current()
+        return pair, pair.retriever.search([text], k)[0]
+
+    def embed(self, texts: Sequence[str]) -> tuple[LivePair, np.ndarray]:
+        """Texts encoded by the live model as its index's documents were encoded."""
+        pair = self.current()
+        retriever = pair.retriever
+        return pair, encode(retriever.model, texts, batch_size=self.batch_size,
+                            precision=retriever.index.precision)
+
+    @property
+    def degraded(self) -> bool:
+        return self.error is not None and self.pair is not None
+
+    def health(self) -> dict[str, Any]:
+        pair = self.pair
+        return {"status": "ok" if self.error is None else
+                ("degraded" if pair is not None else "unavailable"),
+                "serving": None if pair is None else {
+                    "model_version": pair.model_version, "index_version": pair.index_version,
+                    "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(pair.loaded_at))},
+                "production": None if self.wanted is None else {
+                    "model_version": self.wanted[0], "index_version": self.wanted[1]},
+                "error": self.error}
+
+    # -- following production ------------------------------------------------------
+    def refresh(self) -> bool:
+        """Swap in production's pair if it moved; True if a new pair now serves."""
+        with self._refresh_lock:
+            try:
+                wanted = self.production.champion_pair()
+            except Exception as exc:  # the registry is down, or production is broken
+                self._fail(None, f"cannot read production: {type(exc).__name__}: {exc}")
+                return False
+            self.wanted = wanted
+            pair = self.pair
+            if pair is not None and (pair.model_version, pair.index_version) == wanted:
+                self.error = None
+                return False
+            failed = self._failed_at.get(wanted)
+            if failed is not None and time.monotonic() - failed < self.retry_s:
+                return False
+            try:
+                new = self._load(*wanted)
+            except Exception as exc:
+                self._failed_at[wanted] = time.monotonic()
+                with self.metrics.lock:
+                    self.metrics.swap_failures += 1
+                self._fail(wanted, f"cannot load model v{wanted[0]} with index {wanted[1]}: "
+                                   f"{type(exc).__name__}: {exc}")
+                return False
+            self.pair = new  # the swap: one assignment
+            self._failed_at.pop(wanted, None)
+            self.error = None
+            with self.metrics.lock:
+                self.metrics.swaps += 1
+            logger.info("serving model v%s with index %s%s", wanted[0], wanted[1],
+                        f" (was v{pair.model_version} / {pair.index_version})" if pair else "")
+            return True
+
+    def _load(self, model_version: str, index_version: str) -> LivePair:
+        from embedloop.encoding import load_model
+
+        index = self.production.store.load(index_version)
+        index.require_model(self.production.model_name, model_version)
+        model = load_model(self.production.model_path(model_version), self.device,
+                           self.max_seq_length)
+        retriever = Retriever(model, index, self.batch_size)
+        retriever.search(["warm-up"], 1)  # first-call costs are paid before the swap
+        return LivePair(retriever, model_version, index_version, time.time())
+
+    def _fail(self, wanted: tuple[str, str] | None, message: str) -> None:
+        first = message != self.error
+        self.error = message
+        if first:
+            serving = (f"; still serving v{self.pair.model_version} / {self.pair.index_version}"
+                       if self.pair else "; nothing to serve")
+            logger.error("%s%s", message, serving)
+            self.on_failure(message + serving)
+
+    def watch(self) -> None:
+        """Follow production in a daemon thread until `stop()`."""
+        def loop() -> None:
+            while not self._stop.wait(self.poll_s):
+                self.refresh()
+
+        self._thread = threading.Thread(target=loop, name="embedloop-follow", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)

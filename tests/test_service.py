@@ -1,0 +1,243 @@
+"""The search service, for real: uvicorn on loopback, the real MiniLM, real FAISS indexes,
+a real MLflow registry. Two registered versions with different weights (v2 is v1 with its
+weights nudged), so an answer that mixed one version's model with the other's index would
+show in its scores."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from embedloop.api import create_app
+from embedloop.corpus import document_texts, load_corpus
+from embedloop.encoding import encode, load_model
+from embedloop.faiss_index import FaissIndex, FaissIndexStore
+from embedloop.production import Production
+from embedloop.registry import Registry
+from embedloop.retrieval import Retriever
+from embedloop.serving import LiveSearch
+
+TOKEN = "test-token"
+QUERY = "protein folding in cancer cells"
+
+
+class Service:
+    def __init__(self, production: Production, live: LiveSearch, url: str,
+                 expected: dict[tuple[str, str], list[float]], alerts: list[str],
+                 titles: dict[str, str]) -> None:
+        self.production, self.live, self.url = production, live, url
+        self.expected, self.alerts, self.titles = expected, alerts, titles
+
+    def get(self, path: str, token: str | None = TOKEN, **params: Any) -> tuple[int, Any]:
+        request = urllib.request.Request(f"{self.url}{path}?{urllib.parse.urlencode(params)}")
+        return self._send(request, token)
+
+    def post(self, path: str, body: dict[str, Any], token: str | None = TOKEN
+             ) -> tuple[int, Any]:
+        request = urllib.request.Request(f"{self.url}{path}", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        return self._send(request, token)
+
+    @staticmethod
+    def _send(request: urllib.request.Request, token: str | None) -> tuple[int, Any]:
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                body = response.read().decode()
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            body, status = exc.read().decode(), exc.code
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, body
+
+    def serving(self) -> tuple[str, str] | None:
+        found = self.live.health()["serving"]
+        return (found["model_version"], found["index_version"]) if found else None
+
+    def wait_for(self, pair: tuple[str, str], timeout: float = 20.0) -> float:
+        started = time.monotonic()
+        while self.serving() != pair:
+            assert time.monotonic() - started < timeout, (pair, self.live.health())
+            time.sleep(0.05)
+        return time.monotonic() - started
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory, tiny_beir: Path,
+            base_model_path: str) -> Iterator[Service]:
+    import uvicorn
+
+    root = tmp_path_factory.mktemp("service")
+    registry = Registry(f"sqlite:///{root / 'mlflow.db'}", "svc", root / "artifacts")
+    production = Production(registry, FaissIndexStore(root / "indexes"), root / "models")
+    corpus = load_corpus(tiny_beir / "corpus.jsonl")
+    texts, ids = document_texts(corpus), list(corpus["doc_id"])
+    nudged = root / "nudged"
+    model = load_model(base_model_path, "cpu", 96)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.02 * torch.randn_like(parameter))
+    model.save(str(nudged))
+    expected: dict[tuple[str, str], list[float]] = {}
+    for path in (base_model_path, str(nudged)):
+        model = load_model(path, "cpu", 96)
+        run_id = registry.start_run("test", {})
+        version = production.register(run_id, model, Path(path), description="", tags={})
+        index = FaissIndex.build(encode(model, texts, precision="fp32"), ids, "fp32",
+                                 titles=list(corpus["title"]))
+        manifest = production.save_index(index, version, "c")
+        hits = Retriever(model, index).search([QUERY], 3)[0]
+        expected[version, manifest.version] = [h.score for h in hits]
+    production.promote("1")
+
+    alerts: list[str] = []
+    live = LiveSearch(production, device="cpu", max_seq_length=96, poll_s=0.1, retry_s=3600,
+                      on_failure=alerts.append)
+    live.refresh()
+    live.watch()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(live, token=TOKEN, max_query_chars=200, max_k=100), host="127.0.0.1",
+        port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield Service(production, live, f"http://127.0.0.1:{port}", expected, alerts,
+                  dict(zip(ids, corpus["title"], strict=True)))
+    server.should_exit = True
+    live.stop()
+    thread.join(timeout=10)
+
+
+def test_search_names_the_pair_that_answered(service: Service) -> None:
+    doc_id, title = next((d, t) for d, t in service.titles.items() if len(t) > 20)
+    status, body = service.get("/search", q=title, k=5)
+    assert status == 200, body
+    assert (body["model_version"], body["index_version"]) == ("1", "v0001")
+    assert len(body["results"]) == 5
+    assert body["results"][0]["doc_id"] == doc_id  # a document's own title finds it
+    assert body["results"][0]["title"] == title
+
+
+@pytest.mark.parametrize("token", [None, "wrong"])
+def test_without_the_token_nothing_is_answered(service: Service, token: str | None) -> None:
+    for status, body in (service.get("/search", token=token, q="protein"),
+                         service.post("/embed", {"texts": ["protein"]}, token=token)):
+        assert status == 401 and body == {"error": "missing or wrong bearer token"}
+    assert service.get("/healthz", token=None)[0] == 200  # probes need no token
+
+
+@pytest.mark.parametrize("params, why", [
+    ({"q": "protein", "k": 0}, "k: Input should be greater than or equal to 1"),
+    ({"q": "protein", "k": 101}, "k: Input should be less than or equal to 100"),
+    ({"q": "protein", "k": "ten"},
+     "k: Input should be a valid integer, unable to parse string as an integer"),
+    ({"k": 5}, "q: Field required"),
+    ({"q": "   "}, "q: the query is blank"),
+    ({"q": "x" * 201}, "q: String should have at most 200 characters")])
+def test_bad_search_parameters_get_a_one_line_reason(service: Service, params: dict[str, Any],
+                                                     why: str) -> None:
+    status, body = service.get("/search", **params)
+    assert (status, body) == (422, {"error": why})
+
+
+def test_embed_gives_the_live_models_vectors(service: Service, base_model_path: str) -> None:
+    status, body = service.post("/embed", {"texts": ["protein folding", "a cell"]})
+    assert status == 200 and body["dim"] == 384 and body["model_version"] == "1"
+    want = encode(load_model(base_model_path, "cpu", 96), ["protein folding", "a cell"])
+    np.testing.assert_allclose(np.array(body["embeddings"]), want, atol=1e-5)
+    assert service.post("/embed", {"texts": []})[0] == 422
+    status, body = service.post("/embed", {"texts": ["a"] * 257})
+    assert status == 422 and body["error"] == "texts: at most 256 per request, got 257"
+
+
+def test_promotions_and_rollbacks_swap_under_load_without_mixing(service: Service) -> None:
+    answers: list[tuple[int, Any]] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            answers.append(service.get("/search", q=QUERY, k=3))
+
+    clients = [threading.Thread(target=client) for _ in range(8)]
+    for c in clients:
+        c.start()
+    swap_seconds = []
+    try:
+        for _ in range(3):
+            time.sleep(0.3)
+            service.production.promote("2")
+            swap_seconds.append(service.wait_for(("2", "v0002")))
+            time.sleep(0.3)
+            service.production.rollback()
+            swap_seconds.append(service.wait_for(("1", "v0001")))
+    finally:
+        stop.set()
+        for c in clients:
+            c.join()
+    assert all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200][:3]
+    seen = {(b["model_version"], b["index_version"]) for _, b in answers}
+    assert seen == set(service.expected)  # both pairs answered, and nothing else
+    for _, body in answers:  # each answer's scores are its named pair's own
+        pair = (body["model_version"], body["index_version"])
+        np.testing.assert_allclose([r["score"] for r in body["results"]],
+                                   service.expected[pair], atol=1e-4)
+    assert max(swap_seconds) < 10, swap_seconds
+
+
+def test_a_damaged_new_version_is_refused_while_the_old_keeps_serving(
+        service: Service) -> None:
+    production = service.production
+    before = service.serving()
+    assert before is not None
+    # v3: registered, and an index on disk whose vectors file is garbage
+    run_id = production.registry.start_run("test", {})
+    v3 = str(production.registry.client.create_model_version(
+        "svc", source=f"runs:/{run_id}/model", run_id=run_id).version)
+    vectors = np.eye(384, dtype=np.float32)[:len(service.titles)]
+    manifest = production.save_index(FaissIndex.build(vectors, list(service.titles), "fp32"),
+                                     v3, "c")
+    index_dir = Path(production.store.root) / "versions" / manifest.version
+    (index_dir / "index.faiss").write_bytes(b"not an index")
+    production.promote(v3)
+    started = time.monotonic()
+    while service.live.health()["status"] != "degraded":
+        assert time.monotonic() - started < 10, service.live.health()
+        time.sleep(0.05)
+    health = service.live.health()
+    assert health["production"] == {"model_version": v3, "index_version": manifest.version}
+    assert f"v{v3}" in health["error"] and "damaged" in health["error"]
+    status, body = service.get("/search", q=QUERY, k=3)  # the old pair answers
+    assert status == 200 and (body["model_version"], body["index_version"]) == before
+    metrics = service.get("/metrics", token=None)[1]
+    assert "embedloop_degraded 1" in metrics and "embedloop_swap_failures_total 1" in metrics
+    assert f'embedloop_live_info{{model_version="{before[0]}",' in metrics
+    assert len(service.alerts) == 1 and "still serving" in service.alerts[0]
+    production.rollback()  # production back on the pair that is serving: healthy again
+    service.wait_for(before)
+    while service.live.health()["status"] != "ok":
+        assert time.monotonic() - started < 20, service.live.health()
+        time.sleep(0.05)
