@@ -285,7 +285,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     live = LiveSearch(Production.from_settings(settings), max_seq_length=settings.max_seq_length,
                       batch_size=settings.encode_batch_size, poll_s=settings.api_poll_s,
-                      on_failure=alert)
+                      max_batch=settings.api_max_batch, on_failure=alert)
     live.refresh()  # nothing to serve yet is not fatal: it follows the first promotion
     live.watch()
     health = live.health()

@@ -12,6 +12,7 @@ A bad request gets a 4xx and a one-line reason, never a traceback. With a token
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from typing import Any, Literal
@@ -22,7 +23,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
 from embedloop.errors import one_line
-from embedloop.serving import LiveSearch
+from embedloop.serving import LiveSearch, Metrics
 
 TOKEN_ENV = "EMBEDLOOP_API_TOKEN"
 
@@ -44,14 +45,7 @@ def create_app(live: LiveSearch, *, token: str | None = None, max_query_chars: i
         if live.pair is None:
             raise HTTPException(503, f"no model to serve yet: {live.error or 'loading'}")
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Any) -> Any:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        live.metrics.observe(getattr(route, "path", "other"), response.status_code,
-                             time.perf_counter() - started)
-        return response
+    app.add_middleware(Measured, metrics=live.metrics)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -70,11 +64,13 @@ def create_app(live: LiveSearch, *, token: str | None = None, max_query_chars: i
                                       f"service log"}, status_code=500)
 
     @app.get("/search", dependencies=[Depends(authorized), Depends(serving)])
-    def search(q: str = Query(min_length=1, max_length=max_query_chars),
-               k: int = Query(10, ge=1, le=max_k), session: str = "") -> dict[str, Any]:
+    async def search(q: str = Query(min_length=1, max_length=max_query_chars),
+                     k: int = Query(10, ge=1, le=max_k), session: str = "") -> dict[str, Any]:
         if not q.strip():
             raise HTTPException(422, "q: the query is blank")
-        pair, hits = live.search(q, k)
+        # Awaited, not run in a thread: the batcher's worker does the model's work.
+        pair, answer = live.submit(q, k)
+        hits = await asyncio.wrap_future(answer)
         return {"results": [{"doc_id": h.doc_id, "score": round(h.score, 6), "title": h.title}
                             for h in hits],
                 "model_version": pair.model_version, "index_version": pair.index_version}
@@ -104,3 +100,30 @@ def create_app(live: LiveSearch, *, token: str | None = None, max_query_chars: i
                                  media_type="text/plain; version=0.0.4")
 
     return app
+
+
+class Measured:
+    """Latency and status of every request, by route (plain ASGI: FastAPI's `middleware`
+    decorator costs a task and a stream per request)."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+
+        async def record_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = scope.get("route")
+            self.metrics.observe(getattr(route, "path", "other"), status,
+                                 time.perf_counter() - started)

@@ -107,6 +107,7 @@ class Settings:
     api_port: int = 8000
     api_poll_s: float = 2.0  # how often it looks for a promotion or rollback
     api_max_k: int = 1000
+    api_max_batch: int = 32  # concurrent queries encoded in one model call
     training: TrainingConfig = field(default_factory=TrainingConfig)
     tracking_uri: str = ""  # empty: sqlite:///<home>/mlruns/mlflow.db
 
@@ -249,7 +250,7 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
 _POSITIVE = ("min_holdout_queries", "guard_queries", "max_query_chars", "max_position",
              "negative_search_k", "encode_batch_size", "encode_chunk_docs", "encode_workers",
              "train_timeout_s", "encode_timeout_s", "index_hnsw_min_docs", "index_ivf_min_docs",
-             "api_max_k")
+             "api_max_k", "api_max_batch")
 
 
 def _check(settings: Settings) -> None:
