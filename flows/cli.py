@@ -196,17 +196,55 @@ def _refused(args: argparse.Namespace, why: str) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from embedloop.production import Production
-
     settings = _settings(args)
     if not args.text.strip():
         raise EmbedloopError("the query is empty")
-    retriever = Production.from_settings(settings).retriever(
-        max_seq_length=settings.max_seq_length)
-    for rank, hit in enumerate(retriever.search([args.text], args.k)[0], start=1):
-        title = f"  {hit.title[:70]}" if hit.title and hit.title != hit.doc_id else ""
-        print(f"{rank:>3}. {hit.score:.4f}  {hit.doc_id}{title}")
+    answer = None if args.local else _ask_the_service(settings, args.text, args.k)
+    if answer is None:  # no service running for this deployment: load the pair here
+        from embedloop.production import Production
+
+        retriever = Production.from_settings(settings).retriever(
+            max_seq_length=settings.max_seq_length)
+        hits = [(h.doc_id, h.score, h.title) for h in retriever.search([args.text], args.k)[0]]
+        source = "loaded in this process"
+    else:
+        hits = [(r["doc_id"], r["score"], r.get("title", "")) for r in answer["results"]]
+        source = (f"answered by the service on {settings.api_host}:{settings.api_port}: model "
+                  f"v{answer['model_version']}, index {answer['index_version']}")
+    for rank, (doc_id, score, title) in enumerate(hits, start=1):
+        shown = f"  {title[:70]}" if title and title != doc_id else ""
+        print(f"{rank:>3}. {score:.4f}  {doc_id}{shown}")
+    print(f"({source})", file=sys.stderr)
     return EXIT_OK
+
+
+def _ask_the_service(settings: Settings, text: str, k: int) -> dict[str, Any] | None:
+    """The running `embedloop api` of this deployment answers in milliseconds; loading the
+    model here takes seconds. None when there is none: nothing listens, or what answers
+    serves another pair than this deployment's live one (another home on this host)."""
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    query = urllib.parse.urlencode({"q": text, "k": k})
+    request = urllib.request.Request(f"http://{settings.api_host}:{settings.api_port}/search?"
+                                     f"{query}")
+    token = os.environ.get("EMBEDLOOP_API_TOKEN")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            answer = json.load(response)
+    except (OSError, ValueError):  # nothing listening, refused, not ours, or not JSON
+        return None
+    from embedloop.index import open_index_store
+
+    store = open_index_store(settings)  # the live pointer and its manifest: no weights
+    live = store.live_version()
+    ours = (settings.model_name, store.manifest(live).model_version, live) if live else None
+    theirs = (answer.get("model"), answer.get("model_version"), answer.get("index_version"))
+    return answer if theirs == ours else None
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -352,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", parents=[common, data], help="query the live index")
     p.add_argument("text")
     p.add_argument("-k", type=int, default=10)
+    p.add_argument("--local", action="store_true",
+                   help="load the model here even if `embedloop api` is running")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("validate", parents=[common, data],

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from embedloop.api import create_app
+from embedloop.config import load_settings
 from embedloop.corpus import document_texts, load_corpus
 from embedloop.encoding import encode, load_model
 from embedloop.faiss_index import FaissIndex, FaissIndexStore
@@ -28,6 +29,7 @@ from embedloop.production import Production
 from embedloop.registry import Registry
 from embedloop.retrieval import Retriever
 from embedloop.serving import LiveSearch
+from flows.cli import _ask_the_service
 
 TOKEN = "test-token"
 QUERY = "protein folding in cancer cells"
@@ -36,9 +38,10 @@ QUERY = "protein folding in cancer cells"
 class Service:
     def __init__(self, production: Production, live: LiveSearch, url: str,
                  expected: dict[tuple[str, str], list[float]], alerts: list[str],
-                 titles: dict[str, str]) -> None:
+                 titles: dict[str, str], home: Path, port: int) -> None:
         self.production, self.live, self.url = production, live, url
         self.expected, self.alerts, self.titles = expected, alerts, titles
+        self.home, self.port = home, port
 
     def get(self, path: str, token: str | None = TOKEN, **params: Any) -> tuple[int, Any]:
         request = urllib.request.Request(f"{self.url}{path}?{urllib.parse.urlencode(params)}")
@@ -88,12 +91,14 @@ def service(tmp_path_factory: pytest.TempPathFactory, tiny_beir: Path,
             base_model_path: str) -> Iterator[Service]:
     import uvicorn
 
-    root = tmp_path_factory.mktemp("service")
-    registry = Registry(f"sqlite:///{root / 'mlflow.db'}", "svc", root / "artifacts")
-    production = Production(registry, FaissIndexStore(root / "indexes"), root / "models")
+    root = tmp_path_factory.mktemp("service")  # laid out as a deployment's home
+    registry = Registry(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}", "svc",
+                        root / "mlruns" / "artifacts")
+    production = Production(registry, FaissIndexStore(root / ".embedloop" / "indexes"),
+                            root / ".embedloop" / "models")
     corpus = load_corpus(tiny_beir / "corpus.jsonl")
     texts, ids = document_texts(corpus), list(corpus["doc_id"])
-    nudged = root / "nudged"
+    nudged = tmp_path_factory.mktemp("nudged")
     model = load_model(base_model_path, "cpu", 96)
     torch.manual_seed(0)
     with torch.no_grad():
@@ -126,7 +131,7 @@ def service(tmp_path_factory: pytest.TempPathFactory, tiny_beir: Path,
     while not server.started:
         time.sleep(0.05)
     yield Service(production, live, f"http://127.0.0.1:{port}", expected, alerts,
-                  dict(zip(ids, corpus["title"], strict=True)))
+                  dict(zip(ids, corpus["title"], strict=True)), root, port)
     server.should_exit = True
     live.stop()
     thread.join(timeout=10)
@@ -172,6 +177,19 @@ def test_embed_gives_the_live_models_vectors(service: Service, base_model_path: 
     assert service.post("/embed", {"texts": []})[0] == 422
     status, body = service.post("/embed", {"texts": ["a"] * 257})
     assert status == 422 and body["error"] == "texts: at most 256 per request, got 257"
+
+
+def test_the_cli_asks_the_service_of_its_own_deployment(service: Service, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`embedloop search` answers through a running service (milliseconds, not a model
+    load), but only through this deployment's: another home's search loads its own."""
+    monkeypatch.setenv("EMBEDLOOP_API_TOKEN", TOKEN)
+    ours = load_settings(None, home=str(service.home), model_name="svc", api_port=service.port)
+    answer = _ask_the_service(ours, QUERY, 3)
+    assert answer is not None and (answer["model_version"], answer["index_version"]) == (
+        "1", "v0001")
+    other = load_settings(None, home=str(tmp_path), model_name="svc", api_port=service.port)
+    assert _ask_the_service(other, QUERY, 3) is None
 
 
 def test_promotions_and_rollbacks_swap_under_load_without_mixing(service: Service) -> None:

@@ -73,7 +73,8 @@ def create_app(live: LiveSearch, *, token: str | None = None, max_query_chars: i
         hits = await asyncio.wrap_future(answer)
         return {"results": [{"doc_id": h.doc_id, "score": round(h.score, 6), "title": h.title}
                             for h in hits],
-                "model_version": pair.model_version, "index_version": pair.index_version}
+                "model": live.production.model_name, "model_version": pair.model_version,
+                "index_version": pair.index_version}
 
     @app.post("/embed", dependencies=[Depends(authorized), Depends(serving)])
     def embed(body: EmbedRequest) -> dict[str, Any]:
