@@ -1,0 +1,87 @@
+"""Team-draft interleaving and the credit of its clicks, on simulated users."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from embedloop.interleaving import CANDIDATE, CHAMPION, credit, team_draft
+
+DOCS = [f"d{i}" for i in range(20)]
+
+
+def test_a_mixed_list_holds_each_teams_best_without_repeats() -> None:
+    rng = random.Random(0)
+    for _ in range(200):
+        a, b = rng.sample(DOCS, 10), rng.sample(DOCS, 10)
+        mixed = team_draft(a, b, 10, rng)
+        docs = [d for d, _ in mixed]
+        assert len(docs) == len(set(docs)) == 10
+        teams = [t for _, t in mixed]
+        assert abs(teams.count(CHAMPION) - teams.count(CANDIDATE)) <= 1
+        # each team's picks come in its own ranking's order
+        for team, ranking in ((CHAMPION, a), (CANDIDATE, b)):
+            picked = [d for d, t in mixed if t == team]
+            assert picked == sorted(picked, key=ranking.index)
+        assert a[0] in docs and b[0] in docs
+
+
+def test_identical_rankings_are_shown_as_they_are() -> None:
+    mixed = team_draft(DOCS[:10], DOCS[:10], 10, random.Random(1))
+    assert [d for d, _ in mixed] == DOCS[:10]
+
+
+def test_short_rankings_fill_from_the_other_team() -> None:
+    mixed = team_draft(["x"], DOCS[:5], 4, random.Random(2))
+    assert len(mixed) == 4 and ("x", CHAMPION) in mixed
+
+
+def user_clicks(mixed: list[tuple[str, str]], relevant: set[str], rng: random.Random,
+                session: str) -> list[tuple[str, str, bool]]:
+    """A position-biased user: looks at rank r with probability 1/r, clicks what is
+    relevant among what it looked at, and now and then something that is not."""
+    return [(session, team, rng.random() < 1 / (r + 1)
+             and (doc in relevant or rng.random() < 0.05))
+            for r, (doc, team) in enumerate(mixed)]
+
+
+def test_equally_good_rankers_are_not_told_apart_more_than_alpha() -> None:
+    """A/A: both teams rank the relevant document at the same place. Over 300 repeated
+    trials of 300 sessions, p < 0.05 comes out at most about 5% of the time."""
+    rng = random.Random(3)
+    false_alarms = 0
+    for _ in range(300):
+        rows = []
+        for s in range(300):
+            ranking = rng.sample(DOCS, 10)
+            mixed = team_draft(ranking, list(ranking), 10, rng)
+            rows += user_clicks(mixed, {ranking[rng.randrange(3)]}, rng, f"s{s}")
+        false_alarms += credit(rows).p_value < 0.05
+    assert false_alarms / 300 <= 0.08
+
+
+def test_a_better_candidate_wins_with_few_sessions() -> None:
+    """The candidate ranks the relevant document first, the champion fifth."""
+    rng = random.Random(4)
+    rows = []
+    for s in range(100):
+        relevant = rng.choice(DOCS)
+        others = [d for d in DOCS if d != relevant]
+        rng.shuffle(others)
+        champion = [*others[:4], relevant, *others[4:9]]
+        candidate = [relevant, *others[9:18]]
+        rows += user_clicks(team_draft(champion, candidate, 10, rng), {relevant}, rng, f"s{s}")
+    evidence = credit(rows)
+    assert evidence.candidate_wins > 2 * evidence.champion_wins
+    assert evidence.p_value < 0.001
+
+
+def test_credit_counts_interleaved_sessions_only() -> None:
+    rows = [("s1", CANDIDATE, True), ("s1", CHAMPION, False), ("s2", CANDIDATE, True),
+            ("s3", CHAMPION, True), ("s3", CANDIDATE, True), ("s4", None, True),
+            ("s5", CANDIDATE, True)]
+    evidence = credit(rows)
+    assert (evidence.sessions, evidence.candidate_wins, evidence.champion_wins,
+            evidence.ties) == (4, 3, 0, 1)
+    assert evidence.p_value == pytest.approx(1 / 8)  # 3 of 3 decided sessions
