@@ -16,7 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-LOG_FIELDS = ("event_id", "ts", "session_id", "query", "doc_id", "position", "clicked", "dwell_ms")
+# dwell_ms and team are optional. team: which ranker placed the result, when the service
+# showed an interleaved list of two (interleaving.py); copied into the log by the front end.
+LOG_FIELDS = ("event_id", "ts", "session_id", "query", "doc_id", "position", "clicked", "dwell_ms",
+              "team")
 REQUIRED_FIELDS = ("event_id", "ts", "session_id", "query", "doc_id", "position", "clicked")
 # What a reader hands on: the fields' raw values, where each row came from, and why a
 # line could not even be parsed (None when it could).
@@ -198,7 +201,9 @@ def _number_text(text: pd.Series) -> tuple[pd.Series, pd.Series]:
 
 def to_typed_frame(raw: pd.DataFrame) -> pd.DataFrame:
     """Raw rows -> typed columns, plus `type_errors` (None, or '; '-joined messages) and
-    `bad_fields` (the fields named there; 'row' when the line was not a JSON object)."""
+    `bad_fields` (the fields named there; 'row' when the line was not a JSON object).
+    An optional field a frame lacks altogether is null in every row."""
+    raw = raw.reindex(columns=list(dict.fromkeys([*FRAME_COLUMNS, *raw.columns])))
     columns = {
         "event_id": _typed_column(raw["event_id"], _as_id, (str,)),
         "session_id": _typed_column(raw["session_id"], _as_id, (str,)),
@@ -209,6 +214,7 @@ def to_typed_frame(raw: pd.DataFrame) -> pd.DataFrame:
         "clicked": _typed_column(raw["clicked"], _as_clicked, (bool,), from_text=_clicked_text),
         "dwell_ms": _typed_column(raw["dwell_ms"], _as_number, (int, float), _floats,
                                   _number_text),
+        "team": _typed_column(raw["team"], _as_text, (str,)),
     }
     ts, ts_errors = _parse_timestamps(raw["ts"].reset_index(drop=True))
     problems: dict[int, list[tuple[str, str]]] = {}

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from embedloop.log_schema import LOG_FIELDS, is_missing, to_typed_frame
+from embedloop.log_schema import LOG_FIELDS, REQUIRED_FIELDS, is_missing, to_typed_frame
 
 EXPECTATIONS_DIR = Path(__file__).resolve().parents[2] / "expectations"
 # Clocks drift; a row stamped a few minutes ahead is not "from the future".
@@ -193,7 +193,11 @@ def mark_duplicates(event_ids: pd.Series, seen: SeenIds) -> pd.Series:
 
 
 def _raw_json(record: dict[str, Any]) -> str:
-    return json.dumps({f: record[f] for f in LOG_FIELDS}, ensure_ascii=False, default=str)
+    """The row as it came, for the quarantine: every required field, and the optional
+    ones (dwell_ms, team) where the row had them."""
+    return json.dumps({f: record.get(f) for f in LOG_FIELDS
+                       if f in REQUIRED_FIELDS or not is_missing(record.get(f))},
+                      ensure_ascii=False, default=str)
 
 
 def validate_logs(raw: pd.DataFrame, known_doc_ids: set[str], seen_event_ids: SeenIds,

@@ -21,7 +21,7 @@ from embedloop.validation import validate_logs
 
 DOC_IDS = {"d1", "d2", "d3"}
 GOOD = {"event_id": "e", "ts": "2026-03-01T12:00:05Z", "session_id": "s", "query": "heart attack",
-        "doc_id": "d1", "position": 1, "clicked": True, "dwell_ms": 1200}
+        "doc_id": "d1", "position": 1, "clicked": True, "dwell_ms": 1200, "team": "candidate"}
 ANY_VALUE = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-2**70, max_value=2**70),
     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40),
@@ -124,7 +124,7 @@ def test_csv_rows_of_any_width_and_bytes(lines: list[tuple[list[str], bytes]]) -
 
 CONVERTERS = {"event_id": log_schema._as_id, "query": log_schema._as_text,
               "position": log_schema._as_position, "clicked": log_schema._as_clicked,
-              "dwell_ms": log_schema._as_number}
+              "dwell_ms": log_schema._as_number, "team": log_schema._as_text}
 
 
 @FUZZ

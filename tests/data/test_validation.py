@@ -83,6 +83,19 @@ def test_reasons_name_the_problem_once(tiny_beir: Path) -> None:
     }
 
 
+def test_the_team_of_an_interleaved_list_is_an_optional_field() -> None:
+    """Rows of an interleaved session carry the team that placed the result; rows of
+    other sessions carry none. Both are accepted; a team that is not text is not."""
+    rows = [{"event_id": f"e{i}", "ts": "2026-03-01T12:00:05Z", "session_id": "s",
+             "query": "q", "doc_id": "d1", "position": i, "clicked": False, **team}
+            for i, team in enumerate([{"team": "candidate"}, {"team": "champion"}, {},
+                                      {"team": 5}], start=1)]
+    raw = pd.DataFrame(rows).assign(source="f", line=range(1, 5), parse_error=None)
+    result = validate_logs(raw.astype(object), {"d1"}, set(), **LIMITS)
+    assert list(result.accepted["team"]) == ["candidate", "champion", None]
+    assert list(result.quarantined["reason"]) == ["team: not a string (int)"]
+
+
 def test_mostly_broken_batch_fails_the_batch_check_and_is_kept_whole() -> None:
     good = {"event_id": "e", "ts": "2026-03-01T12:00:05Z", "session_id": "s", "query": "q",
             "doc_id": "d1", "position": 1, "clicked": True, "dwell_ms": 10}
