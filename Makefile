@@ -12,11 +12,13 @@ export MLFLOW_DISABLE_TELEMETRY := true
 setup: $(STAMP)
 
 # torch first: the pinned CPU wheel; a bare `torch` requirement pulls a multi-GB CUDA build.
+# --no-compile: Python compiles what is imported when it is first imported, instead of pip
+# compiling every module of torch, transformers, mlflow... up front (a minute of CI).
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
+	$(BIN)/pip install -q --no-compile torch==2.13.0
+	$(BIN)/pip install -q --no-compile -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
 demo: setup

@@ -6,6 +6,7 @@ show in its scores."""
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import threading
 import time
@@ -26,7 +27,7 @@ from embedloop.corpus import document_texts, load_corpus
 from embedloop.encoding import encode, load_model
 from embedloop.faiss_index import FaissIndex, FaissIndexStore
 from embedloop.production import Production
-from embedloop.registry import Registry
+from embedloop.registry import Registry, seal
 from embedloop.retrieval import Retriever
 from embedloop.serving import LiveSearch
 from flows.cli import _ask_the_service
@@ -94,9 +95,10 @@ def service(tmp_path_factory: pytest.TempPathFactory, tiny_beir: Path,
     root = tmp_path_factory.mktemp("service")  # laid out as a deployment's home
     registry = Registry(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}", "svc",
                         root / "mlruns" / "artifacts")
+    registry.client.create_registered_model("svc")
     production = Production(registry, FaissIndexStore(root / ".embedloop" / "indexes"),
                             root / ".embedloop" / "models")
-    corpus = load_corpus(tiny_beir / "corpus.jsonl")
+    corpus = load_corpus(tiny_beir / "corpus.jsonl").head(80)
     texts, ids = document_texts(corpus), list(corpus["doc_id"])
     nudged = tmp_path_factory.mktemp("nudged")
     model = load_model(base_model_path, "cpu", 96)
@@ -107,9 +109,15 @@ def service(tmp_path_factory: pytest.TempPathFactory, tiny_beir: Path,
     model.save(str(nudged))
     expected: dict[tuple[str, str], list[float]] = {}
     for path in (base_model_path, str(nudged)):
-        model = load_model(path, "cpu", 96)
+        # A registered version whose weights are the local copy a deployment keeps (what
+        # the service loads); uploading them as an MLflow artifact would only cost time.
         run_id = registry.start_run("test", {})
-        version = production.register(run_id, model, Path(path), description="", tags={})
+        version = str(registry.client.create_model_version(
+            "svc", source=f"runs:/{run_id}/model", run_id=run_id).version)
+        copy = root / ".embedloop" / "models" / f"v{version}"
+        shutil.copytree(path, copy / "model")
+        seal(copy)
+        model = load_model(path, "cpu", 96)
         index = FaissIndex.build(encode(model, texts, precision="fp32"), ids, "fp32",
                                  titles=list(corpus["title"]))
         manifest = production.save_index(index, version, "c")
@@ -235,7 +243,7 @@ def test_a_damaged_new_version_is_refused_while_the_old_keeps_serving(
     run_id = production.registry.start_run("test", {})
     v3 = str(production.registry.client.create_model_version(
         "svc", source=f"runs:/{run_id}/model", run_id=run_id).version)
-    vectors = np.eye(384, dtype=np.float32)[:len(service.titles)]
+    vectors = np.eye(384, dtype=np.float32)[:len(service.titles)]  # 80 documents
     manifest = production.save_index(FaissIndex.build(vectors, list(service.titles), "fp32"),
                                      v3, "c")
     index_dir = Path(production.store.root) / "versions" / manifest.version
