@@ -12,13 +12,11 @@ export MLFLOW_DISABLE_TELEMETRY := true
 setup: $(STAMP)
 
 # torch first: the pinned CPU wheel; a bare `torch` requirement pulls a multi-GB CUDA build.
-# --no-compile: Python compiles what is imported when it is first imported, instead of pip
-# compiling every module of torch, transformers, mlflow... up front (a minute of CI).
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q --no-compile torch==2.13.0
-	$(BIN)/pip install -q --no-compile -c requirements.lock -e '.[dev]'
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
 demo: setup
@@ -26,8 +24,18 @@ demo: setup
 	$(BIN)/embedloop status
 	$(BIN)/embedloop search "drop rows with missing values" -k 5
 
+# Two pytest processes side by side: the integration tests mostly wait on their servers
+# (Postgres, S3, MLflow, Prefect) while the others keep the CPU busy, so together they
+# take minutes less than one after the other. Each has its own temp dir (kept when a test
+# failed); the integration report is printed after the other one's.
 test: setup
-	$(BIN)/python -m pytest
+	@tmp=$$(mktemp -d -t embedloop-tests-XXXXXX); \
+	$(BIN)/python -m pytest tests/integration --basetemp=$$tmp/integration \
+		> $$tmp/integration.log 2>&1 & integration=$$!; \
+	$(BIN)/python -m pytest --ignore=tests/integration --basetemp=$$tmp/main; rest=$$?; \
+	wait $$integration; code=$$?; \
+	echo "---- tests/integration (run beside the others) ----"; cat $$tmp/integration.log; \
+	if [ $$rest -eq 0 ] && [ $$code -eq 0 ]; then rm -rf $$tmp; else exit 1; fi
 
 lint: setup
 	$(BIN)/ruff check src flows tasks tests bench
