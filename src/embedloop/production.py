@@ -219,8 +219,9 @@ class Production:
                               f"v{version}")
         elif self.repair() is None:
             path = self.model_path(champion)
-            self.save_index(index_corpus(load(path), path), champion, corpus_fingerprint)
-            self.store.set_live(self.store.latest_for_model(self.model_name, champion) or "")
+            rebuilt = self.save_index(index_corpus(load(path), path), champion,
+                                      corpus_fingerprint)
+            self.store.set_live(rebuilt.version)
             self.notes.append(f"champion v{champion} had no index: rebuilt it")
         found = self.champion()
         assert found is not None
