@@ -7,6 +7,10 @@ result labelled with the team that placed it. A session's clicks then vote: the 
 whose results got more clicks wins it; a tie (or no click) says nothing. Position bias
 hits both teams alike, since each is as likely to hold any position.
 
+In production the two teams are model versions: the service labels each result of an
+interleaved list with the version that placed it (the log's `team` field), so the next
+run can credit exactly the sessions of one champion-against-candidate canary.
+
 Pure: no I/O. The service mixes the lists; the next run credits the logged clicks.
 """
 
@@ -14,20 +18,36 @@ from __future__ import annotations
 
 import math
 import random
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 CHAMPION, CANDIDATE = "champion", "candidate"
 
 
+def in_canary(session: str, share: float) -> bool:
+    """Whether `session` gets an interleaved list: a stable hash of the session id (the
+    same answer in every process and on every retry), below `share` for that share of
+    sessions."""
+    return share > 0 and zlib.crc32(session.encode("utf-8")) < share * 2 ** 32
+
+
+def session_rng(session: str, query: str) -> random.Random:
+    """The coin flips of one session's draft: the same list when a session asks again."""
+    return random.Random(zlib.crc32(f"{session}\x1f{query}".encode()))
+
+
 def team_draft(champion: Sequence[str], candidate: Sequence[str], k: int,
-               rng: random.Random) -> list[tuple[str, str]]:
-    """Up to k (doc_id, team) pairs mixed from the two rankings, best first."""
+               rng: random.Random, teams: tuple[str, str] = (CHAMPION, CANDIDATE),
+               ) -> list[tuple[str, str]]:
+    """Up to k (doc_id, team) pairs mixed from the two rankings, best first; `teams`
+    labels the champion's picks and the candidate's."""
+    first, second = teams
     shown: set[str] = set()
     out: list[tuple[str, str]] = []
-    picks = {CHAMPION: 0, CANDIDATE: 0}
-    rankings = {CHAMPION: list(champion), CANDIDATE: list(candidate)}
-    cursor = {CHAMPION: 0, CANDIDATE: 0}
+    picks = {first: 0, second: 0}
+    rankings = {first: list(champion), second: list(candidate)}
+    cursor = {first: 0, second: 0}
 
     def next_unshown(team: str) -> str | None:
         ranking = rankings[team]
@@ -36,10 +56,10 @@ def team_draft(champion: Sequence[str], candidate: Sequence[str], k: int,
         return ranking[cursor[team]] if cursor[team] < len(ranking) else None
 
     while len(out) < k:
-        if picks[CHAMPION] != picks[CANDIDATE]:
+        if picks[first] != picks[second]:
             order = sorted(picks, key=picks.__getitem__)  # the team behind picks first
         else:
-            order = [CHAMPION, CANDIDATE] if rng.random() < 0.5 else [CANDIDATE, CHAMPION]
+            order = [first, second] if rng.random() < 0.5 else [second, first]
         for team in order:  # the team whose ranking is exhausted yields its turn
             doc = next_unshown(team)
             if doc is not None:
@@ -72,15 +92,30 @@ class InterleavingEvidence:
         return sum(math.comb(n, i) for i in range(wins, n + 1)) / 2 ** n
 
 
-def credit(clicks: Iterable[tuple[str, str | None, bool]]) -> InterleavingEvidence:
-    """(session_id, team, clicked) per shown result -> the sessions' votes. Results
-    without a team (sessions that were not interleaved) are not counted."""
+    @property
+    def champion_p_value(self) -> float:
+        """The same test the other way: is the champion preferred?"""
+        return InterleavingEvidence(self.sessions, self.champion_wins,
+                                    self.candidate_wins).p_value
+
+
+def credit(clicks: Iterable[tuple[str, str | None, bool]], champion: str = CHAMPION,
+           candidate: str = CANDIDATE) -> InterleavingEvidence:
+    """(session_id, team, clicked) per shown result -> the sessions' votes. Only
+    sessions interleaved between exactly these two teams count: results without a team
+    (sessions that were not interleaved), and sessions in which another team took part
+    (an earlier canary), say nothing about this pair."""
     votes: dict[str, dict[str, int]] = {}
+    foreign: set[str] = set()
     for session, team, clicked in clicks:
-        if team not in (CHAMPION, CANDIDATE):
+        if not isinstance(team, str) or not team:  # missing: None, or NaN from a frame
             continue
-        tally = votes.setdefault(session, {CHAMPION: 0, CANDIDATE: 0})
+        if team not in (champion, candidate):
+            foreign.add(session)
+            continue
+        tally = votes.setdefault(session, {champion: 0, candidate: 0})
         tally[team] += int(bool(clicked))
-    candidate = sum(t[CANDIDATE] > t[CHAMPION] for t in votes.values())
-    champion = sum(t[CHAMPION] > t[CANDIDATE] for t in votes.values())
-    return InterleavingEvidence(len(votes), candidate, champion)
+    tallies = [t for s, t in votes.items() if s not in foreign]
+    wins = sum(t[candidate] > t[champion] for t in tallies)
+    losses = sum(t[champion] > t[candidate] for t in tallies)
+    return InterleavingEvidence(len(tallies), wins, losses)

@@ -16,17 +16,25 @@ k-th look against one champion may spend alpha / (k (k + 1)), and these shares a
 to alpha over all looks (alpha spending with a union bound: valid whatever the
 correlation between looks). Early looks get most of it (alpha/2, alpha/6, ...); later
 ones need more evidence, which a pool that keeps growing provides.
+
+Canaries. A candidate that improved on the pool but not credibly yet, and held the guard
+set, is "waiting for evidence": the service may interleave it with the champion for a
+share of sessions (interleaving.py). A later run judges those sessions' clicks with
+`judge_canary`, as one more look at the same champion: same alpha spending, same look
+counter, so offline and online evidence together promote a useless candidate no more
+often than `alpha`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from statistics import NormalDist
 
 import numpy as np
 
 from embedloop.evaluation import EvalReport
+from embedloop.interleaving import InterleavingEvidence
 from embedloop.significance import bootstrap_ci, randomization_p_value, samples_to_resolve
 
 # Means of per-query scores carry float noise (0.51 - 0.50 = 0.010000000000000009): a
@@ -52,6 +60,9 @@ class Decision:
     incumbent: float
     delta: float
     numbers: dict[str, float] = field(default_factory=dict)
+    # Improved by more than min_improvement but not credibly yet, and not worse on the
+    # guard set: evidence from an interleaved canary could decide it.
+    waiting: bool = False
 
 
 def alpha_for_look(alpha: float, look: int) -> float:
@@ -145,12 +156,14 @@ def should_promote(candidate: EvalReport, incumbent: EvalReport, policy: Promoti
     if policy.alpha < 1.0 and p_value >= look_alpha:
         needed = queries_needed(deltas, alpha_for_look(policy.alpha, look + 1))
         numbers["queries_needed"] = float(needed)
-        return keep(f"candidate {metric} improved by {delta:+.4f} {scores} but not credibly "
-                    f"yet: {evidence}; look {look} at this champion may spend "
-                    f"alpha {look_alpha:.4f} (of {policy.alpha} over all looks), so p must be "
-                    f"below that. Missing evidence: a gain this size needs about {needed} "
-                    f"pool queries to be credible at the next look; the pool grows with "
-                    f"every batch")
+        held_guard = guard is None or guard_delta >= -policy.guard_tolerance - EPSILON
+        why = (f"candidate {metric} improved by {delta:+.4f} {scores} but not credibly "
+               f"yet: {evidence}; look {look} at this champion may spend "
+               f"alpha {look_alpha:.4f} (of {policy.alpha} over all looks), so p must be "
+               f"below that. Missing evidence: a gain this size needs about {needed} "
+               f"pool queries to be credible at the next look; the pool grows with "
+               f"every batch")
+        return replace(keep(why), waiting=held_guard)
     if guard is not None:
         if guard_delta < -policy.guard_tolerance - EPSILON:
             return keep(f"candidate {metric} improved by {delta:+.4f} {scores} but regressed "
@@ -164,3 +177,61 @@ def should_promote(candidate: EvalReport, incumbent: EvalReport, policy: Promoti
                     f"{policy.min_improvement:.4f}, credibly ({evidence}{look_note})"
                     f"{guard_note}",
                     cand, inc, delta, numbers)
+
+
+@dataclass(frozen=True)
+class CanaryVerdict:
+    action: str  # "promote", "stop", "continue", or "started" (by the run that kept it)
+    reason: str
+    numbers: dict[str, float] = field(default_factory=dict)
+    version: str = ""  # the canary's model version
+
+
+def judge_canary(evidence: InterleavingEvidence, policy: PromotionPolicy, look: int,
+                 max_sessions: int) -> CanaryVerdict:
+    """Judge a canary by its interleaved sessions, as the `look`-th look at the champion.
+
+    Promote: the candidate won more sessions than the champion, and the one-sided sign
+    test gives p below this look's share of alpha. Stop: the champion is credibly
+    preferred (p below alpha the other way; stopping cannot promote anything, so it
+    spends nothing), or `max_sessions` passed without a decision. Otherwise continue.
+    """
+    look_alpha = alpha_for_look(policy.alpha, look)
+    p_value = evidence.p_value
+    numbers = {"sessions": float(evidence.sessions),
+               "candidate_wins": float(evidence.candidate_wins),
+               "champion_wins": float(evidence.champion_wins), "p_value": p_value,
+               "look": float(look), "alpha_look": look_alpha}
+    tally = (f"{evidence.sessions} interleaved sessions: candidate won "
+             f"{evidence.candidate_wins}, champion {evidence.champion_wins}, "
+             f"{evidence.ties} tied or without clicks; sign test p={p_value:.4f}")
+    if evidence.candidate_wins > evidence.champion_wins and p_value < look_alpha:
+        return CanaryVerdict("promote", f"won the interleaved canary ({tally}; look {look} "
+                             f"at this champion may spend alpha {look_alpha:.4f})", numbers)
+    if evidence.champion_wins > evidence.candidate_wins and \
+            evidence.champion_p_value < policy.alpha:
+        return CanaryVerdict("stop", f"lost the interleaved canary ({tally}; the champion "
+                             f"is preferred at p={evidence.champion_p_value:.4f})", numbers)
+    if evidence.sessions >= max_sessions:
+        return CanaryVerdict("stop", f"no decision after {tally} (canary_max_sessions "
+                             f"{max_sessions})", numbers)
+    needed = sessions_needed(evidence, alpha_for_look(policy.alpha, look + 1))
+    numbers["sessions_needed"] = float(needed)
+    return CanaryVerdict("continue", f"not decided yet ({tally}, must be below "
+                         f"{look_alpha:.4f} at look {look}); "
+                         + (f"a preference this size needs about {needed} sessions"
+                            if needed else "no preference for the candidate so far"),
+                         numbers)
+
+
+def sessions_needed(evidence: InterleavingEvidence, alpha: float) -> int:
+    """About how many interleaved sessions the candidate's observed win share needs for
+    the sign test to reach `alpha` (normal approximation); 0 when it is not ahead."""
+    decided = evidence.candidate_wins + evidence.champion_wins
+    if evidence.candidate_wins <= evidence.champion_wins or decided == 0:
+        return 0
+    share = evidence.candidate_wins / decided  # > 0.5
+    z = NormalDist().inv_cdf(1.0 - alpha)
+    decided_needed = (z * 0.5 / (share - 0.5)) ** 2
+    return max(evidence.sessions,
+               math.ceil(decided_needed * evidence.sessions / decided))

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from embedloop.interleaving import CANDIDATE, CHAMPION, credit, team_draft
+from embedloop.interleaving import CANDIDATE, CHAMPION, credit, in_canary, team_draft
 
 DOCS = [f"d{i}" for i in range(20)]
 
@@ -85,3 +85,25 @@ def test_credit_counts_interleaved_sessions_only() -> None:
     assert (evidence.sessions, evidence.candidate_wins, evidence.champion_wins,
             evidence.ties) == (4, 3, 0, 1)
     assert evidence.p_value == pytest.approx(1 / 8)  # 3 of 3 decided sessions
+
+
+def test_teams_can_be_model_versions_and_only_that_pairs_sessions_count() -> None:
+    mixed = team_draft(DOCS[:10], DOCS[10:], 10, random.Random(5), teams=("3", "7"))
+    assert {t for _, t in mixed} == {"3", "7"}
+    rows = [("s1", "7", True), ("s1", "3", False),  # this canary: the candidate wins
+            ("s2", "3", True), ("s2", "7", False),  # the champion wins
+            ("s3", "3", False), ("s3", "5", True),  # an earlier canary (v5): not counted
+            ("s4", float("nan"), True)]  # not interleaved (a missing value in a frame)
+    evidence = credit(rows, champion="3", candidate="7")
+    assert (evidence.sessions, evidence.candidate_wins, evidence.champion_wins) == (2, 1, 1)
+
+
+def test_canary_sessions_are_a_stable_share() -> None:
+    sessions = [f"session-{i}" for i in range(20_000)]
+    for share in (0.0, 0.1, 0.5, 1.0):
+        chosen = [s for s in sessions if in_canary(s, share)]
+        assert len(chosen) == pytest.approx(share * len(sessions), abs=400)
+        assert chosen == [s for s in sessions if in_canary(s, share)]  # same every time
+    # a larger share keeps the sessions of a smaller one (raising it adds sessions)
+    assert set(filter(lambda s: in_canary(s, 0.1), sessions)) <= \
+        set(filter(lambda s: in_canary(s, 0.5), sessions))

@@ -5,10 +5,13 @@ import pandas as pd
 import pytest
 
 from embedloop.evaluation import METRICS, EvalReport
+from embedloop.interleaving import InterleavingEvidence
 from embedloop.promotion import (
     PromotionPolicy,
     alpha_for_look,
     alpha_spent,
+    judge_canary,
+    sessions_needed,
     should_promote,
 )
 from embedloop.significance import bootstrap_ci, randomization_p_value
@@ -157,3 +160,61 @@ def test_repeated_looks_under_no_gain_promote_at_most_alpha() -> None:
     print(f"false promotions: spending {spent}/{runs}, naive {naive}/{runs}")
     assert spent / runs <= 0.2
     assert naive / runs > 0.2  # the inflation the spending rule prevents
+
+
+@pytest.mark.parametrize("guard, waiting", [
+    (None, True),
+    ((report([0.5] * 4), report([0.5] * 4)), True),  # held the guard set
+    ((report([0.4] * 4), report([0.5] * 4)), False),  # lost on it: never canaried
+])
+def test_only_a_gain_short_of_evidence_that_held_the_guard_set_waits(
+        guard: tuple[EvalReport, EvalReport] | None, waiting: bool) -> None:
+    policy = PromotionPolicy(min_improvement=0.01, min_eval_queries=2)
+    decision = should_promote(report([0.65, 0.5, 0.5]), report([0.5, 0.5, 0.5]), policy,
+                              guard=guard)
+    assert not decision.promote and "not credibly" in decision.reason
+    assert decision.waiting is waiting
+
+
+def test_kept_for_any_other_reason_does_not_wait() -> None:
+    policy = PromotionPolicy(min_improvement=0.01, min_eval_queries=2)
+    for cand in ([0.5] * 8, [0.4] * 8, [0.505] * 8):  # tied, worse, too small a gain
+        assert not should_promote(report(cand), report([0.5] * 8), policy).waiting
+    assert not should_promote(report([0.6] * 8), report([0.5] * 8), policy).waiting  # promoted
+
+
+CANARY = PromotionPolicy(alpha=0.05)
+
+
+def test_a_canary_that_wins_credibly_is_promoted_at_this_looks_alpha() -> None:
+    evidence = InterleavingEvidence(sessions=400, candidate_wins=70, champion_wins=40)
+    p = evidence.p_value
+    assert 0.0025 < p < 0.025  # credible at look 1, not at look 4 (alpha/20)
+    first = judge_canary(evidence, CANARY, look=1, max_sessions=10_000)
+    assert first.action == "promote" and "won the interleaved canary" in first.reason
+    later = judge_canary(evidence, CANARY, look=4, max_sessions=10_000)
+    assert later.action == "continue" and later.numbers["sessions_needed"] > 400
+
+
+def test_a_canary_the_users_prefer_less_is_stopped() -> None:
+    evidence = InterleavingEvidence(sessions=300, candidate_wins=30, champion_wins=60)
+    verdict = judge_canary(evidence, CANARY, look=1, max_sessions=10_000)
+    assert verdict.action == "stop" and "lost the interleaved canary" in verdict.reason
+
+
+def test_an_undecided_canary_continues_then_ends_at_its_session_limit() -> None:
+    evidence = InterleavingEvidence(sessions=500, candidate_wins=51, champion_wins=49)
+    assert judge_canary(evidence, CANARY, 1, max_sessions=10_000).action == "continue"
+    ended = judge_canary(evidence, CANARY, 1, max_sessions=500)
+    assert ended.action == "stop" and "no decision" in ended.reason
+
+
+def test_sessions_needed_is_what_makes_the_sign_test_credible() -> None:
+    """Grow the evidence at the same win share to the estimate: it is then credible."""
+    evidence = InterleavingEvidence(sessions=200, candidate_wins=36, champion_wins=24)
+    needed = sessions_needed(evidence, 0.025)
+    assert needed > 200
+    scale = needed / 200 * 1.1
+    grown = InterleavingEvidence(round(200 * scale), round(36 * scale), round(24 * scale))
+    assert grown.p_value < 0.025
+    assert sessions_needed(InterleavingEvidence(100, 10, 12), 0.025) == 0  # not ahead
