@@ -112,3 +112,33 @@ def test_an_index_the_champion_did_not_build_is_never_searched(
     with pytest.raises(IndexUnavailable, match=f"built by {MODEL} v{v1}, not {MODEL} v{bare}"):
         production.champion_index()
     assert production.repair() is None  # nothing to realign to: the caller rebuilds
+
+
+def test_a_canary_is_judged_against_one_champion_and_ends_when_it_moves(
+        production: Production) -> None:
+    v1, v2, v3 = (new_version(production) for _ in range(3))
+    production.promote(v1)
+    with pytest.raises(IndexUnavailable, match="no index; the canary was not started"):
+        production.start_canary(new_version(production, with_index=False))
+    assert production.state().canary is None  # refused: nothing moved
+    production.start_canary(v2)
+    assert production.state().canary == v2
+    assert production.canary_pair(v1) == (v2, "v0002")
+    assert production.canary_pair(v3) is None  # only against the champion it started with
+    production.promote(v3)  # another candidate won: the canary's comparison is void
+    assert production.state().canary is None and production.registry.canary() is None
+    assert "moved from v1" in production.registry.version_info(v2).tags["canary_outcome"]
+
+    production.start_canary(v2)  # against v3 now; the canary itself wins
+    production.promote(v2)
+    assert production.registry.version_info(v2).tags["canary_outcome"] == "promoted"
+    assert production.state().canary is None
+
+
+def test_a_canary_left_from_an_earlier_champion_is_never_served(production: Production) -> None:
+    v1, v2, v3 = (new_version(production) for _ in range(3))
+    production.promote(v1)
+    production.start_canary(v2)
+    production.registry.promote(v3)  # the alias moved; the process died before the rest
+    assert production.state().canary is None  # v2 was judged against v1, not v3
+    assert production.canary_pair(v3) is None

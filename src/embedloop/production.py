@@ -39,6 +39,7 @@ class ProductionState:
     previous: str | None
     live_index: str | None
     live_manifest: IndexManifest | None
+    canary: str | None = None  # a kept candidate interleaved with the champion
 
     @property
     def aligned(self) -> bool:
@@ -73,9 +74,12 @@ class Production:
     # -- reading ---------------------------------------------------------------
     def state(self) -> ProductionState:
         live = self.store.live_version()
-        return ProductionState(self.model_name, self.registry.version_for_alias(CHAMPION),
+        champion = self.registry.version_for_alias(CHAMPION)
+        canary = self.registry.canary()
+        return ProductionState(self.model_name, champion,
                                self.registry.version_for_alias(PREVIOUS), live,
-                               self.store.manifest(live) if live else None)
+                               self.store.manifest(live) if live else None,
+                               canary[0] if canary and canary[1] == champion else None)
 
     def model_path(self, version: str) -> str:
         path = self.registry.local_model_path(version, self.models_dir)
@@ -108,6 +112,15 @@ class Production:
                 f"{self.model_name} v{champion}; searching it with that model is refused "
                 f"(run `embedloop status`, then `embedloop rollback` or a retrain to realign)")
         return champion, built
+
+    def canary_pair(self, champion: str) -> tuple[str, str] | None:
+        """(canary version, its index version) when a canary is judged against
+        `champion`; None otherwise (none, or one left from an earlier champion)."""
+        canary = self.registry.canary()
+        if canary is None or canary[1] != champion:
+            return None
+        index = self.store.latest_for_model(self.model_name, canary[0])
+        return (canary[0], index) if index is not None else None
 
     def champion_index(self) -> VectorIndex:
         """The index the champion built (see champion_pair), loaded."""
@@ -155,9 +168,26 @@ class Production:
                                        model_version=version,
                                        corpus_fingerprint=corpus_fingerprint)
 
+    def start_canary(self, version: str) -> None:
+        """`version` (registered, with its index saved) is interleaved with the champion
+        for the service's `canary_share` of sessions, until a run judges it or the
+        champion moves. Refused, with nothing moved, if it has no index."""
+        champion = self.registry.version_for_alias(CHAMPION)
+        if champion is None or champion == version:
+            raise IndexUnavailable(f"v{version} cannot be a canary against champion "
+                                   f"{champion and 'v' + champion}")
+        if self.store.latest_for_model(self.model_name, version) is None:
+            raise IndexUnavailable(f"v{version} has no index; the canary was not started")
+        self.registry.set_canary(version, against=champion)
+
+    def end_canary(self, outcome: str) -> None:
+        """Stop interleaving; `outcome` is tagged on the version (why it ended)."""
+        self.registry.end_canary(outcome)
+
     def promote(self, version: str) -> str | None:
         """The commit point: `version` becomes champion, then its newest index goes live.
-        Refused, with nothing moved, if it has no index. Returns the old champion."""
+        Refused, with nothing moved, if it has no index. Returns the old champion. A
+        canary ends with it (it was judged against the old champion)."""
         index_version = self.store.latest_for_model(self.model_name, version)
         if index_version is None:
             raise IndexUnavailable(f"v{version} has no index; promotion refused, nothing "
@@ -166,7 +196,13 @@ class Production:
         crash_point("promote")  # champion moved, live index not yet: see repair()
         pause_point("promote")
         self.store.set_live(index_version)
+        self._canary_ends(old, version, f"the champion moved from v{old} to v{version}")
         return old
+
+    def _canary_ends(self, old: str | None, new: str, why: str) -> None:
+        canary = self.registry.canary()
+        if canary is not None and canary[1] == old:
+            self.end_canary("promoted" if canary[0] == new else why)
 
     def rollback(self) -> Rollback:
         """`previous` becomes champion and its newest index goes live. The index is looked
@@ -179,6 +215,7 @@ class Production:
         old, new = self.registry.rollback()  # refused, saying why, if there is no previous
         assert index_version is not None
         self.store.set_live(index_version)
+        self._canary_ends(old, new, f"rolled back from v{old} to v{new}")
         return Rollback(old, new, index_version, self.registry.version_for_alias(PREVIOUS))
 
     def repair(self) -> str | None:

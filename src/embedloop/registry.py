@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 CHAMPION = "champion"
 PREVIOUS = "previous"
+CANARY = "canary"  # a kept candidate shown to a share of sessions, interleaved
 # Written into the logged model's requirements instead of letting MLflow infer them
 # (inference imports the model in a subprocess: ~9 s a run).
 MODEL_REQUIREMENTS = ["sentence-transformers", "torch", "transformers"]
@@ -135,6 +136,26 @@ class Registry:
     def tag_version(self, version: str, **tags: str) -> None:
         for key, value in tags.items():
             self.client.set_model_version_tag(self.model_name, version, key, value)
+
+    def set_canary(self, version: str, against: str) -> None:
+        """`version` becomes the canary, judged against champion `against` only."""
+        self.tag_version(version, canary_against=against,
+                         canary_since=datetime.now(UTC).isoformat(timespec="seconds"))
+        self.client.set_registered_model_alias(self.model_name, CANARY, version)
+
+    def canary(self) -> tuple[str, str] | None:
+        """(canary version, the champion it is judged against), or None."""
+        version = self.version_for_alias(CANARY)
+        if version is None:
+            return None
+        return version, self.version_info(version).tags.get("canary_against", "")
+
+    def end_canary(self, outcome: str) -> None:
+        canary = self.version_for_alias(CANARY)
+        if canary is None:
+            return
+        self.tag_version(canary, canary_outcome=outcome[:5000])
+        self.client.delete_registered_model_alias(self.model_name, CANARY)
 
     def promote(self, version: str) -> str | None:
         """Make `version` the champion; the old champion becomes `previous`.
