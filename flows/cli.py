@@ -141,6 +141,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"evidence    {looks} candidate(s) judged against v{champion}; alpha spent "
               f"{spent:.4f} of {settings.significance_alpha:g}, the next may spend "
               f"{alpha_for_look(settings.significance_alpha, looks + 1):.4f}")
+        if state.canary:
+            since = registry.version_info(state.canary).tags.get("canary_since", "?")
+            print(f"canary      v{state.canary} interleaved with v{champion} since {since} "
+                  f"for {settings.canary_share:.0%} of search sessions; the next retrain "
+                  f"judges its clicks")
     if state.live_manifest:
         m = state.live_manifest
         flag = "" if state.aligned else "  MISMATCH: not built by the champion"
@@ -323,7 +328,8 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     live = LiveSearch(Production.from_settings(settings), max_seq_length=settings.max_seq_length,
                       batch_size=settings.encode_batch_size, poll_s=settings.api_poll_s,
-                      max_batch=settings.api_max_batch, on_failure=alert)
+                      max_batch=settings.api_max_batch, canary_share=settings.canary_share,
+                      on_failure=alert)
     live.refresh()  # nothing to serve yet is not fatal: it follows the first promotion
     live.watch()
     health = live.health()
@@ -332,6 +338,8 @@ def cmd_api(args: argparse.Namespace) -> int:
           + (f"serving model v{serving['model_version']} with index {serving['index_version']}"
              if serving else f"with nothing to serve yet ({health['error']})")
           + f"; following promotions every {settings.api_poll_s:g} s"
+          + (f"; canaries interleaved for {settings.canary_share:.0%} of sessions"
+             if settings.canary_share else "")
           + ("; bearer token required" if token else ""), flush=True)
     app = create_app(live, token=token, max_query_chars=settings.max_query_chars,
                      max_k=settings.api_max_k)

@@ -127,7 +127,7 @@ def service(tmp_path_factory: pytest.TempPathFactory, tiny_beir: Path,
 
     alerts: list[str] = []
     live = LiveSearch(production, device="cpu", max_seq_length=96, poll_s=0.1, retry_s=3600,
-                      on_failure=alerts.append)
+                      canary_share=0.5, on_failure=alerts.append)
     live.refresh()
     live.watch()
     port = free_port()
@@ -232,6 +232,53 @@ def test_promotions_and_rollbacks_swap_under_load_without_mixing(service: Servic
         np.testing.assert_allclose([r["score"] for r in body["results"]],
                                    service.expected[pair], atol=1e-4)
     assert max(swap_seconds) < 10, swap_seconds
+
+
+def test_a_canary_is_interleaved_for_its_share_of_sessions(service: Service) -> None:
+    """Canary v2 against champion v1, for half the sessions (the hash of the session id):
+    those get a team-draft mix, each result labelled with the version that placed it;
+    the others, and requests without a session, get the champion's list alone."""
+    production = service.production
+    assert production.state().champion == "1"
+    champion = service.get("/search", q=QUERY, k=10)[1]  # no session: never interleaved
+    production.start_canary("2")
+    started = time.monotonic()
+    while service.live.health()["canary"] is None:
+        assert time.monotonic() - started < 20, service.live.health()
+        time.sleep(0.05)
+    assert service.live.health()["canary"] == {"model_version": "2", "index_version": "v0002",
+                                               "against": "1", "share": 0.5}
+    answers = [service.get("/search", q=QUERY, k=10, session=f"user-{i}")[1]
+               for i in range(40)]
+    mixed = [a for a in answers if "canary" in a]
+    assert 8 <= len(mixed) <= 32  # about half
+    for body in answers:
+        if "canary" not in body:  # a plain session: the champion's own list, no teams
+            assert body["results"] == champion["results"]
+            continue
+        assert body["canary"] == {"model_version": "2", "index_version": "v0002"}
+        assert body["model_version"] == "1"
+        docs = [r["doc_id"] for r in body["results"]]
+        teams = [r["team"] for r in body["results"]]
+        assert len(docs) == len(set(docs)) == 10 and set(teams) == {"1", "2"}
+        assert abs(teams.count("1") - teams.count("2")) <= 1
+        ours = [r["doc_id"] for r in body["results"] if r["team"] == "1"]
+        ranking = [r["doc_id"] for r in champion["results"]]
+        assert ours == [d for d in ranking if d in ours]  # in the champion's own order
+    again = service.get("/search", q=QUERY, k=10, session="user-0")[1]
+    assert again == answers[0]  # a session sees the same list when it asks again
+    metrics = service.get("/metrics", token=None)[1]
+    assert 'embedloop_canary_info{model_version="2",index_version="v0002"} 1' in metrics
+    assert f"embedloop_interleaved_total {len(mixed) + ('canary' in again)}" in metrics
+
+    production.promote("2")  # the canary won: it is the champion now, and no canary
+    service.wait_for(("2", "v0002"))
+    while service.live.health()["canary"] is not None:
+        assert time.monotonic() - started < 40, service.live.health()
+        time.sleep(0.05)
+    assert "canary" not in service.get("/search", q=QUERY, k=10, session="user-0")[1]
+    production.rollback()
+    service.wait_for(("1", "v0001"))
 
 
 def test_a_damaged_new_version_is_refused_while_the_old_keeps_serving(

@@ -1,6 +1,8 @@
 """The search service over HTTP (FastAPI): what `embedloop api` runs.
 
-    GET  /search?q=&k=&session=   the live pair's top k, naming the pair that answered
+    GET  /search?q=&k=&session=   the live pair's top k, naming the pair that answered;
+                                  for a canary session, a team-draft mix of champion and
+                                  canary, each result's `team` the version that placed it
     POST /embed                   {"texts": [...], "kind": "query"|"document"} -> vectors
     GET  /healthz                 ok | degraded (serving the last good pair) | unavailable
     GET  /metrics                 Prometheus text: latency histogram, requests by status,
@@ -69,12 +71,21 @@ def create_app(live: LiveSearch, *, token: str | None = None, max_query_chars: i
         if not q.strip():
             raise HTTPException(422, "q: the query is blank")
         # Awaited, not run in a thread: the batcher's worker does the model's work.
-        pair, answer = live.submit(q, k)
-        hits = await asyncio.wrap_future(answer)
-        return {"results": [{"doc_id": h.doc_id, "score": round(h.score, 6), "title": h.title}
-                            for h in hits],
-                "model": live.production.model_name, "model_version": pair.model_version,
-                "index_version": pair.index_version}
+        pending = live.submit(q, k, session)
+        champion = await asyncio.wrap_future(pending.champion)
+        canary = await asyncio.wrap_future(pending.canary) if pending.canary else None
+        answer = pending.answer(champion, canary)
+        results = [{"doc_id": h.doc_id, "score": round(h.score, 6), "title": h.title}
+                   for h in answer.hits]
+        for result, team in zip(results, answer.teams or (), strict=False):
+            result["team"] = team  # the model version that placed it
+        body = {"results": results, "model": live.production.model_name,
+                "model_version": answer.pair.model_version,
+                "index_version": answer.pair.index_version}
+        if answer.canary is not None:
+            body["canary"] = {"model_version": answer.canary.model_version,
+                              "index_version": answer.canary.index_version}
+        return body
 
     @app.post("/embed", dependencies=[Depends(authorized), Depends(serving)])
     def embed(body: EmbedRequest) -> dict[str, Any]:
@@ -97,7 +108,8 @@ def create_app(live: LiveSearch, *, token: str | None = None, max_query_chars: i
 
     @app.get("/metrics")
     def metrics() -> PlainTextResponse:
-        return PlainTextResponse(live.metrics.render(live.pair, live.degraded),
+        return PlainTextResponse(live.metrics.render(live.pair, live.degraded,
+                                                     live.canary_pair),
                                  media_type="text/plain; version=0.0.4")
 
     return app

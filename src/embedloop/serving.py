@@ -6,11 +6,17 @@ the new pair beside the old one and replaces it with one reference assignment, s
 request is answered by the old pair or the new, never a mix. A new pair that cannot be
 loaded (damaged index, unreadable model) is not swapped in: the old pair keeps serving,
 health says so, and the failure is reported once per wanted pair (then retried slowly).
+
+A canary (production.py: a candidate waiting for evidence) is kept warm beside the
+champion. Sessions in `canary_share` (a stable hash of the session id) get a team-draft
+mix of both rankings, each result labelled with the model version that placed it: the
+`team` the front end logs and the next run credits (interleaving.py).
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import logging
 import queue
 import threading
@@ -23,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from embedloop.encoding import encode
+from embedloop.interleaving import in_canary, session_rng, team_draft
 from embedloop.production import Production
 from embedloop.retrieval import Hit, Retriever
 
@@ -49,6 +56,7 @@ class Metrics:
     latency_sum: dict[str, float] = field(default_factory=dict)
     swaps: int = 0
     swap_failures: int = 0
+    interleaved: int = 0  # searches answered with a champion/canary mix
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
@@ -58,7 +66,8 @@ class Metrics:
             counts[bisect.bisect_left(BUCKETS, seconds)] += 1
             self.latency_sum[endpoint] = self.latency_sum.get(endpoint, 0.0) + seconds
 
-    def render(self, pair: LivePair | None, degraded: bool) -> str:
+    def render(self, pair: LivePair | None, degraded: bool,
+               canary: LivePair | None = None) -> str:
         lines = ["# HELP embedloop_requests_total Requests answered, by endpoint and status.",
                  "# TYPE embedloop_requests_total counter"]
         with self.lock:
@@ -89,8 +98,55 @@ class Metrics:
                          f'index_version="{pair.index_version}"}} 1')
         lines += ["# HELP embedloop_degraded 1 while production moved to a pair this service "
                   "could not load (it serves the last good pair).",
-                  "# TYPE embedloop_degraded gauge", f"embedloop_degraded {int(degraded)}"]
+                  "# TYPE embedloop_degraded gauge", f"embedloop_degraded {int(degraded)}",
+                  "# HELP embedloop_canary_info The candidate interleaved with the champion "
+                  "for a share of sessions (absent: none).",
+                  "# TYPE embedloop_canary_info gauge"]
+        if canary is not None:
+            lines.append(f'embedloop_canary_info{{model_version="{canary.model_version}",'
+                         f'index_version="{canary.index_version}"}} 1')
+        lines += ["# HELP embedloop_interleaved_total Searches answered with a team-draft "
+                  "mix of the champion and the canary.",
+                  "# TYPE embedloop_interleaved_total counter",
+                  f"embedloop_interleaved_total {self.interleaved}"]
         return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Answer:
+    pair: LivePair  # the champion's pair, which answered (with the canary, if any)
+    hits: list[Hit]
+    teams: list[str] | None = None  # per hit, the model version that placed it
+    canary: LivePair | None = None  # the candidate's pair, for an interleaved session
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A query on its way through the batcher: the champion's search, and the canary's
+    when the session is interleaved."""
+
+    pair: LivePair
+    champion: Future[list[Hit]]
+    k: int
+    session: str = ""
+    query: str = ""
+    canary_pair: LivePair | None = None
+    canary: Future[list[Hit]] | None = None
+
+    def answer(self, champion_hits: list[Hit], canary_hits: list[Hit] | None) -> Answer:
+        if self.canary_pair is None or canary_hits is None:
+            return Answer(self.pair, champion_hits)
+        teams = (self.pair.model_version, self.canary_pair.model_version)
+        by_team = {teams[0]: {h.doc_id: h for h in champion_hits},
+                   teams[1]: {h.doc_id: h for h in canary_hits}}
+        mixed = team_draft([h.doc_id for h in champion_hits], [h.doc_id for h in canary_hits],
+                           self.k, session_rng(self.session, self.query), teams)
+        return Answer(self.pair, [by_team[team][doc] for doc, team in mixed],
+                      [team for _, team in mixed], self.canary_pair)
+
+    def result(self) -> Answer:
+        return self.answer(self.champion.result(),
+                           self.canary.result() if self.canary is not None else None)
 
 
 class QueryBatcher:
@@ -147,6 +203,7 @@ class LiveSearch:
     def __init__(self, production: Production, *, device: str | None = None,
                  max_seq_length: int | None = None, batch_size: int = 64,
                  poll_s: float = 2.0, retry_s: float = 60.0, max_batch: int = 32,
+                 canary_share: float = 0.0,
                  on_failure: Callable[[str], None] | None = None) -> None:
         self.production = production
         self.device, self.max_seq_length, self.batch_size = device, max_seq_length, batch_size
@@ -155,6 +212,11 @@ class LiveSearch:
         self.metrics = Metrics()
         self.batcher = QueryBatcher(max_batch)
         self.pair: LivePair | None = None
+        # (the champion version it is judged against, its pair): interleaved with that
+        # champion for `canary_share` of sessions
+        self.canary: tuple[str, LivePair] | None = None
+        self.canary_share = canary_share
+        self.canary_error: str | None = None
         self.wanted: tuple[str, str] | None = None
         self.error: str | None = None  # why `wanted` is not being served
         self._failed_at: dict[tuple[str, str], float] = {}
@@ -169,14 +231,22 @@ class LiveSearch:
             raise RuntimeError(self.error or "no model loaded yet")
         return pair
 
-    def submit(self, text: str, k: int) -> tuple[LivePair, Future[list[Hit]]]:
-        """The pair that will answer, and the answer to come (async servers await it)."""
-        pair = self.current()
-        return pair, self.batcher.submit(pair, text, k)
+    def submit(self, text: str, k: int, session: str = "") -> Pending:
+        """The pair(s) that will answer, and the answers to come (async servers await
+        them). The canary is read once too, and only used with the champion it is
+        judged against."""
+        pair, canary = self.current(), self.canary
+        pending = Pending(pair, self.batcher.submit(pair, text, k), k, session, text)
+        if (canary is not None and canary[0] == pair.model_version and session
+                and in_canary(session, self.canary_share)):
+            with self.metrics.lock:
+                self.metrics.interleaved += 1
+            return dataclasses.replace(pending, canary_pair=canary[1],
+                                       canary=self.batcher.submit(canary[1], text, k))
+        return pending
 
-    def search(self, text: str, k: int) -> tuple[LivePair, list[Hit]]:
-        pair, hits = self.submit(text, k)
-        return pair, hits.result()
+    def search(self, text: str, k: int, session: str = "") -> Answer:
+        return self.submit(text, k, session).result()
 
     def embed(self, texts: Sequence[str]) -> tuple[LivePair, np.ndarray]:
         """Texts encoded by the live model as its index's documents were encoded."""
@@ -189,8 +259,13 @@ class LiveSearch:
     def degraded(self) -> bool:
         return self.error is not None and self.pair is not None
 
+    @property
+    def canary_pair(self) -> LivePair | None:
+        canary = self.canary
+        return canary[1] if canary is not None else None
+
     def health(self) -> dict[str, Any]:
-        pair = self.pair
+        pair, canary = self.pair, self.canary
         return {"status": "ok" if self.error is None else
                 ("degraded" if pair is not None else "unavailable"),
                 "serving": None if pair is None else {
@@ -198,42 +273,89 @@ class LiveSearch:
                     "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(pair.loaded_at))},
                 "production": None if self.wanted is None else {
                     "model_version": self.wanted[0], "index_version": self.wanted[1]},
+                "canary": None if canary is None else {
+                    "model_version": canary[1].model_version,
+                    "index_version": canary[1].index_version, "against": canary[0],
+                    "share": self.canary_share},
+                "canary_error": self.canary_error,
                 "error": self.error}
 
     # -- following production ------------------------------------------------------
     def refresh(self) -> bool:
-        """Swap in production's pair if it moved; True if a new pair now serves."""
+        """Swap in production's pair if it moved, and follow its canary; True if a new
+        champion pair now serves."""
         with self._refresh_lock:
-            try:
-                wanted = self.production.champion_pair()
-            except Exception as exc:  # the registry is down, or production is broken
-                self._fail(None, f"cannot read production: {type(exc).__name__}: {exc}")
-                return False
-            self.wanted = wanted
-            pair = self.pair
-            if pair is not None and (pair.model_version, pair.index_version) == wanted:
-                self.error = None
-                return False
-            failed = self._failed_at.get(wanted)
-            if failed is not None and time.monotonic() - failed < self.retry_s:
-                return False
-            try:
-                new = self._load(*wanted)
-            except Exception as exc:
-                self._failed_at[wanted] = time.monotonic()
-                with self.metrics.lock:
-                    self.metrics.swap_failures += 1
-                self._fail(wanted, f"cannot load model v{wanted[0]} with index {wanted[1]}: "
-                                   f"{type(exc).__name__}: {exc}")
-                return False
-            self.pair = new  # the swap: one assignment
-            self._failed_at.pop(wanted, None)
+            swapped = self._follow_champion()
+            if self.canary_share > 0:
+                self._follow_canary()
+            return swapped
+
+    def _follow_canary(self) -> None:
+        """Load the canary production names for the serving champion, or drop it. A
+        canary that cannot be loaded is not interleaved (the champion serves alone); it
+        is reported once, and does not make the service degraded."""
+        pair = self.pair
+        try:
+            wanted = self.production.canary_pair(pair.model_version) if pair else None
+        except Exception as exc:
+            wanted, self.canary_error = None, f"cannot read the canary: {exc}"
+        current = self.canary
+        if wanted is None:
+            self.canary = None
+            return
+        if current is not None and current[0] == pair.model_version and \
+                (current[1].model_version, current[1].index_version) == wanted:
+            return
+        failed = self._failed_at.get(wanted)
+        if failed is not None and time.monotonic() - failed < self.retry_s:
+            return
+        try:
+            self.canary = (pair.model_version, self._load(*wanted))
+            self.canary_error = None
+            logger.info("canary v%s (index %s) interleaved with champion v%s for %.0f%% "
+                        "of sessions", wanted[0], wanted[1], pair.model_version,
+                        100 * self.canary_share)
+        except Exception as exc:
+            self._failed_at[wanted] = time.monotonic()
+            self.canary = None
+            message = (f"cannot load canary v{wanted[0]} with index {wanted[1]}: "
+                       f"{type(exc).__name__}: {exc}; the champion serves alone")
+            if message != self.canary_error:
+                logger.error("%s", message)
+            self.canary_error = message
+
+    def _follow_champion(self) -> bool:
+        """Swap in the champion's pair if production moved; True if it did."""
+        try:
+            wanted = self.production.champion_pair()
+        except Exception as exc:  # the registry is down, or production is broken
+            self._fail(None, f"cannot read production: {type(exc).__name__}: {exc}")
+            return False
+        self.wanted = wanted
+        pair = self.pair
+        if pair is not None and (pair.model_version, pair.index_version) == wanted:
             self.error = None
+            return False
+        failed = self._failed_at.get(wanted)
+        if failed is not None and time.monotonic() - failed < self.retry_s:
+            return False
+        try:
+            new = self._load(*wanted)
+        except Exception as exc:
+            self._failed_at[wanted] = time.monotonic()
             with self.metrics.lock:
-                self.metrics.swaps += 1
-            logger.info("serving model v%s with index %s%s", wanted[0], wanted[1],
-                        f" (was v{pair.model_version} / {pair.index_version})" if pair else "")
-            return True
+                self.metrics.swap_failures += 1
+            self._fail(wanted, f"cannot load model v{wanted[0]} with index {wanted[1]}: "
+                               f"{type(exc).__name__}: {exc}")
+            return False
+        self.pair = new  # the swap: one assignment
+        self._failed_at.pop(wanted, None)
+        self.error = None
+        with self.metrics.lock:
+            self.metrics.swaps += 1
+        logger.info("serving model v%s with index %s%s", wanted[0], wanted[1],
+                    f" (was v{pair.model_version} / {pair.index_version})" if pair else "")
+        return True
 
     def _load(self, model_version: str, index_version: str) -> LivePair:
         from embedloop.encoding import load_model
