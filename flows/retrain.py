@@ -1,6 +1,7 @@
 """The retrain flow: the README's diagram, one task per stage.
 
-    ingest -> validate -> pairs -> fine-tune -> evaluate -> decide -> promote | keep
+    ingest -> validate -> [canary won? promote it] -> pairs -> fine-tune -> evaluate
+        -> decide -> promote | keep (and canary it, if it is waiting for evidence)
 
 Evaluation is on the evaluation pool (queries never trained on, growing with every
 batch), and each decision spends part of `significance_alpha` as one more look at the
@@ -34,6 +35,7 @@ from embedloop.summary import RunResults, RunSummary
 from embedloop.tracking import finish_tracking, mlflow_run_link
 from flows.alerts import notify_failure, refused
 from tasks._stage import stage_clock
+from tasks.canary import judge_canary_stage, promote_canary_stage, start_canary_stage
 from tasks.evaluate import candidate_stage, decide_stage, evaluate_stage, incumbent_stage
 from tasks.ingest import commit_batch_stage, commit_cursors_stage, ingest_logs, load_corpus_stage
 from tasks.publish import ensure_champion_stage, publish_stage, register_stage
@@ -95,10 +97,23 @@ def run_retrain(settings: Settings, trigger: str, reason: str,
         if not verdict.ok:
             reject_batch_stage(settings, ledger, got.new.cursors, batch_id, validation, verdict)
 
+        history = load_accepted_history(settings.state_dir, ledger)
+        got.canary = judge_canary_stage(settings, production, champion, validation.accepted,
+                                        history)
+        if got.canary is not None and got.canary.action == "promote":
+            got.candidate_version = got.canary.version
+            got.promoted_index = promote_canary_stage(production, got.canary.version)
+            # The batch is not committed: the next run reads it again and trains on it
+            # from the new champion.
+            return _finish(settings, production, got, seconds, "promoted",
+                           f"canary v{got.canary.version} {got.canary.reason}; this "
+                           f"batch is left for the next run, which trains from "
+                           f"v{got.canary.version}")
+
         guard_qrels = load_guard_set(settings.state_dir)
         got.data = data = build_pairs_stage(
             settings, validation.accepted, corpus, set(guard_qrels) if guard_qrels else None,
-            load_accepted_history(settings.state_dir, ledger))
+            history)
         incumbent, note = incumbent_stage(settings, production, champion, corpus, runtime)
         got.notes += [note] if note else []
         if settings.hard_negatives and settings.mine_negatives:
@@ -121,7 +136,10 @@ def run_retrain(settings: Settings, trigger: str, reason: str,
         if decision.promote:  # the commit point: champion and live index move together
             got.promoted_index = publish_stage(production, candidate.index,
                                                got.candidate_version, corpus)
-        # else: production stays as it is; the registered candidate says why
+        else:  # production stays as it is; the registered candidate says why
+            got.canary_started = start_canary_stage(settings, production, decision,
+                                                    got.canary, candidate.index,
+                                                    got.candidate_version, corpus)
 
         first_pool = dict(sorted(data.eval_qrels.items())[: settings.guard_queries])
         commit_batch_stage(settings, ledger, got.new.cursors, batch_id, validation.accepted,

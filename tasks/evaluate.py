@@ -144,16 +144,21 @@ def evaluate_stage(settings: Settings, candidate: Retriever, incumbent: Retrieve
     return Evaluation(cand, inc, recent, guard)
 
 
+def promotion_policy(settings: Settings) -> PromotionPolicy:
+    return PromotionPolicy(
+        primary_metric=settings.primary_metric, min_improvement=settings.min_improvement,
+        min_eval_queries=settings.min_holdout_queries, alpha=settings.significance_alpha,
+        guard_tolerance=settings.guard_tolerance)
+
+
 @stage(name="decide")
 def decide_stage(settings: Settings, evaluation: Evaluation, champion: Champion) -> Decision:
     """One more look at the champion, counted before the decision is acted on (a crash
     can only overcount), then the gate."""
     look = record_look(settings.state_dir, champion.version)
-    decision = should_promote(evaluation.candidate, evaluation.incumbent, PromotionPolicy(
-        primary_metric=settings.primary_metric, min_improvement=settings.min_improvement,
-        min_eval_queries=settings.min_holdout_queries, alpha=settings.significance_alpha,
-        guard_tolerance=settings.guard_tolerance), guard=evaluation.guard, look=look,
-        recent=evaluation.recent)
+    decision = should_promote(evaluation.candidate, evaluation.incumbent,
+                              promotion_policy(settings), guard=evaluation.guard, look=look,
+                              recent=evaluation.recent)
     get_run_logger().info("decision: %s - %s", "promote" if decision.promote else "keep",
                           decision.reason)
     return decision

@@ -82,6 +82,12 @@ class Settings:
     significance_alpha: float = 0.05
     guard_tolerance: float = 0.01  # largest allowed loss on the guard set
     guard_queries: int = 100  # the first run's pool queries, frozen as the guard set
+    # Interleaved canary: a candidate that improved but not credibly yet (and held the
+    # guard set) is mixed into the champion's lists for this share of search sessions by
+    # the service; later runs judge it by those sessions' clicks (promotion.py). 0: off.
+    canary_share: float = 0.0
+    canary_min_sessions: int = 50  # fewer interleaved sessions than this: not judged yet
+    canary_max_sessions: int = 20_000  # undecided after this many: the canary ends
     # encoding
     max_seq_length: int | None = None  # None keeps the model's own (256 for MiniLM)
     encode_batch_size: int = 64
@@ -245,12 +251,13 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
     ("guard_tolerance", lambda v: v >= 0, "0 or more"),
     ("min_click_relevance", lambda v: v >= 0, "0 or more"),
     ("min_clicks", lambda v: v >= 0, "0 or more"),
+    ("canary_share", lambda v: 0 <= v <= 1, "in [0, 1] (a share of search sessions)"),
     ("api_poll_s", lambda v: v > 0, "above 0"),
     ("api_port", lambda v: 0 < v < 65536, "a TCP port (1 to 65535)"))
 _POSITIVE = ("min_holdout_queries", "guard_queries", "max_query_chars", "max_position",
              "negative_search_k", "encode_batch_size", "encode_chunk_docs", "encode_workers",
              "train_timeout_s", "encode_timeout_s", "index_hnsw_min_docs", "index_ivf_min_docs",
-             "api_max_k", "api_max_batch")
+             "api_max_k", "api_max_batch", "canary_min_sessions", "canary_max_sessions")
 
 
 def _check(settings: Settings) -> None:

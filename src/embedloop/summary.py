@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from embedloop.logs import NewRows
     from embedloop.pairs import TrainingData
-    from embedloop.promotion import Decision
+    from embedloop.promotion import CanaryVerdict, Decision
     from embedloop.validation import LogValidation
 
 
@@ -38,6 +38,9 @@ class RunSummary:
     mlflow_run_id: str | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # the interleaved canary: the one judged by this run, and one it started
+    canary: dict[str, Any] = field(default_factory=dict)
+    canary_started: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,7 +84,13 @@ class RunSummary:
         if "guard_delta" in self.gate:
             out.append(("guard set", f"{self.gate['guard_delta']:+.4f} on "
                                      f"{int(self.gate['guard_queries'])} fixed queries"))
+        if self.canary:
+            out.append(("canary", f"v{self.canary['version']}: {self.canary['action']} - "
+                                  f"{self.canary['reason']}"))
         out += [("decision", self.outcome.upper()), ("why", self.decision_reason)]
+        if self.canary_started:
+            out.append(("canary started", f"v{self.canary_started}: interleaved with the "
+                                          f"champion until its clicks decide"))
         if self.candidate_version:
             out.append(("candidate version", f"v{self.candidate_version}"))
         out += [("champion now", f"v{self.champion_version}" if self.champion_version else "-"),
@@ -121,6 +130,8 @@ class RunResults:
     decision: Decision | None = None
     candidate_version: str | None = None
     promoted_index: str | None = None  # the candidate's index, live since publish
+    canary: CanaryVerdict | None = None
+    canary_started: CanaryVerdict | None = None
     notes: list[str] = field(default_factory=list)
 
     def summary(self, outcome: str, why: str, *, live_index: str | None,
@@ -142,4 +153,8 @@ class RunResults:
                               else self.incumbent_version),
             live_index=live_index, mlflow_run_id=self.mlflow_run_id,
             stage_seconds=dict(stage_seconds),
-            notes=[*self.notes, *(new.notes if new else [])])
+            notes=[*self.notes, *(new.notes if new else [])],
+            canary={} if self.canary is None else {
+                "version": self.canary.version, "action": self.canary.action,
+                "reason": self.canary.reason, **self.canary.numbers},
+            canary_started=self.canary_started.version if self.canary_started else None)

@@ -157,6 +157,14 @@ def finish_tracking(registry: Registry, run_id: str, summary: RunSummary,
     for stage, seconds in summary.stage_seconds.items():
         client.log_metric(run_id, f"seconds.{stage}", seconds)
     client.log_metric(run_id, "unreadable_files", len(summary.unreadable_files))
+    if summary.canary:  # the canary's evidence, run by run, in the metric charts
+        client.set_tag(run_id, "canary", f"v{summary.canary['version']}: "
+                                         f"{summary.canary['action']}")
+        for key in ("sessions", "candidate_wins", "champion_wins", "p_value"):
+            if key in summary.canary:
+                client.log_metric(run_id, f"canary.{key}", summary.canary[key])
+    if summary.canary_started:
+        client.set_tag(run_id, "canary_started", summary.canary_started)
     if summary.pairs:  # the pool's growth, run by run, in the metric charts
         client.log_metric(run_id, "pool.queries", summary.eval_queries)
         client.log_metric(run_id, "pool.new_queries", summary.pool_new)
