@@ -8,6 +8,7 @@
     embedloop demo                     make the bundled demo data and retrain on it
     embedloop serve                    serve the nightly/manual/rollback deployments
     embedloop api                      the search service, following promotions
+    embedloop stop-canary --reason ""  stop interleaving the canary with the champion
 
 Exit codes: 0 done, 1 failed (one line on stderr; `--debug` shows the traceback),
 2 usage, 3 refused (nothing is wrong and nothing changed: another run holds the lock,
@@ -192,6 +193,19 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     print(f"rolled back: champion v{result['from']} -> v{result['to']}; live index "
           f"{result['live_index']}; previous is now "
           f"{'v' + result['previous'] if result['previous'] else 'none'}")
+    return EXIT_OK
+
+
+def cmd_stop_canary(args: argparse.Namespace) -> int:
+    from embedloop.production import Production
+
+    production = Production.from_settings(_settings(args))
+    canary = production.state().canary
+    if canary is None:
+        return _refused(args, "there is no canary running")
+    production.end_canary(f"stopped by hand: {args.reason}")
+    print(f"canary v{canary} stopped: the service serves the champion alone within "
+          f"api_poll_s; production is otherwise unchanged")
     return EXIT_OK
 
 
@@ -394,6 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="previous champion and its index back, in one step")
     p.add_argument("--reason", required=True, help="why (recorded in MLflow)")
     p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("stop-canary", parents=[common],
+                       help="stop interleaving the canary with the champion")
+    p.add_argument("--reason", required=True, help="why (tagged on the canary's version)")
+    p.set_defaults(func=cmd_stop_canary)
 
     p = sub.add_parser("search", parents=[common, data], help="query the live index")
     p.add_argument("text")

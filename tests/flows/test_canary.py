@@ -13,6 +13,7 @@ from embedloop.config import load_settings
 from embedloop.ledger import load_ledger, looks_at
 from embedloop.production import Production
 from embedloop.serving import LiveSearch
+from flows.cli import main
 from tests.flows.test_retrain import run
 from tests.helpers import make_home
 
@@ -20,7 +21,8 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def test_a_waiting_candidate_is_canaried_then_promoted_by_its_sessions_clicks(
-        tmp_path: Path, sim_logs: Path, tiny_beir: Path) -> None:
+        tmp_path: Path, sim_logs: Path, tiny_beir: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
     logs = tmp_path / "logs"
     logs.mkdir()
     (logs / "day-1.jsonl").write_bytes((sim_logs / "batch-001.jsonl").read_bytes())
@@ -36,6 +38,15 @@ def test_a_waiting_candidate_is_canaried_then_promoted_by_its_sessions_clicks(
     production = Production.from_settings(settings)
     assert production.state().canary == "2"
     assert production.canary_pair("1") is not None  # its evaluated index was kept
+    assert main(["status", "--config", str(config)]) == 0
+    assert "canary      v2 interleaved with v1" in capsys.readouterr().out
+    # on-call can stop it (and nothing else moves); started again for the rest
+    assert main(["stop-canary", "--reason", "looks odd", "--config", str(config)]) == 0
+    assert production.state().canary is None and production.state().champion == "1"
+    assert main(["stop-canary", "--reason", "again", "--config", str(config)]) == 3
+    assert "stopped by hand: looks odd" in production.registry.version_info(
+        "2").tags["canary_outcome"]
+    production.start_canary("2")
 
     # The service's core interleaves v2 with v1; users of 30 sessions click what v2 placed.
     live = LiveSearch(production, device="cpu", max_seq_length=96, canary_share=1.0)
