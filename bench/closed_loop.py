@@ -49,6 +49,13 @@ def wait_until_serving(base: str, version: str, timeout: float = 300) -> float:
         time.sleep(0.2)
 
 
+def canary_cell(day: dict[str, Any]) -> str:
+    judged, started = day.get("canary") or {}, day.get("canary_started")
+    cell = (f"v{judged['version']} {judged['action']} ({int(judged.get('sessions', 0))} "
+            f"sessions)" if judged else "")
+    return "; ".join(x for x in (cell, f"v{started} started" if started else "") if x) or "-"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--beir", type=Path, default=REPO.parent / "shared/benchmarks/scifact")
@@ -59,6 +66,8 @@ def main() -> None:
     ap.add_argument("--inject-relevant", default="0",
                     help="the simulator's chance of mixing in a missed relevant document "
                          "(0: users see exactly what the service ranked)")
+    ap.add_argument("--canary-share", type=float, default=0.0,
+                    help="canary_share for the service and the retrains (0: no canary)")
     ap.add_argument("--score-split", default="test")
     ap.add_argument("--config", type=Path, default=REPO / "bench/protocol.toml")
     ap.add_argument("--compare", type=Path, help="a bench/protocol.py results.json")
@@ -74,7 +83,9 @@ def main() -> None:
     home, arrived = (args.out / "home").resolve(), (args.out / "arrived").resolve()
     arrived.mkdir(parents=True)
     overrides = {"home": str(home), "logs": str(arrived),
-                 "corpus": str((args.beir / "corpus.jsonl").resolve())}
+                 "corpus": str((args.beir / "corpus.jsonl").resolve()),
+                 "canary_share": args.canary_share}
+    os.environ["EMBEDLOOP_CANARY_SHARE"] = str(args.canary_share)  # for the service
     settings = load_settings(args.config, **overrides)
     queries = {q["_id"]: q["text"] for q in read_jsonl(args.beir / "queries.jsonl")}
     truth = read_qrels(args.beir / "qrels" / f"{args.score_split}.tsv")
@@ -113,6 +124,8 @@ def main() -> None:
             follow_s = wait_until_serving(base, champion)
             row = {"day": day, "outcome": summary["outcome"], "champion": champion,
                    "why": summary.get("decision_reason", ""), "pairs": summary.get("pairs", 0),
+                   "canary": summary.get("canary", {}),
+                   "canary_started": summary.get("canary_started"),
                    "pool": summary.get("eval_queries", 0), "gate": summary.get("gate", {}),
                    "simulate_s": simulate_s, "wall_s": retrain_s, "service_followed_s": follow_s,
                    **score_version(settings, champion, queries, truth)}
@@ -123,12 +136,12 @@ def main() -> None:
 
     (args.out / "results.json").write_text(json.dumps({"days": days}, indent=1))
     print(f"\n| day | decision | champion | {args.score_split} NDCG@10 | MRR@10 | Recall@100 "
-          f"| pairs | pool | retrain s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"| pairs | pool | canary | retrain s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for d in days:
         print(f"| {d['day']} | {d['outcome']} | v{d['champion']} | {d['ndcg@10']:.4f} | "
               f"{d['mrr@10']:.4f} | {d['recall@100']:.4f} | {d.get('pairs', '-')} | "
-              f"{d.get('pool', '-')} | {d['wall_s']:.0f} |")
+              f"{d.get('pool', '-')} | {canary_cell(d)} | {d['wall_s']:.0f} |")
     promotions = sum(d["outcome"] == "promoted" for d in days)
     worse = [d["day"] for prev, d in zip(days, days[1:], strict=False)
              if d["ndcg@10"] < prev["ndcg@10"] - 1e-9]
