@@ -259,12 +259,13 @@ def test_a_canary_is_interleaved_for_its_share_of_sessions(service: Service) -> 
         assert body["canary"] == {"model_version": "2", "index_version": "v0002"}
         assert body["model_version"] == "1"
         docs = [r["doc_id"] for r in body["results"]]
-        teams = [r["team"] for r in body["results"]]
-        assert len(docs) == len(set(docs)) == 10 and set(teams) == {"1", "2"}
+        teams = [r.get("team") for r in body["results"]]  # none: both would place it
+        assert len(docs) == len(set(docs)) == 10 and set(teams) == {"1", "2", None}
         assert abs(teams.count("1") - teams.count("2")) <= 1
-        ours = [r["doc_id"] for r in body["results"] if r["team"] == "1"]
+        # what the champion placed, or both would have, comes in the champion's order
+        ours = [r["doc_id"] for r in body["results"] if r.get("team") in ("1", None)]
         ranking = [r["doc_id"] for r in champion["results"]]
-        assert ours == [d for d in ranking if d in ours]  # in the champion's own order
+        assert ours == [d for d in ranking if d in ours]
     again = service.get("/search", q=QUERY, k=10, session="user-0")[1]
     assert again == answers[0]  # a session sees the same list when it asks again
     metrics = service.get("/metrics", token=None)[1]

@@ -78,7 +78,8 @@ def create_app(live: LiveSearch, *, token: str | None = None, max_query_chars: i
         results = [{"doc_id": h.doc_id, "score": round(h.score, 6), "title": h.title}
                    for h in answer.hits]
         for result, team in zip(results, answer.teams or (), strict=False):
-            result["team"] = team  # the model version that placed it
+            if team is not None:  # the model version that placed it; none if both would
+                result["team"] = team
         body = {"results": results, "model": live.production.model_name,
                 "model_version": answer.pair.model_version,
                 "index_version": answer.pair.index_version}

@@ -3,9 +3,11 @@ the same sessions, shown the same way, by which one's results users click.
 
 Each session sees one list mixed from both rankings: rounds of picks, the team with
 fewer picks so far (a coin when tied) adding its best document not shown yet, each
-result labelled with the team that placed it. A session's clicks then vote: the team
-whose results got more clicks wins it; a tie (or no click) says nothing. Position bias
-hits both teams alike, since each is as likely to hold any position.
+result labelled with the team that placed it (a document both would place next is
+shared, labelled with neither). A session's clicks then vote: the team whose results
+got more clicks wins it; a tie (or no click, or clicks on shared results only) says
+nothing. Position bias hits both teams alike, since each is as likely to hold any
+position.
 
 In production the two teams are model versions: the service labels each result of an
 interleaved list with the version that placed it (the log's `team` field), so the next
@@ -39,12 +41,18 @@ def session_rng(session: str, query: str) -> random.Random:
 
 def team_draft(champion: Sequence[str], candidate: Sequence[str], k: int,
                rng: random.Random, teams: tuple[str, str] = (CHAMPION, CANDIDATE),
-               ) -> list[tuple[str, str]]:
+               ) -> list[tuple[str, str | None]]:
     """Up to k (doc_id, team) pairs mixed from the two rankings, best first; `teams`
-    labels the champion's picks and the candidate's."""
+    labels the champion's picks and the candidate's.
+
+    A document that both teams would pick next is shown with no team (None): either
+    ranker would have put it there, so a click on it says nothing about which is
+    better. Crediting it to whichever team happened to draft it (plain team-draft)
+    adds a coin-flip vote to every session whose click lands on it; when two rankers
+    mostly agree at the top that noise drowns the sessions where they differ."""
     first, second = teams
     shown: set[str] = set()
-    out: list[tuple[str, str]] = []
+    out: list[tuple[str, str | None]] = []
     picks = {first: 0, second: 0}
     rankings = {first: list(champion), second: list(candidate)}
     cursor = {first: 0, second: 0}
@@ -56,6 +64,11 @@ def team_draft(champion: Sequence[str], candidate: Sequence[str], k: int,
         return ranking[cursor[team]] if cursor[team] < len(ranking) else None
 
     while len(out) < k:
+        both = next_unshown(first)
+        if both is not None and both == next_unshown(second):
+            shown.add(both)
+            out.append((both, None))
+            continue
         if picks[first] != picks[second]:
             order = sorted(picks, key=picks.__getitem__)  # the team behind picks first
         else:

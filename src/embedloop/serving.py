@@ -116,7 +116,8 @@ class Metrics:
 class Answer:
     pair: LivePair  # the champion's pair, which answered (with the canary, if any)
     hits: list[Hit]
-    teams: list[str] | None = None  # per hit, the model version that placed it
+    # per hit, the model version that placed it (None: both would have, see team_draft)
+    teams: list[str | None] | None = None
     canary: LivePair | None = None  # the candidate's pair, for an interleaved session
 
 
@@ -141,7 +142,7 @@ class Pending:
                    teams[1]: {h.doc_id: h for h in canary_hits}}
         mixed = team_draft([h.doc_id for h in champion_hits], [h.doc_id for h in canary_hits],
                            self.k, session_rng(self.session, self.query), teams)
-        return Answer(self.pair, [by_team[team][doc] for doc, team in mixed],
+        return Answer(self.pair, [by_team[team or teams[0]][doc] for doc, team in mixed],
                       [team for _, team in mixed], self.canary_pair)
 
     def result(self) -> Answer:

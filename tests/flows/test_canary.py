@@ -51,27 +51,34 @@ def test_a_waiting_candidate_is_canaried_then_promoted_by_its_sessions_clicks(
         "2").tags["canary_outcome"]
     production.start_canary("2")
 
-    # The service's core interleaves v2 with v1; users of 30 sessions click what v2 placed.
+    # The service's core interleaves v2 with v1. Users click the first result v2 placed;
+    # a list in which the two agree all along (every result shared) gets no click.
     live = LiveSearch(production, device="cpu", max_seq_length=96, canary_share=1.0)
     live.refresh()
     queries = [json.loads(line)["text"] for line in
-               (tiny_beir / "queries.jsonl").read_text().splitlines()][:30]
-    rows = []
-    for s, query in enumerate(queries):
+               (tiny_beir / "queries.jsonl").read_text().splitlines()]
+    rows: list[dict[str, object]] = []
+    voted = 0
+    for s in range(len(queries) * 3):
+        query = queries[s % len(queries)]
         answer = live.search(query, 10, session=f"canary-{s}")
-        assert answer.teams is not None and set(answer.teams) == {"1", "2"}
-        first_of_candidate = answer.teams.index("2")
-        rows += [{"event_id": f"c{s}-{p}", "ts": f"2026-03-20T10:{s:02d}:{p:02d}Z",
+        assert answer.teams is not None and set(answer.teams) <= {"1", "2", None}
+        clicked = answer.teams.index("2") if "2" in answer.teams and voted < 30 else -1
+        voted += clicked >= 0
+        rows += [{"event_id": f"c{s}-{p}", "ts": f"2026-03-20T{s // 60:02d}:{s % 60:02d}:"
+                                                  f"{p:02d}Z",
                   "session_id": f"canary-{s}", "query": query, "doc_id": hit.doc_id,
-                  "position": p + 1, "clicked": p == first_of_candidate, "team": team}
+                  "position": p + 1, "clicked": p == clicked,
+                  **({"team": team} if team else {})}
                  for p, (hit, team) in enumerate(zip(answer.hits, answer.teams, strict=True))]
+    assert voted == 30  # the two versions differ on enough queries
     (logs / "day-2.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     second = run(config, reason="day 2")
     assert second["outcome"] == "promoted", second["decision_reason"]
     assert "canary v2 won the interleaved canary" in second["decision_reason"]
     assert second["canary"]["action"] == "promote"
-    assert (second["canary"]["sessions"], second["canary"]["candidate_wins"]) == (30, 30)
+    assert (second["canary"]["candidate_wins"], second["canary"]["champion_wins"]) == (30, 0)
     state = production.state()
     assert (state.champion, state.canary) == ("2", None) and state.aligned
     assert state.live_manifest is not None and state.live_manifest.model_version == "2"

@@ -27,9 +27,19 @@ def test_a_mixed_list_holds_each_teams_best_without_repeats() -> None:
         assert a[0] in docs and b[0] in docs
 
 
-def test_identical_rankings_are_shown_as_they_are() -> None:
+def test_identical_rankings_are_shown_as_they_are_and_credit_no_one() -> None:
     mixed = team_draft(DOCS[:10], DOCS[:10], 10, random.Random(1))
-    assert [d for d, _ in mixed] == DOCS[:10]
+    assert mixed == [(d, None) for d in DOCS[:10]]
+
+
+def test_what_both_would_place_next_is_shared() -> None:
+    """Agreement at the top is shared; the draft starts where the rankings differ."""
+    champion = ["a", "b", "c", "x", "y"]
+    candidate = ["a", "b", "d", "c", "z"]
+    for seed in range(20):
+        mixed = team_draft(champion, candidate, 5, random.Random(seed))
+        assert mixed[:2] == [("a", None), ("b", None)]
+        assert mixed[2] in (("c", CHAMPION), ("d", CANDIDATE))  # a coin decides
 
 
 def test_short_rankings_fill_from_the_other_team() -> None:
@@ -37,8 +47,8 @@ def test_short_rankings_fill_from_the_other_team() -> None:
     assert len(mixed) == 4 and ("x", CHAMPION) in mixed
 
 
-def user_clicks(mixed: list[tuple[str, str]], relevant: set[str], rng: random.Random,
-                session: str) -> list[tuple[str, str, bool]]:
+def user_clicks(mixed: list[tuple[str, str | None]], relevant: set[str], rng: random.Random,
+                session: str) -> list[tuple[str, str | None, bool]]:
     """A position-biased user: looks at rank r with probability 1/r, clicks what is
     relevant among what it looked at, and now and then something that is not."""
     return [(session, team, rng.random() < 1 / (r + 1)
@@ -47,16 +57,21 @@ def user_clicks(mixed: list[tuple[str, str]], relevant: set[str], rng: random.Ra
 
 
 def test_equally_good_rankers_are_not_told_apart_more_than_alpha() -> None:
-    """A/A: both teams rank the relevant document at the same place. Over 300 repeated
-    trials of 300 sessions, p < 0.05 comes out at most about 5% of the time."""
+    """A/A: both teams rank the relevant document at the same place, the others
+    differently. Over 300 repeated trials of 300 sessions, p < 0.05 comes out at most
+    about 5% of the time."""
     rng = random.Random(3)
     false_alarms = 0
     for _ in range(300):
         rows = []
         for s in range(300):
             ranking = rng.sample(DOCS, 10)
-            mixed = team_draft(ranking, list(ranking), 10, rng)
-            rows += user_clicks(mixed, {ranking[rng.randrange(3)]}, rng, f"s{s}")
+            relevant = rng.randrange(3)
+            others = [d for i, d in enumerate(ranking) if i != relevant]
+            rng.shuffle(others)  # the same relevant document at the same rank, the rest not
+            other = [*others[:relevant], ranking[relevant], *others[relevant:]]
+            mixed = team_draft(ranking, other, 10, rng)
+            rows += user_clicks(mixed, {ranking[relevant]}, rng, f"s{s}")
         false_alarms += credit(rows).p_value < 0.05
     assert false_alarms / 300 <= 0.08
 
