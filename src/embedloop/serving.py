@@ -91,20 +91,12 @@ class Metrics:
                       "# HELP embedloop_swap_failures_total New pairs that could not be loaded.",
                       "# TYPE embedloop_swap_failures_total counter",
                       f"embedloop_swap_failures_total {self.swap_failures}"]
-        lines += ["# HELP embedloop_live_info The pair answering requests.",
-                  "# TYPE embedloop_live_info gauge"]
-        if pair is not None:
-            lines.append(f'embedloop_live_info{{model_version="{pair.model_version}",'
-                         f'index_version="{pair.index_version}"}} 1')
+        lines += _pair_gauge("embedloop_live_info", "The pair answering requests.", pair)
         lines += ["# HELP embedloop_degraded 1 while production moved to a pair this service "
                   "could not load (it serves the last good pair).",
-                  "# TYPE embedloop_degraded gauge", f"embedloop_degraded {int(degraded)}",
-                  "# HELP embedloop_canary_info The candidate interleaved with the champion "
-                  "for a share of sessions (absent: none).",
-                  "# TYPE embedloop_canary_info gauge"]
-        if canary is not None:
-            lines.append(f'embedloop_canary_info{{model_version="{canary.model_version}",'
-                         f'index_version="{canary.index_version}"}} 1')
+                  "# TYPE embedloop_degraded gauge", f"embedloop_degraded {int(degraded)}"]
+        lines += _pair_gauge("embedloop_canary_info", "The candidate interleaved with the "
+                             "champion for a share of sessions (absent: none).", canary)
         lines += ["# HELP embedloop_interleaved_total Searches answered with a team-draft "
                   "mix of the champion and the canary.",
                   "# TYPE embedloop_interleaved_total counter",
@@ -148,6 +140,15 @@ class Pending:
     def result(self) -> Answer:
         return self.answer(self.champion.result(),
                            self.canary.result() if self.canary is not None else None)
+
+
+def _pair_gauge(name: str, help_text: str, pair: LivePair | None) -> list[str]:
+    """A Prometheus info gauge naming a pair (no sample when there is none)."""
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+    if pair is not None:
+        lines.append(f'{name}{{model_version="{pair.model_version}",'
+                     f'index_version="{pair.index_version}"}} 1')
+    return lines
 
 
 class QueryBatcher:
