@@ -142,3 +142,20 @@ def test_a_canary_left_from_an_earlier_champion_is_never_served(production: Prod
     production.registry.promote(v3)  # the alias moved; the process died before the rest
     assert production.state().canary is None  # v2 was judged against v1, not v3
     assert production.canary_pair(v3) is None
+
+
+def test_a_canary_that_cannot_be_cleared_does_not_fail_a_promotion_that_happened(
+        production: Production, monkeypatch: pytest.MonkeyPatch) -> None:
+    v1, v2, v3 = (new_version(production) for _ in range(3))
+    production.promote(v1)
+    production.start_canary(v2)
+
+    def registry_down(outcome: str) -> None:
+        raise ConnectionError("tracking server unreachable")
+
+    monkeypatch.setattr(production.registry, "end_canary", registry_down)
+    assert production.promote(v3) == v1  # the move is complete, and says so
+    state = production.state()
+    assert (state.champion, state.live_index, state.canary) == (v3, "v0003", None)
+    assert "could not be cleared" in production.notes[-1]
+    assert production.canary_pair(v3) is None  # the stale alias is never served

@@ -200,9 +200,16 @@ class Production:
         return old
 
     def _canary_ends(self, old: str | None, new: str, why: str) -> None:
-        canary = self.registry.canary()
-        if canary is not None and canary[1] == old:
-            self.end_canary("promoted" if canary[0] == new else why)
+        """Bookkeeping after the commit point, so it must not fail the move that already
+        happened: a canary left behind is judged against the old champion and is never
+        served or judged again (canary_pair), so failing to end it only leaves a note."""
+        try:
+            canary = self.registry.canary()
+            if canary is not None and canary[1] == old:
+                self.end_canary("promoted" if canary[0] == new else why)
+        except Exception as exc:
+            self.notes.append(f"the canary alias could not be cleared ({type(exc).__name__}: "
+                              f"{exc}); it is void now that the champion moved")
 
     def rollback(self) -> Rollback:
         """`previous` becomes champion and its newest index goes live. The index is looked
