@@ -37,14 +37,15 @@ def ensure_index(settings: Any, version: str) -> str:
     from embedloop.production import Production
 
     production = Production.from_settings(settings)
-    found = production.store.latest_for_model(production.model_name, version)
+    found = production.index_for(version)
     if found is not None:
         return found
     runtime = choose_runtime(settings.encode_precision)
     corpus = load_corpus(settings.corpus)
     model = load_model(production.model_path(version), runtime.device, settings.max_seq_length)
-    vectors = encode(model, document_texts(corpus), batch_size=settings.encode_batch_size,
-                     precision=runtime.precision, show_progress=True)
+    vectors = encode(model, document_texts(corpus), role="document",
+                     batch_size=settings.encode_batch_size, precision=runtime.precision,
+                     show_progress=True)
     index = production.store.build(vectors, list(corpus["doc_id"]), precision=runtime.precision,
                                    titles=list(corpus["title"]))
     return production.save_index(index, version, corpus_fingerprint(corpus)).version

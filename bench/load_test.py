@@ -137,15 +137,15 @@ def main() -> None:
     retriever = next(iter(retrievers.values()))
     model, precision = retriever.model, retriever.index.precision
     batch = queries[:8]
-    encode(model, batch, precision=precision)  # warm-up
+    encode(model, batch, role="query", precision=precision)  # warm-up
     one_by_one, batched = [], []
     for _ in range(5):
         started = time.perf_counter()
         for q in batch:
-            encode(model, [q], precision=precision)
+            encode(model, [q], role="query", precision=precision)
         one_by_one.append(time.perf_counter() - started)
         started = time.perf_counter()
-        encode(model, batch, precision=precision)
+        encode(model, batch, role="query", precision=precision)
         batched.append(time.perf_counter() - started)
     del retrievers, retriever, model
 

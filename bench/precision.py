@@ -36,13 +36,13 @@ def main() -> None:
     print(f"auto picks {chosen}: {why}")
     texts = document_texts(load_corpus(args.beir / "corpus.jsonl"))[: args.docs]
     model = load_model(default_base_model(), "cpu", 256)
-    encode(model, texts[:64], precision="bf16")  # warm both paths
-    encode(model, texts[:64], precision="fp32")
+    encode(model, texts[:64], role="document", precision="bf16")  # warm both paths
+    encode(model, texts[:64], role="document", precision="fp32")
     best = {"fp32": float("inf"), "bf16": float("inf")}
     for _ in range(args.repeats):
         for precision in best:
             started = time.perf_counter()
-            encode(model, texts, precision=precision)
+            encode(model, texts, role="document", precision=precision)
             best[precision] = min(best[precision], time.perf_counter() - started)
     rates = {p: len(texts) / s for p, s in best.items()}
     print(f"encode {len(texts)} SciFact docs (256 tokens, batch 64), best of {args.repeats}: "

@@ -64,8 +64,8 @@ def index_texts(model: Any, texts: dict[str, str], precision: str,
     from embedloop.faiss_index import FaissIndex
     from embedloop.retrieval import Retriever
 
-    vectors = encode(model, list(texts.values()), batch_size=batch_size, precision=precision,
-                     show_progress=True)
+    vectors = encode(model, list(texts.values()), role="document", batch_size=batch_size,
+                     precision=precision, show_progress=True)
     return Retriever(model, FaissIndex.build(vectors, list(texts), precision), batch_size)
 
 
@@ -131,6 +131,8 @@ def main() -> None:
                          " cycle as they were")
     ap.add_argument("--config", type=Path, default=REPO / "bench/protocol.toml",
                     help="the pipeline's settings (default: bench/protocol.toml)")
+    ap.add_argument("--train-side", choices=["query", "full"],
+                    help="what each cycle trains (default: train_side of the settings)")
     args = ap.parse_args()
 
     shutil.rmtree(args.out, ignore_errors=True)
@@ -151,7 +153,8 @@ def main() -> None:
     queries = {q["_id"]: q["text"] for q in read_jsonl(args.beir / "queries.jsonl")}
     test = read_qrels(args.beir / "qrels" / "test.tsv")
     overrides = {"home": str(home), "logs": str(arrived),
-                 "corpus": str(args.beir / "corpus.jsonl")}
+                 "corpus": str(args.beir / "corpus.jsonl"),
+                 **({"train_side": args.train_side} if args.train_side else {})}
     settings = load_settings(args.config, **overrides)
 
     cycles: list[dict[str, Any]] = []

@@ -95,13 +95,13 @@ def main() -> None:
     texts = document_texts(corpus)[: args.encode_docs]
     model = load_model(settings.resolved_base_model, device, settings.max_seq_length)
     batch = settings.encode_batch_size
-    encode(model, texts[:64], batch_size=batch, precision=precision)  # warm-up
+    encode(model, texts[:64], role="document", batch_size=batch, precision=precision)  # warm-up
     timings: dict[str, list[float]] = {"embedloop": [], "bare": []}
     import torch
 
     for _ in range(2):  # interleaved, so drift hits both alike
         started = time.perf_counter()
-        encode(model, texts, batch_size=batch, precision=precision)
+        encode(model, texts, role="document", batch_size=batch, precision=precision)
         timings["embedloop"].append(time.perf_counter() - started)
         started = time.perf_counter()
         with torch.inference_mode(), autocast(precision, device):
@@ -137,7 +137,7 @@ def main() -> None:
     # 5. index build and search vs corpus size
     vectors = searcher.index.index.reconstruct_n(0, searcher.index.index.ntotal)
     rng = np.random.default_rng(0)
-    query_vectors = encode(model, texts_q[:100], precision=precision)
+    query_vectors = encode(model, texts_q[:100], role="query", precision=precision)
     print("\n5. index vs corpus size (SciFact vectors repeated with noise):")
     for n in (5_000, 20_000, 100_000):
         reps = -(-n // len(vectors))

@@ -72,7 +72,7 @@ def _quiet_prefect_console() -> None:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Command-line flags that override settings (only those given)."""
-    return {k: getattr(args, k) for k in ("home", "logs", "corpus")
+    return {k: getattr(args, k) for k in ("home", "logs", "corpus", "train_side")
             if getattr(args, k, None) is not None}
 
 
@@ -150,8 +150,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if state.live_manifest:
         m = state.live_manifest
         flag = "" if state.aligned else "  MISMATCH: not built by the champion"
+        shared = (f" (v{state.champion} trained its query side only and shares that "
+                  f"document encoder)" if state.aligned and state.champion
+                  and state.document_encoder != state.champion else "")
         print(f"live index  {state.live_index}: {m.n_docs} docs, built by v{m.model_version} "
-              f"at {m.created_at}{flag}")
+              f"at {m.created_at}{shared}{flag}")
     else:
         print("live index  none")
     print(f"indexes     {production.store.describe()}")
@@ -369,7 +372,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     _settings(args)  # a broken config fails now, not at 2 a.m.
     api = os.environ.get("PREFECT_API_URL")
-    print(f"serving retrain/nightly ({args.cron} {args.timezone}), retrain/manual and "
+    print(f"serving retrain/nightly ({args.cron} {args.timezone}), retrain/weekly-full "
+          f"({args.full_cron}), retrain/manual and "
           f"rollback/rollback against {api or 'a local Prefect server started for this process'}"
           f"; Ctrl-C stops serving (the schedule stays)")
     if not api:
@@ -378,7 +382,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Runs start later, maybe elsewhere: pin the config file by its absolute path.
     config = Path(args.config) if args.config else Path.cwd() / "embedloop.toml"
     serve_deployments(str(config.resolve()) if config.exists() else None, _overrides(args),
-                      args.cron, args.timezone)
+                      args.cron, args.timezone, args.full_cron)
     return EXIT_OK
 
 
@@ -398,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("retrain", parents=[common, data], help="run the retrain flow now")
     p.add_argument("--reason", required=True, help="why (recorded in MLflow and Prefect)")
     p.add_argument("--trigger", default="manual", choices=["manual", "schedule"])
+    p.add_argument("--train-side", choices=["query", "full"],
+                   help="query: the query encoder only, no re-index; full: both encoders "
+                        "and a re-index (default: train_side in the config, query)")
     p.set_defaults(func=cmd_retrain)
 
     p = sub.add_parser("status", parents=[common], help="champion, live index, recent runs")
@@ -439,8 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_api)
 
     p = sub.add_parser("serve", parents=[common],
-                       help="serve the nightly, manual and rollback Prefect deployments")
-    p.add_argument("--cron", default="0 2 * * *", help="nightly schedule (default 02:00)")
+                       help="serve the nightly, weekly-full, manual and rollback Prefect "
+                            "deployments")
+    p.add_argument("--cron", default="0 2 * * 1-6",
+                   help="nightly schedule (default 02:00, Monday to Saturday)")
+    p.add_argument("--full-cron", default="0 2 * * 0",
+                   help="weekly full retrain and re-index (default 02:00 on Sunday)")
     p.add_argument("--timezone", default="UTC")
     p.set_defaults(func=cmd_serve)
     return parser

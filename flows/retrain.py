@@ -120,10 +120,12 @@ def run_retrain(settings: Settings, trigger: str, reason: str,
             got.mined_negatives = mine_negatives_stage(settings, data, incumbent, corpus)
         work_dir = settings.state_dir / "work" / batch_id
         tuned = fine_tune_stage.with_options(timeout_seconds=settings.train_timeout_s)(
-            settings, champion.model_path, data.pairs, work_dir, runtime.device)
+            settings, champion.model_path, data.pairs, work_dir, runtime.device,
+            incumbent.index)
+        got.train_side = tuned.side
 
-        candidate = candidate_stage(settings, production.store, tuned.model, str(tuned.path),
-                                    corpus, runtime)
+        candidate = candidate_stage(settings, production.store, tuned, corpus, runtime,
+                                    incumbent)
         evaluation = evaluate_stage(settings, candidate, incumbent, data, guard_qrels)
         got.candidate, got.incumbent = evaluation.candidate.means, evaluation.incumbent.means
         got.decision = decision = decide_stage(settings, evaluation, champion)

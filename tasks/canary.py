@@ -78,7 +78,7 @@ def start_canary_stage(settings: Settings, production: Production, decision: Dec
         return None
     if running is not None and running.action == "continue":
         return None
-    production.save_index(index, version, corpus_fingerprint(corpus))
+    production.ensure_saved(index, version, corpus_fingerprint(corpus))
     production.start_canary(version)
     why = (f"interleaved with the champion for {settings.canary_share:.0%} of search "
            f"sessions until its clicks decide (from {settings.canary_min_sessions} "

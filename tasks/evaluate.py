@@ -22,6 +22,7 @@ from embedloop.pairs import TrainingData
 from embedloop.production import Champion, Production
 from embedloop.promotion import Decision, PromotionPolicy, should_promote
 from embedloop.retrieval import Retriever, evaluate_retrieval
+from embedloop.training import FineTuneResult
 from tasks._stage import stage
 
 
@@ -32,7 +33,7 @@ def encode_chunk(model: Any, texts: list[str], batch_size: int, precision: str,
     load it once per process)."""
     if isinstance(model, str):
         model = _load_cached(model, pick_device(), max_seq_length)
-    return encode(model, texts, batch_size=batch_size, precision=precision,
+    return encode(model, texts, role="document", batch_size=batch_size, precision=precision,
                   show_progress=True)
 
 
@@ -105,10 +106,15 @@ def incumbent_stage(settings: Settings, production: Production, champion: Champi
 
 
 @stage(name="index candidate")
-def candidate_stage(settings: Settings, store: IndexStore, model: Any, model_path: str,
-                    corpus: pd.DataFrame, runtime: Runtime) -> Retriever:
-    index = index_corpus(settings, store, corpus, runtime.precision, model, model_path)
-    return Retriever(model, index, settings.encode_batch_size)
+def candidate_stage(settings: Settings, store: IndexStore, tuned: FineTuneResult,
+                    corpus: pd.DataFrame, runtime: Runtime, incumbent: Retriever) -> Retriever:
+    """The candidate searching its documents: a full candidate's are the corpus encoded
+    again; a query-side candidate's are the incumbent's index as it is (no encoding)."""
+    if tuned.side == "query":
+        return Retriever(tuned.model, incumbent.index, settings.encode_batch_size)
+    index = index_corpus(settings, store, corpus, runtime.precision, tuned.model,
+                         str(tuned.path))
+    return Retriever(tuned.model, index, settings.encode_batch_size)
 
 
 @dataclass(frozen=True)

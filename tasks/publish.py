@@ -15,6 +15,7 @@ from embedloop.faults import crash_point, pause_point
 from embedloop.index import VectorIndex
 from embedloop.production import Champion, Production
 from embedloop.promotion import Decision
+from embedloop.registry import DOCUMENT_ENCODER
 from embedloop.training import FineTuneResult
 from tasks._stage import stage
 from tasks.evaluate import index_corpus
@@ -41,24 +42,29 @@ def ensure_champion_stage(settings: Settings, production: Production, corpus: pd
 def register_stage(production: Production, run_id: str, tuned: FineTuneResult,
                    champion: Champion, decision: Decision, batch_id: str, pairs: int,
                    metric: str) -> str:
-    """Every judged candidate is registered, promoted or not, with the decision and why."""
+    """Every judged candidate is registered, promoted or not, with the decision and why.
+    A query-side candidate is tagged with the document encoder it shares (the
+    champion's), which is how production finds the index it searches."""
     pause_point("register")
     verdict = "promoted" if decision.promote else "not promoted"
+    tags = {"decision": verdict, "parent_version": champion.version, "batch": batch_id,
+            "train_side": tuned.side, metric.replace("@", "_at_"): f"{decision.candidate:.4f}"}
+    if tuned.side == "query":
+        tags[DOCUMENT_ENCODER] = production.document_encoder(champion.version)
     return production.register(
         run_id, tuned.model, tuned.path,
-        description=(f"Fine-tuned from v{champion.version} on batch {batch_id} "
-                     f"({pairs} pairs). Decision: {verdict} - {decision.reason}"),
-        tags={"decision": verdict, "parent_version": champion.version, "batch": batch_id,
-              metric.replace("@", "_at_"): f"{decision.candidate:.4f}"})
+        description=(f"Fine-tuned ({tuned.side} side) from v{champion.version} on batch "
+                     f"{batch_id} ({pairs} pairs). Decision: {verdict} - {decision.reason}"),
+        tags=tags)
 
 
 @stage(name="publish")
 def publish_stage(production: Production, index: VectorIndex, version: str,
                   corpus: pd.DataFrame) -> str:
-    """The commit point: the candidate's index saved as a new version (not live), then
-    `champion` moved and the live index swapped (Production.promote). Returns the live
-    index version."""
-    manifest = production.save_index(index, version, corpus_fingerprint(corpus))
+    """The commit point: the candidate's index saved as a new version (not live) unless
+    it is one already (a query-side candidate searches the champion's), then `champion`
+    moved and the live index swapped (Production.promote). Returns the live index."""
+    manifest = production.ensure_saved(index, version, corpus_fingerprint(corpus))
     crash_point("publish")  # a new index version on disk, not live
     pause_point("publish")
     old = production.promote(version)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
@@ -7,9 +8,10 @@ from prefect import get_run_logger
 
 from embedloop.config import Settings
 from embedloop.corpus import document_texts
+from embedloop.index import VectorIndex
 from embedloop.pairs import TrainingData, build_training_data, mine_corpus_negatives
 from embedloop.retrieval import Retriever
-from embedloop.training import FineTuneResult, fine_tune
+from embedloop.training import FineTuneResult, fine_tune, fine_tune_query_side
 from tasks._stage import stage
 
 
@@ -63,9 +65,22 @@ def mine_negatives_stage(settings: Settings, data: TrainingData, champion: Retri
 
 @stage(name="fine-tune")
 def fine_tune_stage(settings: Settings, base_model: str, pairs: pd.DataFrame,
-                    work_dir: Path, device: str) -> FineTuneResult:
-    result = fine_tune(base_model, pairs, work_dir, settings.training, device=device,
-                       max_seq_length=settings.max_seq_length)
-    get_run_logger().info("fine-tuned %d steps in %.1f s on %s (%s), loss %.4f", result.steps,
-                          result.seconds, result.device, result.precision, result.train_loss)
+                    work_dir: Path, device: str, documents: VectorIndex) -> FineTuneResult:
+    """`train_side` "full": both encoders, from `base_model`. "query": its query encoder
+    only, against the vectors `documents` (the champion's index) holds for the pairs'
+    documents, so no document is encoded."""
+    if settings.train_side == "query":
+        needed = sorted(set(pairs["doc_id"]) | set(pairs.get("negative_id", pd.Series())
+                                                   .dropna()))
+        training = dataclasses.replace(settings.training,
+                                       learning_rate=settings.training.query_learning_rate)
+        result = fine_tune_query_side(base_model, pairs, needed, documents.vectors(needed),
+                                      work_dir, training, device=device,
+                                      max_seq_length=settings.max_seq_length)
+    else:
+        result = fine_tune(base_model, pairs, work_dir, settings.training, device=device,
+                           max_seq_length=settings.max_seq_length)
+    get_run_logger().info("fine-tuned (%s side) %d steps in %.1f s on %s (%s), loss %.4f",
+                          result.side, result.steps, result.seconds, result.device,
+                          result.precision, result.train_loss)
     return result

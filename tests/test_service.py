@@ -118,7 +118,8 @@ def service(tmp_path_factory: pytest.TempPathFactory, tiny_beir: Path,
         shutil.copytree(path, copy / "model")
         seal(copy)
         model = load_model(path, "cpu", 96)
-        index = FaissIndex.build(encode(model, texts, precision="fp32"), ids, "fp32",
+        vectors = encode(model, texts, role="document", precision="fp32")
+        index = FaissIndex.build(vectors, ids, "fp32",
                                  titles=list(corpus["title"]))
         manifest = production.save_index(index, version, "c")
         hits = Retriever(model, index).search([QUERY], 3)[0]
@@ -180,7 +181,8 @@ def test_bad_search_parameters_get_a_one_line_reason(service: Service, params: d
 def test_embed_gives_the_live_models_vectors(service: Service, base_model_path: str) -> None:
     status, body = service.post("/embed", {"texts": ["protein folding", "a cell"]})
     assert status == 200 and body["dim"] == 384 and body["model_version"] == "1"
-    want = encode(load_model(base_model_path, "cpu", 96), ["protein folding", "a cell"])
+    want = encode(load_model(base_model_path, "cpu", 96), ["protein folding", "a cell"],
+                  role="query")
     np.testing.assert_allclose(np.array(body["embeddings"]), want, atol=1e-5)
     assert service.post("/embed", {"texts": []})[0] == 422
     status, body = service.post("/embed", {"texts": ["a"] * 257})

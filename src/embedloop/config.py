@@ -35,6 +35,9 @@ class TrainingConfig:
     max_steps: int = -1  # > 0 overrides epochs (tests use a handful of steps)
     batch_size: int = 32
     learning_rate: float = 2e-5
+    # Query-side training moves only the query encoder, against fixed document vectors,
+    # so it takes a larger step without the two sides drifting apart.
+    query_learning_rate: float = 1e-4
     warmup_ratio: float = 0.1
     seed: int = 0
     # "auto": mixed precision on CUDA, bf16 on CPUs with native bf16, else fp32.
@@ -74,6 +77,12 @@ class Settings:
     negative_search_k: int = 50
     weight_by_relevance: bool = True  # each pair's loss weighted by its debiased relevance
     replay_fraction: float = 0.25  # share of earlier batches' pairs trained on again
+    # What a cycle trains. "query": the query encoder only, against the document vectors
+    # the live index already holds: no document is encoded, and promotion needs no
+    # re-index (the candidate searches the champion's index). "full": both sides, then
+    # the corpus is re-encoded for the candidate and its own index goes live on promotion.
+    # The usual plan: "query" nightly, "full" on a slower schedule (infra/prefect.yaml).
+    train_side: str = "query"
     # promotion gate
     primary_metric: str = "ndcg@10"
     min_improvement: float = 0.005
@@ -241,6 +250,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TRAIN_SIDES = ("query", "full")
 # Numbers outside these ranges cannot work: (setting, test, what it must be)
 _RANGES: tuple[tuple[str, Any, str], ...] = (
     ("holdout_fraction", lambda v: 0 < v < 1, "between 0 and 1 (the pool's share of queries)"),
@@ -267,7 +277,7 @@ def _check(settings: Settings) -> None:
 
     choices = {"eval_labels": ("graded", "binary"), "primary_metric": METRICS,
                "task_runner": ("threads", "dask"), "index_backend": tuple(sorted(BACKENDS)),
-               "encode_precision": PRECISIONS}
+               "encode_precision": PRECISIONS, "train_side": TRAIN_SIDES}
     for name, allowed in choices.items():
         if getattr(settings, name) not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not "

@@ -130,16 +130,26 @@ def load_model(path: str, device: str | None = None,
     return model
 
 
-def encode(model: SentenceTransformer, texts: Sequence[str], *, batch_size: int = 64,
-           precision: str = "fp32", show_progress: bool = False) -> np.ndarray:
-    """(n_texts, dim) float32, L2-normalized, so inner product is cosine similarity."""
+ROLES = ("query", "document")
+
+
+def encode(model: SentenceTransformer, texts: Sequence[str], *, role: str,
+           batch_size: int = 64, precision: str = "fp32",
+           show_progress: bool = False) -> np.ndarray:
+    """(n_texts, dim) float32, L2-normalized, so inner product is cosine similarity.
+
+    `role` is "query" or "document": an asymmetric model (a query-side candidate) encodes
+    each with its own route, and a model with prompts prefixes each with its own."""
     import torch
 
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, not {role!r}")
     device = str(model.device)
     if not texts:
         dim = model.get_sentence_embedding_dimension() or 0
         return np.zeros((0, dim), dtype=np.float32)
+    how = model.encode_query if role == "query" else model.encode_document
     with torch.inference_mode(), autocast(precision, device):
-        vectors = model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
-                               normalize_embeddings=True, show_progress_bar=show_progress)
+        vectors = how(list(texts), batch_size=batch_size, convert_to_numpy=True,
+                      normalize_embeddings=True, show_progress_bar=show_progress)
     return np.ascontiguousarray(vectors, dtype=np.float32)

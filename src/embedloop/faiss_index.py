@@ -109,6 +109,11 @@ class FaissIndex(VectorIndex):
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.index.search(queries, k)
 
+    def _vectors(self, rows: np.ndarray) -> np.ndarray:
+        if self.kind == "ivf-flat-ip":  # IVF lists need an id -> list map to look rows up
+            self.index.make_direct_map()
+        return self.index.reconstruct_batch(rows)
+
 
 class FaissIndexStore(IndexStore):
     def __init__(self, root: Path, hnsw_min_docs: int = HNSW_MIN_DOCS,

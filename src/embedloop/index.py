@@ -79,6 +79,23 @@ class VectorIndex(ABC):
         return [[(self.doc_ids[r], float(s)) for r, s in zip(rr, ss, strict=True) if r >= 0]
                 for rr, ss in zip(rows, scores, strict=True)]
 
+    @abstractmethod
+    def _vectors(self, rows: np.ndarray) -> np.ndarray:
+        """The stored vectors of `rows`, (len(rows), dim) float32."""
+
+    def vectors(self, doc_ids: list[str]) -> np.ndarray:
+        """The stored vectors of `doc_ids`, in that order: what query-side training
+        reuses instead of encoding documents again."""
+        row_of = {doc_id: i for i, doc_id in enumerate(self.doc_ids)}
+        missing = [d for d in doc_ids if d not in row_of]
+        if missing:
+            raise KeyError(f"{len(missing)} documents are not in the index (first: "
+                           f"{missing[0]!r})")
+        rows = np.array([row_of[d] for d in doc_ids], dtype=np.int64)
+        if len(rows) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.ascontiguousarray(self._vectors(rows), dtype=np.float32)
+
     def require_model(self, model_name: str, model_version: str) -> None:
         """Vectors from one model are meaningless to another: refuse the mismatch."""
         m = self.manifest

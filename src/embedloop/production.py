@@ -1,8 +1,11 @@
 """Production: the `champion` alias in the model registry and the live index, as one thing.
 
-The rule everything else relies on: **the live index was built by the champion**, and
-the two move together. Promotion and rollback move the alias first (the commit point)
-and the live pointer second; a crash between the two leaves an alias whose index is
+The rule everything else relies on: **the live index was built by the champion's
+document encoder**, and the two move together. A version's document encoder is its own,
+unless it was trained query-side: then it shares (and is tagged with) the document route
+of the version it was trained from, so it searches that version's index as it is.
+Promotion and rollback move the alias first (the commit point) and the live pointer
+second; a crash between the two leaves an alias whose index is
 not live yet, which `repair()` finishes at the next start and `champion_index()`
 already answers around. Every reader of production (the flows, the CLI, search, alerts)
 goes through this class, so the rule is written once.
@@ -40,13 +43,15 @@ class ProductionState:
     live_index: str | None
     live_manifest: IndexManifest | None
     canary: str | None = None  # a kept candidate interleaved with the champion
+    document_encoder: str | None = None  # the version whose document route the champion uses
 
     @property
     def aligned(self) -> bool:
-        """The live index was built by the champion (or there is neither yet)."""
+        """The live index was built by the champion's document encoder (or there is
+        neither yet)."""
         if self.champion is None or self.live_manifest is None:
             return self.champion is None and self.live_manifest is None
-        return self.live_manifest.model_version == self.champion
+        return self.live_manifest.model_version == (self.document_encoder or self.champion)
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,21 @@ class Production:
         return ProductionState(self.model_name, champion,
                                self.registry.version_for_alias(PREVIOUS), live,
                                self.store.manifest(live) if live else None,
-                               canary[0] if canary and canary[1] == champion else None)
+                               canary[0] if canary and canary[1] == champion else None,
+                               self.document_encoder(champion) if champion else None)
+
+    def document_encoder(self, version: str) -> str:
+        """The version whose document route encoded the indexes `version` can search."""
+        return self.registry.document_encoder(version)
+
+    def index_for(self, version: str) -> str | None:
+        """The newest index version `version` can search (built by its document encoder):
+        the one promotion or rollback makes live with it."""
+        return self.store.latest_for_model(self.model_name, self.document_encoder(version))
+
+    def check_index(self, index: VectorIndex, version: str) -> None:
+        """Refuse `index` unless model `version`'s document encoder built it."""
+        index.require_model(self.model_name, self.document_encoder(version))
 
     def model_path(self, version: str) -> str:
         path = self.registry.local_model_path(version, self.models_dir)
@@ -103,13 +122,14 @@ class Production:
         if live is None:
             raise IndexUnavailable("there is no live index yet: run `embedloop retrain` first")
         m = self.store.manifest(live)
-        if (m.model_name, m.model_version) == (self.model_name, champion):
+        encoder = self.document_encoder(champion)
+        if (m.model_name, m.model_version) == (self.model_name, encoder):
             return champion, live
-        built = self.store.latest_for_model(self.model_name, champion)
+        built = self.store.latest_for_model(self.model_name, encoder)
         if built is None:
             raise IndexUnavailable(
                 f"index {live} was built by {m.model_name} v{m.model_version}, not "
-                f"{self.model_name} v{champion}; searching it with that model is refused "
+                f"{self.model_name} v{encoder}; searching it with that model is refused "
                 f"(run `embedloop status`, then `embedloop rollback` or a retrain to realign)")
         return champion, built
 
@@ -119,14 +139,14 @@ class Production:
         canary = self.registry.canary()
         if canary is None or canary[1] != champion:
             return None
-        index = self.store.latest_for_model(self.model_name, canary[0])
+        index = self.index_for(canary[0])
         return (canary[0], index) if index is not None else None
 
     def champion_index(self) -> VectorIndex:
         """The index the champion built (see champion_pair), loaded."""
         champion, version = self.champion_pair()
         index = self.store.load(version)
-        index.require_model(self.model_name, champion)  # the files under the manifest too
+        self.check_index(index, champion)  # the files under the manifest too
         return index
 
     def retriever(self, version: str | None = None, *, device: str | None = None,
@@ -136,11 +156,10 @@ class Production:
         from embedloop.retrieval import Retriever
 
         if version is None:
+            version = self.champion_pair()[0]
             index = self.champion_index()
-            assert index.manifest is not None
-            version = index.manifest.model_version
         else:
-            built = self.store.latest_for_model(self.model_name, version)
+            built = self.index_for(version)
             if built is None:
                 raise IndexUnavailable(f"v{version} has no index")
             index = self.store.load(built)
@@ -163,10 +182,22 @@ class Production:
 
     def save_index(self, index: VectorIndex, version: str,
                    corpus_fingerprint: str) -> IndexManifest:
-        """`index` (built by model `version`) stored as a new index version, not live."""
+        """`index` (the corpus encoded by model `version`) stored as a new index version,
+        not live, recorded as built by `version`'s document encoder."""
         return self.store.save_version(index, model_name=self.model_name,
-                                       model_version=version,
+                                       model_version=self.document_encoder(version),
                                        corpus_fingerprint=corpus_fingerprint)
+
+    def ensure_saved(self, index: VectorIndex, version: str,
+                     corpus_fingerprint: str) -> IndexManifest:
+        """`index`, which model `version` searches, as a stored version: saved now if it
+        was built in memory (a full candidate's, or a re-encode after the corpus changed);
+        as it is if it already is one (the champion's, which a query-side candidate
+        shares)."""
+        if index.manifest is None:
+            return self.save_index(index, version, corpus_fingerprint)
+        self.check_index(index, version)
+        return index.manifest
 
     def start_canary(self, version: str) -> None:
         """`version` (registered, with its index saved) is interleaved with the champion
@@ -176,7 +207,7 @@ class Production:
         if champion is None or champion == version:
             raise IndexUnavailable(f"v{version} cannot be a canary against champion "
                                    f"{champion and 'v' + champion}")
-        if self.store.latest_for_model(self.model_name, version) is None:
+        if self.index_for(version) is None:
             raise IndexUnavailable(f"v{version} has no index; the canary was not started")
         self.registry.set_canary(version, against=champion)
 
@@ -188,7 +219,7 @@ class Production:
         """The commit point: `version` becomes champion, then its newest index goes live.
         Refused, with nothing moved, if it has no index. Returns the old champion. A
         canary ends with it (it was judged against the old champion)."""
-        index_version = self.store.latest_for_model(self.model_name, version)
+        index_version = self.index_for(version)
         if index_version is None:
             raise IndexUnavailable(f"v{version} has no index; promotion refused, nothing "
                                    f"changed")
@@ -215,7 +246,7 @@ class Production:
         """`previous` becomes champion and its newest index goes live. The index is looked
         up before anything moves, so a refused rollback changes nothing."""
         target = self.registry.version_for_alias(PREVIOUS)
-        index_version = self.store.latest_for_model(self.model_name, target) if target else None
+        index_version = self.index_for(target) if target else None
         if target and index_version is None:
             raise IndexUnavailable(f"v{target} has no index on disk; rollback refused, "
                                    f"nothing changed")
@@ -231,13 +262,16 @@ class Production:
         the champion has no index at all (it must be rebuilt)."""
         champion = self.registry.version_for_alias(CHAMPION)
         live = self.store.live_version()
-        if champion is None or (live and self.store.manifest(live).model_version == champion):
+        if champion is None:
             return live
-        wanted = self.store.latest_for_model(self.model_name, champion)
+        encoder = self.document_encoder(champion)
+        if live and self.store.manifest(live).model_version == encoder:
+            return live
+        wanted = self.store.latest_for_model(self.model_name, encoder)
         if wanted is not None:
             self.store.set_live(wanted)
             self.notes.append(f"the live index was {live}, not built by champion "
-                              f"v{champion}: set it to {wanted}, the champion's own")
+                              f"v{champion}'s document encoder: set it to {wanted}")
         return wanted
 
     def ensure_champion(self, base_model: str, load: Callable[[str], Any],

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 CHAMPION = "champion"
 PREVIOUS = "previous"
 CANARY = "canary"  # a kept candidate shown to a share of sessions, interleaved
+DOCUMENT_ENCODER = "document_encoder"  # version tag: whose document route this one shares
 # Written into the logged model's requirements instead of letting MLflow infer them
 # (inference imports the model in a subprocess: ~9 s a run).
 MODEL_REQUIREMENTS = ["sentence-transformers", "torch", "transformers"]
@@ -136,6 +137,12 @@ class Registry:
     def tag_version(self, version: str, **tags: str) -> None:
         for key, value in tags.items():
             self.client.set_model_version_tag(self.model_name, version, key, value)
+
+    def document_encoder(self, version: str) -> str:
+        """The version whose document encoder `version` uses: itself, unless it was
+        trained query-side (then its documents are encoded, and indexed, by an earlier
+        version's document route, unchanged)."""
+        return self.version_info(version).tags.get(DOCUMENT_ENCODER, str(version))
 
     def set_canary(self, version: str, against: str) -> None:
         """`version` becomes the canary, judged against champion `against` only."""

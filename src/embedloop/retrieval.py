@@ -38,7 +38,7 @@ class Retriever:
     def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
         # Queries are encoded as the documents were (the index's precision), so scores
         # are comparable.
-        vectors = encode(self.model, queries, batch_size=self.batch_size,
+        vectors = encode(self.model, queries, role="query", batch_size=self.batch_size,
                          precision=self.index.precision)
         return [[Hit(doc_id, score, self._titles.get(doc_id, "")) for doc_id, score in hits]
                 for hits in self.index.search(vectors, k)]

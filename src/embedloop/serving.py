@@ -250,11 +250,12 @@ class LiveSearch:
     def search(self, text: str, k: int, session: str = "") -> Answer:
         return self.submit(text, k, session).result()
 
-    def embed(self, texts: Sequence[str]) -> tuple[LivePair, np.ndarray]:
-        """Texts encoded by the live model as its index's documents were encoded."""
+    def embed(self, texts: Sequence[str], role: str = "query") -> tuple[LivePair, np.ndarray]:
+        """Texts encoded by the live model as queries or as documents (an asymmetric
+        model encodes them differently), at its index's precision."""
         pair = self.current()
         retriever = pair.retriever
-        return pair, encode(retriever.model, texts, batch_size=self.batch_size,
+        return pair, encode(retriever.model, texts, role=role, batch_size=self.batch_size,
                             precision=retriever.index.precision)
 
     @property
@@ -363,7 +364,7 @@ class LiveSearch:
         from embedloop.encoding import load_model
 
         index = self.production.store.load(index_version)
-        index.require_model(self.production.model_name, model_version)
+        self.production.check_index(index, model_version)
         model = load_model(self.production.model_path(model_version), self.device,
                            self.max_seq_length)
         retriever = Retriever(model, index, self.batch_size)

@@ -28,6 +28,7 @@ class RunSummary:
     eval_queries: int = 0  # the evaluation pool
     pool_new: int = 0  # pool queries first seen in this batch
     mined_negatives: int = 0
+    train_side: str = ""  # "query" or "full": what the candidate's training moved
     candidate: dict[str, float] = field(default_factory=dict)
     incumbent: dict[str, float] = field(default_factory=dict)
     gate: dict[str, float] = field(default_factory=dict)  # every number the decision used
@@ -58,8 +59,11 @@ class RunSummary:
                                             + "; ".join(f"{name} ({why})" for name, why
                                                         in self.unreadable_files.items())))
         if self.pairs:
+            side = {"query": "; query side: the document vectors were kept",
+                    "full": "; both sides, corpus re-encoded"}.get(self.train_side, "")
             out += [("training pairs", f"{self.pairs} ({self.train_queries} queries, "
-                                       f"{self.mined_negatives} corpus-mined negatives)"),
+                                       f"{self.mined_negatives} corpus-mined negatives"
+                                       f"{side})"),
                     ("evaluation pool", f"{self.eval_queries} queries never trained on "
                                         f"({self.pool_new} new in this batch)")]
         for metric in self.candidate:
@@ -125,6 +129,7 @@ class RunResults:
     validation: LogValidation | None = None
     data: TrainingData | None = None
     mined_negatives: int = 0
+    train_side: str = ""
     candidate: dict[str, float] = field(default_factory=dict)  # means on the pool
     incumbent: dict[str, float] = field(default_factory=dict)
     decision: Decision | None = None
@@ -146,7 +151,8 @@ class RunResults:
             unreadable_files=new.unreadable if new else {},
             pairs=len(data.pairs) if data else 0, train_queries=data.train_queries if data else 0,
             eval_queries=data.eval_queries if data else 0, pool_new=data.pool_new if data else 0,
-            mined_negatives=self.mined_negatives, candidate=self.candidate,
+            mined_negatives=self.mined_negatives, train_side=self.train_side,
+            candidate=self.candidate,
             incumbent=self.incumbent, gate=self.decision.numbers if self.decision else {},
             incumbent_version=self.incumbent_version, candidate_version=self.candidate_version,
             champion_version=(self.candidate_version if self.promoted_index

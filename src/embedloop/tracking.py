@@ -47,7 +47,7 @@ def start_tracking(registry: Registry, settings: Settings, trigger: str, reason:
         "significance_alpha": settings.significance_alpha, "eval_labels": settings.eval_labels,
         "mine_negatives": settings.mine_negatives,
         "negative_relative_margin": settings.negative_relative_margin,
-        "weight_by_relevance": settings.weight_by_relevance,
+        "weight_by_relevance": settings.weight_by_relevance, "train_side": settings.train_side,
         **{f"train.{k}": v for k, v in dataclasses.asdict(settings.training).items()},
         **({"device": runtime.device, "precision": f"{runtime.precision} ({runtime.why})"}
            if runtime else {})}

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from embedloop.config import TrainingConfig
-from embedloop.encoding import load_model, resolve_precision
+from embedloop.encoding import autocast, load_model, resolve_precision
 from embedloop.errors import EmbedloopError
 from embedloop.faults import crash_point, pause_point
 
@@ -46,6 +47,7 @@ class FineTuneResult:
     seconds: float
     precision: str
     device: str
+    side: str = "full"  # "full": both encoders trained; "query": the query encoder only
 
 
 def weighted_ranking_loss(model: SentenceTransformer) -> Any:
@@ -114,6 +116,9 @@ def fine_tune(base_model: str, pairs: pd.DataFrame, output_dir: Path, cfg: Train
         fp16=precision == "fp16",
         use_cpu=device == "cpu",
         batch_sampler=BatchSamplers.NO_DUPLICATES,
+        # An asymmetric model (a query-side champion) trains each route on its own side.
+        router_mapping=({"anchor": "query", "positive": "document", "negative": "document"}
+                        if Towers.of(model).query is not Towers.of(model).document else None),
         save_strategy="no",
         report_to="none",
         logging_steps=max(1, math.ceil(len(pairs) / batch_size / 5)),
@@ -138,3 +143,169 @@ def fine_tune(base_model: str, pairs: pd.DataFrame, output_dir: Path, cfg: Train
     model.save(str(path))
     return FineTuneResult(model=model, path=path, steps=int(output.global_step), train_loss=loss,
                           seconds=seconds, precision=precision, device=device)
+
+
+# -- query-side training: the document encoder (and every document vector) stays ------
+
+
+@dataclass(frozen=True)
+class Towers:
+    """A model's query and document pipelines: the routes of an asymmetric model
+    (sentence-transformers `Router`), or one pipeline serving both."""
+
+    query: list[Any]
+    document: list[Any]
+    shared_tail: list[Any]  # modules after a Router, applied to both
+
+    @classmethod
+    def of(cls, model: SentenceTransformer) -> Towers:
+        from sentence_transformers.base.modules import Router
+
+        modules = list(model.children())
+        if modules and isinstance(modules[0], Router):
+            routes = modules[0].sub_modules
+            if set(routes) != {"query", "document"}:
+                raise TrainingFailed(f"query-side training needs a model with query and "
+                                     f"document routes, not {sorted(routes)}")
+            return cls(list(routes["query"]), list(routes["document"]), modules[1:])
+        return cls(modules, modules, [])
+
+
+def asymmetric(query: list[Any], document: list[Any], shared_tail: list[Any],
+               device: str) -> SentenceTransformer:
+    """One model that encodes queries with `query` and documents with `document`
+    (`encode_query` / `encode_document`), saved and registered as one artifact."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Router
+
+    router = Router.for_query_document(query_modules=query, document_modules=document)
+    return SentenceTransformer(modules=[router, *shared_tail], device=device)
+
+
+def query_side_loss(queries: Any, candidates: Any, excluded: Any, weights: Any | None,
+                    scale: float = 20.0) -> Any:
+    """MultipleNegativesRankingLoss against fixed document vectors: anchor i's positive
+    is candidate i; every other candidate (the batch's positives and hard negatives) is a
+    negative, except those `excluded` (the same document, or another click of the same
+    query), which would teach the model to push a relevant document down."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    scores = (queries @ candidates.T) * scale  # (batch, n_candidates)
+    scores = scores.masked_fill(excluded, float("-inf"))
+    target = torch.arange(len(queries), device=queries.device)
+    per_anchor = F.cross_entropy(scores, target, reduction="none")
+    if weights is None:
+        return per_anchor.mean()
+    return (per_anchor * weights).sum() / weights.sum().clamp_min(1e-12)
+
+
+def exclusions(positive_rows: Any, negative_rows: Any, qkeys: Any) -> Any:
+    """(batch, 2 * batch) bool: for anchor i, the candidates that are not negatives for
+    it. Candidates are the batch's positives then its hard negatives (-1 where a pair has
+    none, always excluded)."""
+    import torch
+
+    batch = len(positive_rows)
+    candidates = torch.cat([positive_rows, negative_rows])
+    same_doc = candidates[None, :] == positive_rows[:, None]
+    same_query = torch.zeros_like(same_doc)
+    same_query[:, :batch] = qkeys[None, :] == qkeys[:, None]
+    excluded = same_doc | same_query | (candidates < 0)[None, :]
+    own = torch.arange(batch)
+    excluded[own, own] = False  # the anchor's own positive is the target
+    return excluded
+
+
+def fine_tune_query_side(base_model: str, pairs: pd.DataFrame, doc_ids: list[str],
+                         doc_vectors: np.ndarray, output_dir: Path, cfg: TrainingConfig, *,
+                         device: str, max_seq_length: int | None = None,
+                         show_progress: bool = True) -> FineTuneResult:
+    """Train only the query encoder of `base_model`, against the document vectors its
+    index already holds (`doc_vectors[i]` is `doc_ids[i]`): no document is encoded, in
+    training or after it, and the result (an asymmetric model whose document route is
+    the base model's, unchanged) searches the same index. `pairs` as for `fine_tune`,
+    with `doc_id` and `negative_id` naming the documents."""
+    import copy
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.util import batch_to_device
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    if len(pairs) < 2:
+        raise TrainingFailed(f"need at least 2 training pairs, got {len(pairs)}")
+    row_of = {doc_id: i for i, doc_id in enumerate(doc_ids)}
+    missing = sorted(set(pairs["doc_id"]) - set(row_of))
+    if missing:
+        raise TrainingFailed(f"{len(missing)} clicked documents are not in the index the "
+                             f"query encoder is trained against (first: {missing[0]})")
+    model = load_model(base_model, device=device, max_seq_length=max_seq_length)
+    towers = Towers.of(model)
+    # A copy: the document route must keep the weights that built the index.
+    query_model = SentenceTransformer(modules=copy.deepcopy(towers.query + towers.shared_tail),
+                                      device=device)
+    if max_seq_length:
+        query_model.max_seq_length = max_seq_length
+    precision = resolve_precision(cfg.precision, device)
+
+    vectors = torch.from_numpy(np.ascontiguousarray(doc_vectors, dtype=np.float32)).to(device)
+    positives = torch.tensor([row_of[d] for d in pairs["doc_id"]])
+    negatives = torch.tensor([row_of.get(d, -1) if isinstance(d, str) else -1
+                              for d in pairs.get("negative_id", [None] * len(pairs))])
+    qkeys = torch.tensor(pd.factorize(pairs["qkey"])[0])
+    weights = (torch.tensor(pairs["weight"].fillna(1.0).to_numpy(), dtype=torch.float32)
+               if "weight" in pairs.columns else None)
+    anchors = list(pairs["anchor"])
+
+    batch_size = min(cfg.batch_size, len(pairs))
+    per_epoch = math.ceil(len(pairs) / batch_size)
+    steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(per_epoch * cfg.epochs))
+    optimizer = torch.optim.AdamW(query_model.parameters(), lr=cfg.learning_rate,
+                                  weight_decay=0.01)
+    warmup = cfg.warmup_ratio if cfg.warmup_ratio >= 1 else cfg.warmup_ratio * steps
+    schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(warmup), steps)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    order: list[int] = []
+    losses: list[float] = []
+    query_model.train()
+    started = time.perf_counter()
+    for step in tqdm(range(steps), desc="query-side fine-tune", disable=not show_progress):
+        if len(order) < batch_size:  # a fresh shuffle per epoch
+            order += torch.randperm(len(pairs), generator=generator).tolist()
+        batch, order = order[:batch_size], order[batch_size:]
+        rows = torch.tensor(batch)
+        features = batch_to_device(query_model.preprocess([anchors[i] for i in batch]),
+                                   query_model.device)
+        with autocast(precision, device):
+            embedded = query_model(features)["sentence_embedding"]
+        queries = torch.nn.functional.normalize(embedded.float(), dim=-1)
+        pos, neg = positives[rows], negatives[rows]
+        candidates = vectors[torch.cat([pos, neg.clamp_min(0)])]
+        loss = query_side_loss(queries, candidates, exclusions(pos, neg, qkeys[rows]).to(device),
+                               None if weights is None else weights[rows].to(device))
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(query_model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if step == 0:
+            crash_point("train")
+            pause_point("train")
+    seconds = time.perf_counter() - started
+    query_model.eval()
+    mean_loss = float(np.mean(losses))
+    broken = [name for name, p in query_model.named_parameters() if not torch.isfinite(p).all()]
+    if not math.isfinite(mean_loss) or broken:
+        where = f"{len(broken)} weight tensors hold NaN/inf (first: {broken[0]})" if broken else ""
+        raise TrainingFailed(f"training diverged (mean loss {mean_loss:.4g}"
+                             f"{'; ' if where else ''}{where}); the candidate is discarded")
+    tuned = list(query_model.children())
+    query = tuned[:len(towers.query)]
+    candidate = asymmetric(query, towers.document, towers.shared_tail, device)
+    path = output_dir / "model"
+    candidate.save(str(path))
+    return FineTuneResult(model=candidate, path=path, steps=steps, train_loss=mean_loss,
+                          seconds=seconds, precision=precision, device=device, side="query")

@@ -81,7 +81,9 @@ def test_a_waiting_candidate_is_canaried_then_promoted_by_its_sessions_clicks(
     assert (second["canary"]["candidate_wins"], second["canary"]["champion_wins"]) == (30, 0)
     state = production.state()
     assert (state.champion, state.canary) == ("2", None) and state.aligned
-    assert state.live_manifest is not None and state.live_manifest.model_version == "2"
+    # v2 was trained query-side: it searches the index of v1's document encoder
+    assert state.live_manifest is not None
+    assert state.live_manifest.model_version == state.document_encoder == "1"
     assert looks_at(settings.state_dir, "1") == 2  # the canary's judgement was a look too
     # The batch is left for the next run, which trains on it from the new champion.
     ledger = load_ledger(settings.state_dir)

@@ -20,6 +20,7 @@ from embedloop.config import load_settings
 from embedloop.faiss_index import FaissIndexStore
 from embedloop.faults import CRASH_AT, POINTS
 from embedloop.ledger import batch_dir, load_ledger
+from embedloop.production import Production
 from embedloop.registry import CHAMPION, Registry
 from tests.helpers import make_home, search
 from tests.integration.servers import free_port, server
@@ -99,7 +100,7 @@ def home(tmp_path_factory: pytest.TempPathFactory, sim_logs: Path, tiny_beir: Pa
     logs.mkdir()
     shutil.copy(sim_logs / "batch-001.jsonl", logs)
     config = make_home(root / "home", logs, tiny_beir / "corpus.jsonl", min_improvement=-1.0,
-                       significance_alpha=1.0)
+                       significance_alpha=1.0, guard_tolerance=1.0)
     first = retrain(config, prefect_api, "first week")
     assert first.returncode == 0, first.stderr[-3000:]
     shutil.copy(sim_logs / "batch-002.jsonl", logs)
@@ -134,7 +135,10 @@ def test_sigkill_in_every_stage_changes_nothing_and_loses_nothing(
     assert final.returncode == 0, final.stderr[-3000:]
     champion, live = production(home)
     s = load_settings(home)
-    assert FaissIndexStore(s.index_dir).manifest(live).model_version == champion
+    # the live index was built by the champion's document encoder (its own, or, for a
+    # query-side champion, the one it shares)
+    encoder = Production.from_settings(s).document_encoder(champion)
+    assert FaissIndexStore(s.index_dir).manifest(live).model_version == encoder
     # Every line of both log files committed exactly once, across the two batches.
     rows = committed_rows(home)
     assert not rows.duplicated().any()
@@ -176,8 +180,10 @@ def test_full_or_read_only_artifact_store_fails_clearly_and_promotes_nothing(
 
 
 def _model_file(folder: Path) -> Path:
-    [weights] = list(folder.rglob("model.safetensors"))
-    return weights
+    """The weights of a saved model (of its first route, for a query-side one)."""
+    weights = sorted(folder.rglob("model.safetensors"))
+    assert weights, folder
+    return weights[0]
 
 
 def test_a_damaged_local_checkpoint_is_fetched_again(home: Path) -> None:

@@ -35,7 +35,8 @@ def promoted(tmp_path_factory: pytest.TempPathFactory, sim_logs: Path,
              tiny_beir: Path) -> tuple[Path, dict[str, Any]]:
     """First run on the first week of logs. min_improvement=-1 and no significance test
     make the gate accept any candidate, so this exercises the promotion and re-index path
-    itself (the gate's own decisions are unit-tested, and the tie case below).
+    of a full fine-tune itself (the query-side path: test_query_side.py; the gate's own
+    decisions are unit-tested, and the tie case below).
 
     Beside the week's logs lie damaged files as real log folders hold them: a 0-byte CSV,
     a CSV row with extra fields, and a file that is not Parquet at all."""
@@ -51,7 +52,7 @@ def promoted(tmp_path_factory: pytest.TempPathFactory, sim_logs: Path,
         f"c2,2026-03-01T12:00:06Z,cs1,aspirin,{doc},1,true,3000,oops,oops\n")
     (logs / "export.parquet").write_bytes(b"PAR1 truncated upload")
     config = make_home(root / "home", logs, tiny_beir / "corpus.jsonl", min_improvement=-1.0,
-                       significance_alpha=1.0)
+                       significance_alpha=1.0, train_side="full")
     return config, run(config, reason="first week")
 
 
@@ -153,10 +154,11 @@ def test_rollback_restores_previous_champion_and_its_index(promoted: tuple[Path,
 
 def test_candidate_no_better_is_not_promoted(tmp_path: Path, sim_logs: Path,
                                              tiny_beir: Path) -> None:
-    """learning_rate=0: the candidate equals the incumbent, so it ties and must not win."""
+    """Learning rate 0: the (query-side) candidate equals the incumbent, so it ties and
+    must not win."""
     config = make_home(tmp_path / "home", sim_logs / "batch-001.jsonl",
                        tiny_beir / "corpus.jsonl",
-                       training={**FAST["training"], "learning_rate": 0.0})
+                       training={**FAST["training"], "query_learning_rate": 0.0})
     summary = run(config)
     registry = registry_for(config)
     assert summary["outcome"] == "kept"

@@ -69,9 +69,11 @@ def team(tmp_path_factory: pytest.TempPathFactory, sim_logs: Path,
         tracking = mlflow.start()
         env.update(PREFECT_API_URL=api, EMBEDLOOP_TRACKING_URI=tracking,
                    EMBEDLOOP_ALERT_WEBHOOK=f"http://127.0.0.1:{hook.server_port}/alert")
+        # any candidate wins (the outage tests need runs that reach the commit point):
+        # no minimum gain, no significance test, no guard-set tolerance
         config = make_home(root / "home", sim_logs / "batch-001.jsonl",
                            tiny_beir / "corpus.jsonl", min_improvement=-1.0,
-                           significance_alpha=1.0)
+                           significance_alpha=1.0, guard_tolerance=1.0)
         log = (root / "serve.log").open("wb")
         # `embedloop serve` reaches the Prefect API through a link a test can cut
         api_link = Partition(int(api.rsplit(":", 1)[1].split("/")[0]))
@@ -113,7 +115,9 @@ def test_manual_retrain_through_the_served_deployment(team: dict[str, Any]) -> N
 
     wait_for_deployments(team)
     nightly = prefect(team, "deployment", "inspect", "retrain/nightly")
-    assert "0 2 * * *" in nightly and "'limit': 1" in nightly.replace('"', "'")
+    assert "0 2 * * 1-6" in nightly and "'limit': 1" in nightly.replace('"', "'")
+    full = prefect(team, "deployment", "inspect", "retrain/weekly-full")
+    assert "0 2 * * 0" in full and "'train_side': 'full'" in full.replace('"', "'")
 
     out = prefect(team, "deployment", "run", "retrain/manual", "-p",  # as in the README
                   "reason=integration: first week", "--watch", "--watch-timeout", "800")
@@ -197,7 +201,10 @@ def retrain_with_outage_at(team: dict[str, Any], point: str, logs: Path,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 600
     while not flag.exists():
-        assert process.poll() is None, process.communicate()
+        if process.poll() is not None:  # ended without reaching the point: say how
+            out, err = process.communicate()
+            pytest.fail(f"the run ended (rc {process.returncode}) before {point}:\n"
+                        f"{out[-3000:]}\n{err[-2000:]}")
         assert time.monotonic() < deadline, f"the run never reached {point}"
         time.sleep(0.2)
     outage()
@@ -207,14 +214,18 @@ def retrain_with_outage_at(team: dict[str, Any], point: str, logs: Path,
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
-def production(team: dict[str, Any]) -> tuple[str, str]:
-    """(champion version in the registry, model version that built the live index)."""
+def production(team: dict[str, Any]) -> tuple[str, str, str]:
+    """(champion version in the registry, the version whose document encoder it uses,
+    the version whose document encoder built the live index): whole when the last two
+    agree."""
     from mlflow import MlflowClient
 
     client = MlflowClient(team["tracking"], registry_uri=team["tracking"])
     live = team["root"] / "home" / ".embedloop" / "indexes" / "live"
     manifest = json.loads((live / "manifest.json").read_text())
-    return client.get_model_version_by_alias(MODEL, "champion").version, manifest["model_version"]
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    encoder = champion.tags.get("document_encoder", str(champion.version))
+    return str(champion.version), encoder, manifest["model_version"]
 
 
 def later_week(team: dict[str, Any], tiny_beir: Path, seed: int) -> Path:
@@ -243,8 +254,8 @@ def test_mlflow_down_after_the_alias_move_is_a_complete_promotion_said_so(
     assert result.returncode == 1, result.stderr[-3000:]
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("embedloop retrain: error: the promotion is complete (champion v")
-    champion, built_by = production(team)
-    assert champion == built_by != before[0]  # moved, and whole: alias and index agree
+    champion, encoder, built_by = production(team)
+    assert encoder == built_by and champion != before[0]  # moved, and whole
     assert f"champion v{champion}," in error
 
 
@@ -288,7 +299,7 @@ def test_postgres_restarted_mid_run_is_survived_and_nothing_was_lost(
     result = retrain_with_outage_at(team, "publish", logs,
                                     lambda: restart_postgres(team["db"]), lambda: None)
     assert result.returncode == 0, result.stderr[-3000:]
-    champion, built_by = production(team)
-    assert champion == built_by != before[0]
+    champion, encoder, built_by = production(team)
+    assert encoder == built_by and champion != before[0]
     read = {Path(k).name for k in json.loads(ledger_text(team))["cursors"]}
     assert {"week-8.jsonl", "week-9.jsonl"} <= read

@@ -29,6 +29,6 @@ def test_chunks_over_a_task_runner_match_a_single_pass(tiny_beir: Path, base_mod
         return encode_corpus(settings, model, base_model_path, corpus, "fp32")
 
     chunked = reindex()  # 3 chunks: 12 + 12 + 6 documents
-    single = encode(model, document_texts(corpus), precision="fp32")
+    single = encode(model, document_texts(corpus), role="document", precision="fp32")
     assert chunked.shape == single.shape == (30, 384)
     np.testing.assert_allclose(chunked, single, atol=1e-5)

@@ -49,8 +49,8 @@ def test_fine_tuning_pulls_queries_towards_clicked_documents(
         pairs: pd.DataFrame, base_model_path: str, tmp_path: Path) -> None:
     def similarity(path: str) -> float:
         model = load_model(path, "cpu", max_seq_length=64)
-        q = encode(model, list(pairs["anchor"]))
-        d = encode(model, list(pairs["positive"]))
+        q = encode(model, list(pairs["anchor"]), role="query")
+        d = encode(model, list(pairs["positive"]), role="document")
         return float(np.mean(np.sum(q * d, axis=1)))
 
     result = fine_tune(base_model_path, pairs, tmp_path,

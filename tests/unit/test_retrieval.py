@@ -24,6 +24,8 @@ class AngleEncoder:
         radians = np.deg2rad([ANGLES[t] for t in texts])
         return np.stack([np.cos(radians), np.sin(radians)], axis=1).astype(np.float32)
 
+    encode_query = encode_document = encode  # symmetric: one encoder for both sides
+
 
 @pytest.fixture
 def retriever() -> Retriever:
