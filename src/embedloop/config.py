@@ -111,8 +111,12 @@ class Settings:
     # hanging the nightly slot.
     train_timeout_s: int = 6 * 3600
     encode_timeout_s: int = 4 * 3600  # per chunk
-    # Where index versions live (index.py: BACKENDS); "faiss": files under .embedloop/indexes
+    # Where index versions live (index.py: BACKENDS); "faiss": files under .embedloop/indexes;
+    # "milvus": collections in Milvus (pip install 'embedloop[milvus]'), at milvus_uri
+    # (http://host:19530; token in EMBEDLOOP_MILVUS_TOKEN), or, if empty, an embedded
+    # Milvus Lite file under the state directory (one process at a time).
     index_backend: str = "faiss"
+    milvus_uri: str = ""
     # FAISS index type by corpus size: exact below the first, HNSW, then IVF (faiss_index.py)
     index_hnsw_min_docs: int = HNSW_MIN_DOCS
     index_ivf_min_docs: int = IVF_MIN_DOCS

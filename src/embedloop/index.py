@@ -165,4 +165,5 @@ def open_index_store(settings: Settings) -> IndexStore:
 
 # name -> "module:class"; imported on use, so a backend's client library is only needed by
 # the deployments that choose it.
-BACKENDS = {"faiss": "embedloop.faiss_index:FaissIndexStore"}
+BACKENDS = {"faiss": "embedloop.faiss_index:FaissIndexStore",
+            "milvus": "embedloop.milvus_index:MilvusIndexStore"}
