@@ -27,14 +27,17 @@ demo: setup
 # Two pytest processes side by side: the integration tests mostly wait on their servers
 # (Postgres, S3, MLflow, Prefect) while the others keep the CPU busy, so together they
 # take minutes less than one after the other. Each has its own temp dir (kept when a test
-# failed); the integration report is printed after the other one's.
+# failed); the integration report is printed after the other one's. The Milvus tests
+# join the integration process to even out the two (they too wait on a database).
+BESIDE = tests/integration tests/flows/test_milvus.py tests/test_milvus_index.py
 test: setup
 	@tmp=$$(mktemp -d -t embedloop-tests-XXXXXX); \
-	$(BIN)/python -m pytest tests/integration --basetemp=$$tmp/integration \
+	$(BIN)/python -m pytest $(BESIDE) --basetemp=$$tmp/integration \
 		> $$tmp/integration.log 2>&1 & integration=$$!; \
-	$(BIN)/python -m pytest --ignore=tests/integration --basetemp=$$tmp/main; rest=$$?; \
+	$(BIN)/python -m pytest $(addprefix --ignore=,$(BESIDE)) --basetemp=$$tmp/main; \
+		rest=$$?; \
 	wait $$integration; code=$$?; \
-	echo "---- tests/integration (run beside the others) ----"; cat $$tmp/integration.log; \
+	echo "---- tests/integration and Milvus (run beside the others) ----"; cat $$tmp/integration.log; \
 	if [ $$rest -eq 0 ] && [ $$code -eq 0 ]; then rm -rf $$tmp; else exit 1; fi
 
 lint: setup
