@@ -267,6 +267,7 @@ def fine_tune_query_side(base_model: str, pairs: pd.DataFrame, doc_ids: list[str
     warmup = cfg.warmup_ratio if cfg.warmup_ratio >= 1 else cfg.warmup_ratio * steps
     schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(warmup), steps)
     generator = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # dropout: the same pairs and seed give the same model
     order: list[int] = []
     losses: list[float] = []
     query_model.train()

@@ -15,7 +15,7 @@ from embedloop.config import TrainingConfig
 from embedloop.encoding import encode, load_model
 from embedloop.training import Towers, TrainingFailed, fine_tune, fine_tune_query_side
 
-CFG = TrainingConfig(max_steps=6, batch_size=8, learning_rate=1e-4, precision="fp32")
+CFG = TrainingConfig(max_steps=24, batch_size=8, learning_rate=1e-4, precision="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def trained(clicks: pd.DataFrame, base_model_path: str,
     result = fine_tune_query_side(base_model_path, clicks, ids, vectors,
                                   tmp_path_factory.mktemp("query-side"), CFG, device="cpu",
                                   max_seq_length=64, show_progress=False)
-    assert result.side == "query" and result.steps == 6 and np.isfinite(result.train_loss)
+    assert result.side == "query" and result.steps == 24 and np.isfinite(result.train_loss)
     return load_model(str(result.path), "cpu", max_seq_length=64), ids, vectors
 
 
