@@ -40,13 +40,13 @@ def ensure_index(settings: Any, version: str) -> str:
     found = production.index_for(version)
     if found is not None:
         return found
-    runtime = choose_runtime(settings.encode_precision)
+    runtime = choose_runtime(settings.encode_precision, settings.encode_backend)
     corpus = load_corpus(settings.corpus)
     model = load_model(production.model_path(version), runtime.device, settings.max_seq_length)
     vectors = encode(model, document_texts(corpus), role="document",
-                     batch_size=settings.encode_batch_size, precision=runtime.precision,
+                     batch_size=settings.encode_batch_size, precision=runtime.encoder,
                      show_progress=True)
-    index = production.store.build(vectors, list(corpus["doc_id"]), precision=runtime.precision,
+    index = production.store.build(vectors, list(corpus["doc_id"]), precision=runtime.encoder,
                                    titles=list(corpus["title"]))
     return production.save_index(index, version, corpus_fingerprint(corpus)).version
 

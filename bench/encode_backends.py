@@ -50,7 +50,7 @@ def main() -> None:
         for backend, precision in CONFIGS:
             started = time.perf_counter()
             model = torch_model if backend == "torch" else load_exported(
-                torch_model, args.model, backend, Path(cache))
+                torch_model, backend, Path(cache))
             prepare_s = time.perf_counter() - started
             encode(model, texts[:64], role="document", precision=precision)  # warm-up
             started = time.perf_counter()

@@ -72,7 +72,7 @@ def retrain(reason: str, trigger: str = "manual", config_file: str | None = None
 
 def run_retrain(settings: Settings, trigger: str, reason: str,
                 seconds: dict[str, float]) -> RunSummary:
-    runtime = choose_runtime(settings.encode_precision)
+    runtime = choose_runtime(settings.encode_precision, settings.encode_backend)
     production = Production.from_settings(settings)
     discover_log_files(settings.logs)  # a wrong path fails now, not after the bootstrap
     corpus = load_corpus_stage(settings)

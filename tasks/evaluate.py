@@ -13,8 +13,9 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from embedloop.config import Settings
 from embedloop.corpus import corpus_fingerprint, document_texts
-from embedloop.encoding import Runtime, encode, load_model, pick_device
+from embedloop.encoding import Runtime, encode, load_model, pick_device, resolve_precision
 from embedloop.evaluation import EvalReport
+from embedloop.exported import EXPORTED, export_refusal
 from embedloop.faults import crash_point
 from embedloop.index import IndexStore, VectorIndex
 from embedloop.ledger import record_look
@@ -82,6 +83,12 @@ def index_corpus(settings: Settings, store: IndexStore, corpus: pd.DataFrame, pr
                  model: Any, model_path: str) -> VectorIndex:
     """The corpus encoded by `model`, in an index of the kind the live one would be, in
     memory (saved only if it is published)."""
+    if precision in EXPORTED and settings.encode_backend == "auto":
+        refusal = export_refusal(model)
+        if refusal:  # "auto" asked for the fastest way that works: this one does not
+            precision = resolve_precision(settings.encode_precision, pick_device())
+            get_run_logger().warning("%s; encoding with torch (%s) instead", refusal,
+                                     precision)
     vectors = encode_corpus(settings, model, model_path, corpus, precision)
     return store.build(vectors, list(corpus["doc_id"]), precision=precision,
                        titles=list(corpus["title"]))
@@ -97,7 +104,7 @@ def incumbent_stage(settings: Settings, production: Production, champion: Champi
     if built.manifest is not None and built.manifest.corpus_fingerprint == corpus_fingerprint(
             corpus):
         return Retriever(model, built, settings.encode_batch_size), None
-    index = index_corpus(settings, production.store, corpus, runtime.precision, model,
+    index = index_corpus(settings, production.store, corpus, runtime.encoder, model,
                          champion.model_path)
     version = built.manifest.version if built.manifest else "?"
     return Retriever(model, index, settings.encode_batch_size), (
@@ -112,7 +119,7 @@ def candidate_stage(settings: Settings, store: IndexStore, tuned: FineTuneResult
     again; a query-side candidate's are the incumbent's index as it is (no encoding)."""
     if tuned.side == "query":
         return Retriever(tuned.model, incumbent.index, settings.encode_batch_size)
-    index = index_corpus(settings, store, corpus, runtime.precision, tuned.model,
+    index = index_corpus(settings, store, corpus, runtime.encoder, tuned.model,
                          str(tuned.path))
     return Retriever(tuned.model, index, settings.encode_batch_size)
 

@@ -31,7 +31,7 @@ def ensure_champion_stage(settings: Settings, production: Production, corpus: pd
         load=functools.partial(load_model, device=runtime.device,
                                max_seq_length=settings.max_seq_length),
         index_corpus=functools.partial(index_corpus, settings, production.store, corpus,
-                                       runtime.precision),
+                                       runtime.encoder),
         corpus_fingerprint=corpus_fingerprint(corpus))
     for note in production.notes:
         get_run_logger().warning(note)

@@ -17,6 +17,13 @@ for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                    "TOKENIZERS_PARALLELISM": "false"}.items():
     os.environ.setdefault(key, value)
 
+@pytest.fixture(autouse=True, scope="session")
+def _export_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Exported encoders (exported.py) go to one folder per test session, not the user's
+    cache: a model's export is made once and shared by the tests that encode with it."""
+    os.environ["EMBEDLOOP_EXPORT_CACHE"] = str(tmp_path_factory.mktemp("exports"))
+
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "benchmarks"
 

@@ -7,17 +7,24 @@ Transformer, a Pooling and (usually) a Normalize module: the Transformer is expo
 with `torch.onnx.export`, pooling and normalization run in numpy. A model of any other
 shape is refused, and encoding stays in torch.
 
-Exports are cached per model folder under `cache_dir`, keyed by a digest of the weights,
-so a registered version is exported once however often it is loaded.
+A route is exported the first time it is used, into a cache keyed by a digest of its
+weights (`export_cache_dir()`): a query-side candidate shares its document route's
+export with the champion, and a registered version is exported once per machine however
+often it is loaded.
 
 `ExportedModel` answers `encode_query` / `encode_document` like a SentenceTransformer,
-so `encoding.encode` takes either.
+so `encoding.encode` takes either; `exported(model, backend)` gives the one for a loaded
+model, made once per process.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import importlib.util
 import os
+import warnings
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,16 +35,34 @@ from embedloop.errors import CheckpointError
 
 # "torch" runs the model itself; the rest run an export of it.
 ENCODE_BACKENDS = ("torch", "onnx", "onnx-int8", "openvino")
+EXPORTED = ENCODE_BACKENDS[1:]
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def _weights_digest(folder: Path) -> str:
+def export_cache_dir() -> Path:
+    """EMBEDLOOP_EXPORT_CACHE, else the user's cache folder (exports depend on weights
+    alone, so every deployment on a machine can share them)."""
+    if os.environ.get("EMBEDLOOP_EXPORT_CACHE"):
+        return Path(os.environ["EMBEDLOOP_EXPORT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "embedloop" / "exports"
+
+
+def backend_available(backend: str) -> bool:
+    module = {"onnx": "onnxruntime", "onnx-int8": "onnxruntime", "openvino": "openvino"}
+    return backend == "torch" or importlib.util.find_spec(module[backend]) is not None
+
+
+def _weights_digest(module: Any) -> str:
+    """What an export depends on: every weight's name, shape and bytes."""
+    import torch
+
     digest = hashlib.sha256()
-    for weights in sorted(folder.rglob("model.safetensors")):
-        stat = weights.stat()
-        digest.update(f"{weights.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}"
-                      .encode())
-    return digest.hexdigest()[:16]
+    for name, tensor in module.state_dict().items():
+        data = tensor.detach().to("cpu").contiguous().view(-1)
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:20]
 
 
 class _Route:
@@ -53,7 +78,10 @@ class _Route:
             import openvino as ov
 
             compiled = ov.Core().compile_model(str(graph), "CPU")
-            self._run = lambda feeds: compiled(feeds)[0]
+            output = compiled.output(0)
+            # a request per call: the service encodes from more than one thread, and one
+            # compiled model's shared request is not safe to use concurrently
+            self._run = lambda feeds: compiled.create_infer_request().infer(feeds)[output]
         else:
             import onnxruntime as ort
 
@@ -65,11 +93,15 @@ class _Route:
             self._run = lambda feeds: session.run(
                 None, {k: v for k, v in feeds.items() if k in names})[0]
 
-    def encode(self, texts: list[str], batch_size: int, normalize: bool) -> np.ndarray:
+    def encode(self, texts: list[str], batch_size: int, normalize: bool,
+               show_progress: bool = False) -> np.ndarray:
+        from tqdm.auto import tqdm
+
         out = []
         # longest first: batches of similar length pad less (sentence-transformers' trick)
         order = np.argsort([-len(t) for t in texts], kind="stable")
-        for start in range(0, len(texts), batch_size):
+        for start in tqdm(range(0, len(texts), batch_size), desc="Batches",
+                          disable=not show_progress):
             batch = [texts[i] for i in order[start:start + batch_size]]
             feeds = self.tokenizer(batch, padding=True, truncation=True,
                                    max_length=self.max_length, return_tensors="np")
@@ -93,26 +125,73 @@ class _Route:
 
 class ExportedModel:
     """A model's encoders, exported: `encode_query` / `encode_document` as in
-    sentence-transformers (the subset `encoding.encode` uses)."""
+    sentence-transformers (the subset `encoding.encode` uses). Each route is exported
+    when it is first used."""
 
     device = "cpu"
 
-    def __init__(self, routes: dict[str, _Route], dim: int, backend: str) -> None:
-        self.routes, self.dim, self.backend = routes, dim, backend
+    def __init__(self, model: Any, backend: str, cache_dir: Path | None = None) -> None:
+        if backend not in EXPORTED:
+            raise ValueError(f"backend must be one of {EXPORTED}, not {backend!r}")
+        self.backend = backend
+        self.cache_dir = cache_dir or export_cache_dir()
+        self.modules = _route_modules(model)
+        for name, modules in self.modules.items():
+            _check_shape(name, modules)
+        self.dim = model.get_sentence_embedding_dimension() or 0
+        self.prompts = {role: _prompt(model, role) for role in ("query", "document")}
+        self.routes: dict[str, _Route] = {}
 
     def get_sentence_embedding_dimension(self) -> int:
         return self.dim
 
+    def route(self, role: str) -> _Route:
+        name = role if role in self.modules else "all"
+        if name not in self.routes:
+            modules = self.modules[name]
+            quantize = self.backend == "onnx-int8"
+            graph = (self.cache_dir / _weights_digest(modules[0])
+                     / f"model{'-int8' if quantize else ''}.onnx")
+            _export(modules[0], graph, quantize)
+            self.routes[name] = _Route(modules, graph, self.backend)
+        return self.routes[name]
+
     def _encode(self, role: str, texts: Sequence[str], batch_size: int = 64,
-                normalize_embeddings: bool = False, **_: Any) -> np.ndarray:
-        route = self.routes.get(role) or self.routes["all"]
-        return route.encode(list(texts), batch_size, normalize_embeddings)
+                normalize_embeddings: bool = False, show_progress_bar: bool = False,
+                **_: Any) -> np.ndarray:
+        prompt = self.prompts[role]
+        return self.route(role).encode([prompt + t for t in texts] if prompt else list(texts),
+                                       batch_size, normalize_embeddings, show_progress_bar)
 
     def encode_query(self, texts: Sequence[str], **kwargs: Any) -> np.ndarray:
         return self._encode("query", texts, **kwargs)
 
     def encode_document(self, texts: Sequence[str], **kwargs: Any) -> np.ndarray:
         return self._encode("document", texts, **kwargs)
+
+
+def _prompt(model: Any, role: str) -> str:
+    """The prefix sentence-transformers' encode_query / encode_document would apply:
+    the role's prompt (e5's "query: "), else the model's default prompt, else none."""
+    prompts = dict(getattr(model, "prompts", None) or {})
+    names = ["query"] if role == "query" else ["document", "passage", "corpus"]
+    name = next((n for n in names if n in prompts), getattr(model, "default_prompt_name", None))
+    return prompts.get(name or "", "") or ""
+
+
+# One ExportedModel per (loaded model, backend) in a process, gone with the model.
+_EXPORTED: weakref.WeakKeyDictionary[Any, dict[str, ExportedModel]] = (
+    weakref.WeakKeyDictionary())
+
+
+def exported(model: Any, backend: str) -> ExportedModel:
+    """`model` encoding through `backend` (an ExportedModel is returned as it is)."""
+    if isinstance(model, ExportedModel):
+        return model
+    per_backend = _EXPORTED.setdefault(model, {})
+    if backend not in per_backend:
+        per_backend[backend] = ExportedModel(model, backend)
+    return per_backend[backend]
 
 
 def _route_modules(model: Any) -> dict[str, list[Any]]:
@@ -123,6 +202,16 @@ def _route_modules(model: Any) -> dict[str, list[Any]]:
         tail = modules[1:]
         return {name: [*route, *tail] for name, route in modules[0].sub_modules.items()}
     return {"all": modules}
+
+
+def export_refusal(model: Any) -> str | None:
+    """Why `model` cannot be exported (a Dense layer, another pooling), or None."""
+    try:
+        for name, modules in _route_modules(model).items():
+            _check_shape(name, modules)
+    except CheckpointError as exc:
+        return str(exc)
+    return None
 
 
 def _check_shape(name: str, modules: list[Any]) -> None:
@@ -157,8 +246,11 @@ def _export(transformer: Any, target: Path, quantize: bool) -> None:
                                        padding=True, return_tensors="pt")
         sample.setdefault("token_type_ids", torch.zeros_like(sample["input_ids"]))
         partial = fp32.with_suffix(f".{os.getpid()}.partial")
-        wrapped = LastHiddenState(transformer.auto_model.float().cpu()).eval()
-        with torch.no_grad():
+        # a copy: the model itself may be training, on a GPU or in bf16
+        wrapped = LastHiddenState(copy.deepcopy(transformer.auto_model).float().cpu()).eval()
+        with torch.no_grad(), warnings.catch_warnings():
+            # the tracer's notes about Python-side branches (fixed for an encoder) are noise
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(wrapped, tuple(sample[k] for k in INPUTS), str(partial),
                               input_names=list(INPUTS), output_names=["last_hidden_state"],
                               dynamic_axes={k: {0: "batch", 1: "tokens"}
@@ -174,16 +266,9 @@ def _export(transformer: Any, target: Path, quantize: bool) -> None:
         os.replace(partial, target)
 
 
-def load_exported(model: Any, model_path: str, backend: str, cache_dir: Path) -> ExportedModel:
-    """`model` (loaded from `model_path`) with its routes exported for `backend`."""
-    if backend not in ENCODE_BACKENDS[1:]:
-        raise ValueError(f"backend must be one of {ENCODE_BACKENDS[1:]}, not {backend!r}")
-    folder = cache_dir / _weights_digest(Path(model_path))
-    routes = {}
-    for name, modules in _route_modules(model).items():
-        _check_shape(name, modules)
-        quantize = backend == "onnx-int8"
-        graph = folder / f"{name}{'-int8' if quantize else ''}.onnx"
-        _export(modules[0], graph, quantize)
-        routes[name] = _Route(modules, graph, backend)
-    return ExportedModel(routes, model.get_sentence_embedding_dimension() or 0, backend)
+def load_exported(model: Any, backend: str, cache_dir: Path | None = None) -> ExportedModel:
+    """`model` with its routes exported for `backend`, now (not on first use)."""
+    encoder = ExportedModel(model, backend, cache_dir)
+    for name in encoder.modules:
+        encoder.route(name)
+    return encoder

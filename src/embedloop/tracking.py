@@ -49,7 +49,8 @@ def start_tracking(registry: Registry, settings: Settings, trigger: str, reason:
         "negative_relative_margin": settings.negative_relative_margin,
         "weight_by_relevance": settings.weight_by_relevance, "train_side": settings.train_side,
         **{f"train.{k}": v for k, v in dataclasses.asdict(settings.training).items()},
-        **({"device": runtime.device, "precision": f"{runtime.precision} ({runtime.why})"}
+        **({"device": runtime.device, "precision": f"{runtime.precision} ({runtime.why})",
+            "encoder": f"{runtime.encoder} ({runtime.encoder_why or runtime.why})"}
            if runtime else {})}
     for key, value in params.items():
         registry.client.log_param(run_id, key, str(value))

@@ -12,7 +12,9 @@ import pytest
 
 from embedloop.config import load_settings
 from embedloop.errors import BatchRejected
+from embedloop.exported import backend_available
 from embedloop.faiss_index import FaissIndexStore
+from embedloop.index import open_index_store
 from embedloop.ledger import load_ledger
 from embedloop.registry import CHAMPION, PREVIOUS, Registry
 from tests.helpers import FAST, make_home, search
@@ -118,9 +120,15 @@ def test_search_uses_the_live_index_with_the_champion(promoted: tuple[Path, dict
                                                       tiny_beir: Path) -> None:
     config, _ = promoted
     first_doc = json.loads((tiny_beir / "corpus.jsonl").read_text().splitlines()[0])
-    hits = search(load_settings(config), first_doc["title"], k=5)
+    settings = load_settings(config)
+    hits = search(settings, first_doc["title"], k=5)
     assert len(hits) == 5
     assert hits[0].doc_id == first_doc["_id"]  # a document's own title finds it
+    # encode_backend "auto" on a CPU: both indexes were encoded through OpenVINO, and say
+    # so, so that queries against them are encoded the same way
+    manifests = [open_index_store(settings).manifest(v) for v in ("v0001", "v0002")]
+    want = {"openvino"} if backend_available("openvino") else {"bf16", "fp32"}
+    assert {m.precision for m in manifests} <= want, [m.precision for m in manifests]
 
 
 def test_rerun_on_the_same_input_ingests_nothing(promoted: tuple[Path, dict]) -> None:

@@ -28,7 +28,7 @@ def test_an_exported_model_encodes_as_the_torch_model_does(
     if backend == "openvino":
         pytest.importorskip("openvino")
     model = load_model(base_model_path, "cpu", max_seq_length=64)
-    exported = load_exported(model, base_model_path, backend, tmp_path)
+    exported = load_exported(model, backend, tmp_path)
     want = encode(model, TEXTS, role="document")
     got = encode(exported, TEXTS, role="document", batch_size=3)
     assert got.shape == want.shape
@@ -36,7 +36,7 @@ def test_an_exported_model_encodes_as_the_torch_model_does(
     assert np.min(np.sum(got * want, axis=1)) >= at_least
     # exported once, then read from the cache
     assert len(list(tmp_path.rglob("*.onnx"))) == (2 if backend == "onnx-int8" else 1)
-    load_exported(model, base_model_path, backend, tmp_path)
+    load_exported(model, backend, tmp_path)
     assert len(list(tmp_path.rglob("*.onnx"))) == (2 if backend == "onnx-int8" else 1)
 
 
@@ -51,10 +51,51 @@ def test_each_route_of_a_query_side_model_is_exported(base_model_path: str,
         query[0].auto_model.embeddings.word_embeddings.weight.mul_(0.5)
     model = asymmetric(query, towers.document, [], "cpu")
     model.save(str(tmp_path / "model"))
-    exported = load_exported(model, str(tmp_path / "model"), "onnx", tmp_path / "cache")
+    exported = load_exported(model, "onnx", tmp_path / "cache")
     for role in ("query", "document"):
         want = encode(model, TEXTS, role=role)
         got = encode(exported, TEXTS, role=role)
         assert np.min(np.sum(got * want, axis=1)) >= 0.9999, role
     assert not np.allclose(encode(exported, TEXTS, role="query"),
                            encode(exported, TEXTS, role="document"))
+
+
+def test_encode_with_an_exported_backend_exports_each_route_once_on_first_use(
+        base_model_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What indexing and search do when the encoder is "openvino": `encode` exports the
+    route it needs, keyed by that route's weights, so a query-side candidate (new query
+    route, the champion's document route) adds one export, not two."""
+    pytest.importorskip("openvino")
+    import torch
+
+    monkeypatch.setenv("EMBEDLOOP_EXPORT_CACHE", str(tmp_path))
+    champion = load_model(base_model_path, "cpu", max_seq_length=64)
+    want = encode(champion, TEXTS, role="document")
+    got = encode(champion, TEXTS, role="document", precision="openvino")
+    assert np.min(np.sum(got * want, axis=1)) >= 0.999
+    assert len(list(tmp_path.rglob("*.onnx"))) == 1
+
+    towers = Towers.of(champion)
+    query = copy.deepcopy(towers.query)
+    with torch.no_grad():
+        query[0].auto_model.embeddings.word_embeddings.weight.mul_(0.5)
+    candidate = asymmetric(query, towers.document, [], "cpu")
+    encode(candidate, TEXTS, role="document", precision="openvino")
+    assert len(list(tmp_path.rglob("*.onnx"))) == 1  # the champion's document export
+    got = encode(candidate, TEXTS, role="query", precision="openvino")
+    assert len(list(tmp_path.rglob("*.onnx"))) == 2
+    assert np.min(np.sum(got * encode(candidate, TEXTS, role="query"), axis=1)) >= 0.999
+
+
+def test_an_exported_model_applies_the_models_prompts(base_model_path: str,
+                                                      tmp_path: Path) -> None:
+    """A model with prompts (e5's "query: ") gets them through an export as in torch."""
+    model = load_model(base_model_path, "cpu", max_seq_length=64)
+    model.prompts = {"query": "query: ", "passage": "passage: "}
+    exported = load_exported(model, "onnx", tmp_path)
+    for role in ("query", "document"):
+        want = encode(model, TEXTS, role=role)
+        assert np.min(np.sum(encode(exported, TEXTS, role=role) * want, axis=1)) >= 0.9999
+    with_prompt = encode(exported, TEXTS, role="query")
+    model.prompts = {}
+    assert not np.allclose(encode(model, TEXTS, role="query"), with_prompt, atol=1e-3)

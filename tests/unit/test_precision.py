@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from embedloop.encoding import bf16_verdict, choose_precision, cpu_flags
+from embedloop.encoding import bf16_verdict, choose_encoder, choose_precision, cpu_flags
 
 XEON_AMX = "processor : 0\nflags : fpu sse avx512f avx512_bf16 amx_bf16 amx_tile\n"
 AVX512_NO_BF16 = "processor : 0\nflags : fpu sse avx2 avx512f avx512bw avx512vl\n"
@@ -31,3 +31,21 @@ def test_a_configured_precision_wins_and_nonsense_is_refused() -> None:
     assert choose_precision("auto", "cpu")[0] in ("fp32", "bf16")
     with pytest.raises(ValueError, match="auto, fp32, bf16 or fp16"):
         choose_precision("int4", "cpu")
+
+
+def test_the_encoder_is_openvino_on_a_cpu_that_has_it_and_torch_on_a_gpu(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import embedloop.exported
+
+    monkeypatch.setattr(embedloop.exported, "backend_available", lambda b: True)
+    assert choose_encoder("auto", "cpu", "bf16")[0] == "openvino"
+    assert choose_encoder("auto", "cuda:0", "bf16")[0] == "bf16"
+    assert choose_encoder("torch", "cpu", "fp32")[0] == "fp32"
+    assert choose_encoder("onnx-int8", "cpu", "fp32")[0] == "onnx-int8"
+    monkeypatch.setattr(embedloop.exported, "backend_available", lambda b: b == "torch")
+    encoder, why = choose_encoder("auto", "cpu", "fp32")
+    assert (encoder, why) == ("fp32", "OpenVINO not installed: torch")
+    with pytest.raises(ValueError, match="not installed"):
+        choose_encoder("openvino", "cpu", "fp32")
+    with pytest.raises(ValueError, match="encode_backend must be"):
+        choose_encoder("tensorrt", "cpu", "fp32")
