@@ -21,11 +21,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pandas as pd
+import pyarrow as pa
 
 from embedloop.errors import InputError, one_line
 from embedloop.log_schema import FRAME_COLUMNS, LOG_FIELDS
+from embedloop.native_logs import (
+    native_csv_rows,
+    native_ndjson_rows,
+    ndjson_keys,
+    objects,
+    split_lines,
+)
 
 
 @dataclass
@@ -76,54 +85,114 @@ def _parse_line(raw: bytes) -> tuple[dict[str, Any], str | None]:
     return record, None
 
 
-def read_ndjson(path: Path, start: int, first_line: int, column_map: dict[str, str]) -> Read:
+def read_ndjson(path: Path, start: int, first_line: int, column_map: dict[str, str],
+                native: bool = True) -> Read:
+    """Lines from byte `start` on. The lines Arrow can read alone (native_logs.py) are read
+    there; the rest one by one here, which is what every line means (`native=False`
+    reads them all here: the tests compare the two)."""
     with path.open("rb") as f:
         f.seek(start)
         data = f.read()
-    raw_lines = data.split(b"\n")
-    tail = raw_lines.pop()  # bytes after the last newline: a line still being written, or b""
+    cut = data.rfind(b"\n") + 1
+    tail = data[cut:]  # bytes after the last newline: a line still being written, or b""
+    body = data[:cut]
     notes: list[str] = []
-    consumed = start + len(data) - len(tail)
+    consumed = start + cut
     if tail.strip():
         try:
             json.loads(tail)
-            raw_lines.append(tail)  # a complete last line that just lacks its newline
+            body += tail + b"\n"  # a complete last line that just lacks its newline
             consumed += len(tail)
         except ValueError:
             notes.append(f"{path.name}: last line is incomplete; it will be read next run")
-    # Values go straight into columns and each parsed record is dropped at once: keeping
-    # a million records alive until the end doubled the time of a 1M-line read here.
+    lines = split_lines(body)
+    first_records = _first_records(lines)
+    keys = [*dict.fromkeys(str(k) for record in first_records for k in record)]
+    found = None
+    shape = ndjson_keys(column_map, first_records)
+    if native and shape is not None and len(lines):
+        found = native_ndjson_rows(lines, *shape)
+    if found is None:  # the Python reader reads every line
+        mask, table = np.zeros(len(lines), bool), None
+    else:
+        mask, table = found
+    columns, line_numbers, errors = _python_rows(lines.filter(pa.array(~mask)),
+                                                 np.flatnonzero(~mask) + first_line + 1,
+                                                 column_map)
+    if table is not None and table.num_rows:
+        native_lines = np.flatnonzero(mask) + first_line + 1
+        order = np.argsort(np.concatenate([line_numbers, native_lines]), kind="stable")
+        for name in LOG_FIELDS:
+            columns[name] = np.concatenate([columns[name], objects(table.column(name))])[order]
+        line_numbers = np.concatenate([line_numbers, native_lines])[order]
+        errors = np.concatenate([errors, np.full(len(native_lines), None, object)])[order]
+    n = len(line_numbers)
+    frame = pd.DataFrame({**columns, "source": np.full(n, path.name, dtype=object),
+                          "line": line_numbers.astype(object), "parse_error": errors},
+                         columns=FRAME_COLUMNS, dtype=object)
+    frame.attrs["source_columns"] = keys
+    return Read(frame, consumed, first_line + len(lines), notes)
+
+
+def _first_records(lines: pa.LargeBinaryArray, n: int = 50) -> list[dict[str, Any]]:
+    """The first `n` records, for their field names (hints about unmapped columns)."""
+    records = []
+    for raw in lines.slice(0, 4 * n).to_pylist():
+        record, error = _parse_line(raw[:-1])
+        if error is None:
+            records.append(record)
+        if len(records) == n:
+            break
+    return records
+
+
+def _python_rows(lines: pa.LargeBinaryArray, numbers: np.ndarray,
+                 column_map: dict[str, str]) -> tuple[dict[str, np.ndarray], np.ndarray,
+                                                      np.ndarray]:
+    """Lines read one by one: (columns, line numbers, parse errors); blank lines are no
+    rows. Values go straight into columns and each record is dropped at once."""
     columns: dict[str, list[Any]] = {name: [] for name in LOG_FIELDS}
     appends = [(columns[name].append, name) for name in LOG_FIELDS]
-    lines: list[int] = []
+    kept: list[int] = []
     errors: list[str | None] = []
-    keys: dict[str, None] = {}  # the first records' field names, in order, for hints
-    for i, raw in enumerate(raw_lines, start=first_line + 1):
-        record, error = _parse_line(raw)
+    for number, raw in zip(numbers.tolist(), lines.to_pylist(), strict=True):
+        record, error = _parse_line(raw[:-1])  # without its newline
         if error == "blank":
             continue
-        if len(lines) < 50:
-            keys.update(dict.fromkeys(map(str, record)))
         if column_map:
             record = {column_map.get(k, k): v for k, v in record.items()}
         get = record.get
         for append, name in appends:
             append(get(name))
-        lines.append(i)
+        kept.append(number)
         errors.append(error)
-    frame = pd.DataFrame({**columns, "source": [path.name] * len(lines), "line": lines,
-                          "parse_error": errors}, columns=FRAME_COLUMNS, dtype=object)
-    frame.attrs["source_columns"] = list(keys)
-    return Read(frame, consumed, first_line + len(raw_lines), notes)
+    return ({name: _object_array(values) for name, values in columns.items()},
+            np.array(kept, dtype=np.int64), _object_array(errors))
 
 
-def read_csv(path: Path, skip_rows: int, _: int, column_map: dict[str, str]) -> Read:
+def _object_array(values: list[Any]) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values  # element by element: a list value stays one element
+    return out
+
+
+def read_csv(path: Path, skip_rows: int, _: int, column_map: dict[str, str],
+             native: bool = True) -> Read:
     """Data rows after the first `skip_rows`, one frame row per CSV record, numbered by
     the file line it starts on. A record whose field count differs from the header's,
-    or that holds bytes that are not UTF-8, becomes a row with `parse_error` set."""
+    or that holds bytes that are not UTF-8, becomes a row with `parse_error` set.
+    A regular file (one record per line, every record as wide as the header, UTF-8) is
+    parsed by Arrow; any other by Python's csv module, which defines what a row is
+    (`native=False` always uses it: the tests compare the two)."""
     data = path.read_bytes()
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8):]
+    regular = native_csv_rows(data, skip_rows) if native else None
+    if regular is not None:
+        first, rows = skip_rows + 2, regular.num_rows  # the header is line 1, then a row a line
+        out = _columns_frame(list(zip(regular.column_names, regular.columns, strict=True)),
+                             column_map, path.name, range(first, first + rows))
+        return Read(out, skip_rows + rows, skip_rows + rows)
     # surrogateescape keeps undecodable bytes visible per record instead of failing the file
     reader = csv.reader(io.StringIO(data.decode("utf-8", errors="surrogateescape"),
                                     newline=""))
@@ -131,7 +200,7 @@ def read_csv(path: Path, skip_rows: int, _: int, column_map: dict[str, str]) -> 
     try:
         header = next(reader, None)
         if header is None:  # an empty file: nothing to read yet
-            return Read(_columns_frame(pd.DataFrame(), column_map, path.name, []), 0, 0)
+            return Read(_columns_frame([], column_map, path.name, []), 0, 0)
         width = len(header)
         records: list[list[str | None]] = []
         lines: list[int] = []
@@ -155,9 +224,12 @@ def read_csv(path: Path, skip_rows: int, _: int, column_map: dict[str, str]) -> 
             errors.append(error)
     except csv.Error as exc:
         raise InputError(f"not a readable CSV file (line {reader.line_num}: {exc})") from None
-    frame = pd.DataFrame(records, columns=header, dtype=object)
-    out = _columns_frame(frame, column_map, path.name, lines)
-    out["parse_error"] = pd.Series(errors, dtype=object)
+    cells = np.empty((len(records), width), dtype=object)
+    for i, record in enumerate(records):
+        cells[i] = record
+    out = _columns_frame([(name, cells[:, i]) for i, name in enumerate(header)], column_map,
+                         path.name, lines)
+    out["parse_error"] = _object_array(errors)
     return Read(out, skip_rows + len(records), skip_rows + len(records))
 
 
@@ -174,26 +246,40 @@ def read_parquet(path: Path, _: int, __: int, column_map: dict[str, str]) -> Rea
         frame = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several unrelated types for a bad file
         raise InputError(f"not a readable Parquet file ({one_line(exc)})") from None
-    return Read(_columns_frame(frame, column_map, path.name, range(1, len(frame) + 1)), 1,
+    columns = [(name, frame.iloc[:, i]) for i, name in enumerate(frame.columns)]
+    return Read(_columns_frame(columns, column_map, path.name, range(1, len(frame) + 1)), 1,
                 len(frame))
 
 
-def _columns_frame(frame: pd.DataFrame, column_map: dict[str, str], source: str,
+def _columns_frame(columns: list[tuple[Any, Any]], column_map: dict[str, str], source: str,
                    lines: Sequence[int]) -> pd.DataFrame:
-    """A tabular file's columns as raw rows; a missing column is all nulls."""
-    source_columns = [str(c) for c in frame.columns]
-    frame = frame.rename(columns=column_map)
-    frame = frame.loc[:, ~frame.columns.duplicated(keep="last")]
-    out = pd.DataFrame(index=pd.RangeIndex(len(frame)), columns=FRAME_COLUMNS, dtype=object)
-    for name in LOG_FIELDS:
-        if name in frame.columns:
-            column = frame[name].astype(object)
-            out[name] = column.where(column.notna(), None).to_numpy()
-    out["source"] = source
-    out["line"] = list(lines)
-    out = out.astype(object)
-    out.attrs["source_columns"] = source_columns
+    """A tabular file's (name, values) columns, in file order, as raw rows; values are a
+    pandas Series, an Arrow array or an object array. A missing column is all nulls.
+    Renamed by `column_map`; of two columns that end up with one name, the later wins."""
+    renamed = {}
+    for name, values in columns:
+        renamed[column_map.get(name, name) if isinstance(name, str) else name] = values
+    n = len(lines)
+    data = {name: (_raw_values(renamed[name]) if name in renamed
+                   else np.full(n, None, dtype=object)) for name in LOG_FIELDS}
+    data["source"] = np.full(n, source, dtype=object)
+    data["line"] = np.fromiter(lines, dtype=np.int64, count=n).astype(object)
+    data["parse_error"] = np.full(n, None, dtype=object)
+    # dtype=object throughout: pandas would otherwise turn str columns into its string
+    # dtype, and back, at a second a million rows
+    out = pd.DataFrame(data, columns=FRAME_COLUMNS, dtype=object)
+    out.attrs["source_columns"] = [str(name) for name, _ in columns]
     return out
+
+
+def _raw_values(values: Any) -> np.ndarray:
+    """Python values with None for a null (Arrow's null; pandas' NaN, NaT or NA)."""
+    if isinstance(values, pa.ChunkedArray | pa.Array):
+        return objects(values)
+    if isinstance(values, np.ndarray):  # the csv module's str / None already
+        return values
+    column = values.astype(object)
+    return column.where(column.notna(), None).to_numpy()
 
 
 NDJSON = LogFormat("ndjson", read_ndjson, resumable=True)

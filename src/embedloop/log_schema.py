@@ -28,6 +28,8 @@ FRAME_COLUMNS = [*LOG_FIELDS, "source", "line", "parse_error"]
 
 def is_missing(value: object) -> bool:
     """None/NaN/NaT, without pd.isna's element-wise answer for a list or dict value."""
+    if value is None or type(value) is str:  # the common cases, a hundred times faster
+        return value is None
     return pd.api.types.is_scalar(value) and bool(pd.isna(value))
 
 
@@ -106,19 +108,26 @@ def _short(value: Any, limit: int = 40) -> str:
 
 def _parse_timestamps(values: pd.Series) -> tuple[pd.Series, dict[int, str]]:
     """ISO-8601 strings or datetimes -> UTC timestamps; naive times are taken as UTC."""
-    types = values.map(type)
-    usable = types.isin((str, pd.Timestamp))
+    present = values.notna().to_numpy()
     errors: dict[int, str] = {}
-    for i in np.flatnonzero(~usable.to_numpy() & values.notna().to_numpy()):
-        if not hasattr(values.iat[i], "isoformat"):  # datetime.datetime, datetime.date
-            errors[int(i)] = f"not a timestamp ({type(values.iat[i]).__name__})"
-    cleaned = values.where(values.notna(), None).astype(object)
+    if pd.api.types.infer_dtype(values, skipna=True) not in ("string", "empty"):
+        usable = np.isin(_types(values), (str, pd.Timestamp))
+        for i in np.flatnonzero(~usable & present):
+            if not hasattr(values.iat[i], "isoformat"):  # datetime.datetime, datetime.date
+                errors[int(i)] = f"not a timestamp ({type(values.iat[i]).__name__})"
+    cleaned = values.where(present, None).astype(object)
     if errors:
         cleaned.iloc[list(errors)] = None
-    parsed = pd.to_datetime(cleaned, utc=True, format="ISO8601", errors="coerce")
+    # cache=False: the cache pays off for repeated values; log timestamps rarely repeat
+    parsed = pd.to_datetime(cleaned, utc=True, format="ISO8601", errors="coerce", cache=False)
     for i in np.flatnonzero(parsed.isna().to_numpy() & cleaned.notna().to_numpy()):
         errors[int(i)] = f"not an ISO-8601 timestamp ({_short(cleaned.iat[i])})"
     return parsed, errors
+
+
+def _types(values: pd.Series) -> np.ndarray:
+    """Each value's type (Series.map(type) takes twice as long)."""
+    return np.fromiter(map(type, values.to_numpy()), dtype=object, count=len(values))
 
 
 Converter = Callable[[Any], tuple[Any, str | None]]
@@ -140,7 +149,7 @@ def _typed_column(raw: pd.Series, convert: Converter, fast_types: tuple[type, ..
         types = None
         fast = pending.copy()
     else:
-        types = raw.map(type).to_numpy()
+        types = _types(raw)
         fast = (np.isin(types, fast_types) & pending if fast_types
                 else np.zeros(len(raw), bool))
     if fast.any():

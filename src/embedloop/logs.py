@@ -87,11 +87,6 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def is_missing(value: object) -> bool:
-    """None/NaN/NaT, without pd.isna's element-wise answer for a list or dict value."""
-    return pd.api.types.is_scalar(value) and bool(pd.isna(value))
-
-
 def _fingerprint(path: Path, kind: str, consumed: int) -> str:
     """What must not change under a cursor: the consumed head of an NDJSON file, or a
     CSV file's header line (CSV cursors count rows, not bytes)."""
@@ -131,20 +126,22 @@ def read_new_rows(files: list[Path], cursors: dict[str, Cursor],
             if hint:
                 notes.append(hint)
     frames = [f for f in frames if len(f)]
-    frame = (pd.concat(frames, ignore_index=True) if frames
-             else pd.DataFrame(columns=FRAME_COLUMNS))
-    return NewRows(frame=frame.astype(object), cursors=updated, notes=notes,
-                   unreadable=unreadable)
+    if len(frames) == 1:  # the usual nightly case: no copy of a million rows
+        frame = frames[0].reset_index(drop=True)
+    else:
+        frame = (pd.concat(frames, ignore_index=True) if frames
+                 else pd.DataFrame(columns=FRAME_COLUMNS)).astype(object)
+    return NewRows(frame=frame, cursors=updated, notes=notes, unreadable=unreadable)
 
 
 def missing_columns_note(name: str, frame: pd.DataFrame,
                          column_map: dict[str, str]) -> str | None:
     """Required fields that no row of a file holds: a file written with other column
     names quarantines every row as missing_*, so say which and how to map them."""
-    parsed = frame[frame["parse_error"].isna()]
-    if parsed.empty:
+    parsed = frame["parse_error"].isna().to_numpy()
+    if not parsed.any():
         return None
-    missing = [f for f in REQUIRED_FIELDS if parsed[f].isna().all()]
+    missing = [f for f in REQUIRED_FIELDS if not (frame[f].notna().to_numpy() & parsed).any()]
     if not missing:
         return None
     has = [c for c in frame.attrs.get("source_columns", []) if c not in column_map]

@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import math
+import threading
 from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -80,24 +81,32 @@ def _gx_context() -> Any:
     return context
 
 
+# One context per process, and one dataframe asset in it that every validation reuses:
+# adding and deleting an asset per validation made GX write its whole configuration out
+# each time (a third of a second per batch of logs). Batches are not shared between
+# threads, so validations take turns.
+_GX_LOCK = threading.Lock()
+
+
+@functools.cache
+def _whole_dataframe() -> Any:
+    context = _gx_context()
+    asset = context.data_sources.add_or_update_pandas("embedloop").add_dataframe_asset("frames")
+    return asset.add_batch_definition_whole_dataframe("all")
+
+
 def run_suite(frame: pd.DataFrame, suite_json: dict[str, Any],
               parameters: dict[str, Any] | None = None) -> SuiteOutcome:
     """Validate `frame` with a suite; failing rows are reported by index label."""
     import great_expectations as gx
 
-    context = _gx_context()
     suite = gx.ExpectationSuite(name=suite_json["name"], expectations=suite_json["expectations"])
-    name = f"{suite_json['name']}-{id(frame)}"
-    asset = context.data_sources.add_or_update_pandas("embedloop").add_dataframe_asset(name)
-    try:
-        batch = asset.add_batch_definition_whole_dataframe("all").get_batch(
-            batch_parameters={"dataframe": frame})
+    with _GX_LOCK:
+        batch = _whole_dataframe().get_batch(batch_parameters={"dataframe": frame})
         result = batch.validate(suite, result_format={"result_format": "COMPLETE",
                                                       "partial_unexpected_count": 20,
                                                       "return_unexpected_index_query": False},
                                 expectation_parameters=parameters or {})
-    finally:
-        context.data_sources.get("embedloop").delete_asset(name)
     failures = []
     for item in result.results:
         if item.success:

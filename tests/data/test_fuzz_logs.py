@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from embedloop import log_schema
+from embedloop.log_readers import read_csv, read_ndjson
 from embedloop.log_schema import LOG_FIELDS
 from embedloop.logs import read_new_rows
 from embedloop.validation import validate_logs
@@ -88,6 +89,68 @@ def test_ndjson_lines_of_any_shape(lines: list[str]) -> None:
         path = Path(tmp) / "logs.jsonl"
         path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         check(path, len(lines))
+        same_rows_natively(path)
+
+
+def same_rows_natively(path: Path, column_map: dict[str, str] | None = None) -> None:
+    """The rows Arrow reads (native_logs.py) come out exactly as the Python reader, which
+    is the definition, reads them: same values, same types, same line numbers."""
+    read = read_csv if path.suffix == ".csv" else read_ndjson
+    native = read(path, 0, 0, column_map or {})
+    python = read(path, 0, 0, column_map or {}, native=False)
+    pd.testing.assert_frame_equal(native.frame, python.frame)
+    for column in LOG_FIELDS:  # 1 == 1.0 == True for pandas: the types must match too
+        assert list(map(type, native.frame[column])) == list(map(type, python.frame[column]))
+    assert (native.consumed, native.lines) == (python.consumed, python.lines)
+    assert native.frame.attrs == python.frame.attrs
+
+
+TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+NATIVE_LIKE = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**63),
+                        st.sampled_from([0, -0, 10**15, 10**16, 1.0, -1.5, 1e20]), TEXT,
+                        st.sampled_from(["\u00e9t\u00e9", "\ud83d\ude00", "a\"b", "\x00",
+                                         "2026-03-01T12:00:05Z", "true", "1"]))
+
+
+@st.composite
+def native_like_line(draw: st.DrawFn) -> str:
+    """Rows mostly as a tracker writes them: every field of its type, with now and then a
+    value of another type, a field missing or twice, another key, odd spacing, an escape
+    or a line that is not an object, which the native path must leave to Python."""
+    row: dict[str, Any] = {**GOOD}
+    for field in draw(st.lists(st.sampled_from(LOG_FIELDS), max_size=2, unique=True)):
+        value = draw(st.one_of(st.just(MISSING), NATIVE_LIKE))
+        if value is MISSING:
+            row.pop(field)
+        else:
+            row[field] = value
+    if draw(st.integers(0, 4)) == 0:
+        row[draw(st.sampled_from(["extra", "user_agent", "ts "]))] = draw(NATIVE_LIKE)
+    text = json.dumps(row, ensure_ascii=draw(st.booleans()),
+                      separators=draw(st.sampled_from([(", ", ": "), (",", ":"),
+                                                       (" , ", " : ")])))
+    twist = draw(st.integers(0, 9))
+    if twist == 0:
+        text = text[:-1] + ', "query": "again"}'  # a key twice
+    elif twist == 1:
+        text = "  " + text + " \r"
+    elif twist == 2:
+        text = text.replace("1200", "NaN")
+    elif twist == 3:
+        text = draw(st.sampled_from(["", "   ", "[1, 2]", "{}", "null", '{"query": "\\ud800"}']))
+    return text
+
+
+@FUZZ
+@given(lines=st.lists(native_like_line(), min_size=1, max_size=40),
+       mapped=st.booleans(), newline_at_end=st.booleans())
+def test_the_native_ndjson_path_reads_what_the_python_path_reads(
+        lines: list[str], mapped: bool, newline_at_end: bool) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "logs.jsonl"
+        text = "\n".join(lines) + ("\n" if newline_at_end else "")
+        path.write_bytes(text.encode("utf-8", errors="surrogatepass"))
+        same_rows_natively(path, {"user_agent": "team"} if mapped else None)
 
 
 @FUZZ
@@ -102,6 +165,7 @@ def test_csv_cells_of_any_text(rows: list[dict[str, str]]) -> None:
             writer.writeheader()
             writer.writerows(rows)
         check(path, len(rows))
+        same_rows_natively(path)
 
 
 CELL = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters='",\r\n'),
@@ -120,6 +184,27 @@ def test_csv_rows_of_any_width_and_bytes(lines: list[tuple[list[str], bytes]]) -
         path = Path(tmp) / "logs.csv"
         path.write_bytes(",".join(LOG_FIELDS).encode() + b"\n" + b"\n".join(body) + b"\n")
         check(path, sum(1 for line in body if line))
+        same_rows_natively(path)
+
+
+ODD_CELL = st.one_of(CELL, st.sampled_from(['"a,b"', '"say ""hi"""', 'a"b', '"ab"c', '""', '" "',
+                                            '"é"', "x\r", '"multi\nline"']))
+
+
+@FUZZ
+@given(rows=st.lists(st.lists(ODD_CELL, min_size=len(LOG_FIELDS), max_size=len(LOG_FIELDS)),
+                     min_size=1, max_size=25),
+       crlf=st.booleans(), newline_at_end=st.booleans())
+def test_the_native_csv_path_reads_what_the_python_path_reads(
+        rows: list[list[str]], crlf: bool, newline_at_end: bool) -> None:
+    """Quoting in every odd place, CRLF, a missing last newline: the rows Arrow reads are
+    the rows Python's csv module reads, or Arrow leaves the file to it."""
+    end = "\r\n" if crlf else "\n"
+    text = end.join([",".join(LOG_FIELDS), *(",".join(r) for r in rows)])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "logs.csv"
+        path.write_text(text + (end if newline_at_end else ""), encoding="utf-8", newline="")
+        same_rows_natively(path)
 
 
 CONVERTERS = {"event_id": log_schema._as_id, "query": log_schema._as_text,
