@@ -33,6 +33,18 @@ ANY_VALUE = st.one_of(
 MISSING = object()
 
 
+def altered(draw: st.DrawFn, row: dict[str, Any], fields: int,
+            values: st.SearchStrategy[Any]) -> dict[str, Any]:
+    """`row` with up to `fields` of its fields dropped or given one of `values`."""
+    for field in draw(st.lists(st.sampled_from(LOG_FIELDS), max_size=fields, unique=True)):
+        value = draw(st.one_of(st.just(MISSING), values))
+        if value is MISSING:
+            row.pop(field)
+        else:
+            row[field] = value
+    return row
+
+
 @st.composite
 def log_line(draw: st.DrawFn, index: int) -> str:
     """A row of the contract with any of its fields replaced, dropped or added to, or a
@@ -46,13 +58,8 @@ def log_line(draw: st.DrawFn, index: int) -> str:
     if kind == "not-object":
         return json.dumps(draw(st.one_of(st.lists(st.integers(), max_size=3), st.integers(),
                                          st.text(max_size=10))))
-    row: dict[str, Any] = {**GOOD, "event_id": f"e{index}", "session_id": f"s{index}"}
-    for field in draw(st.lists(st.sampled_from(LOG_FIELDS), max_size=4, unique=True)):
-        value = draw(st.one_of(st.just(MISSING), ANY_VALUE))
-        if value is MISSING:
-            row.pop(field)
-        else:
-            row[field] = value
+    row = altered(draw, {**GOOD, "event_id": f"e{index}", "session_id": f"s{index}"},
+                  fields=4, values=ANY_VALUE)
     if draw(st.booleans()):
         row[draw(st.text(min_size=1, max_size=8))] = draw(ANY_VALUE)  # an extra column
     return json.dumps(row)
@@ -117,13 +124,7 @@ def native_like_line(draw: st.DrawFn) -> str:
     """Rows mostly as a tracker writes them: every field of its type, with now and then a
     value of another type, a field missing or twice, another key, odd spacing, an escape
     or a line that is not an object, which the native path must leave to Python."""
-    row: dict[str, Any] = {**GOOD}
-    for field in draw(st.lists(st.sampled_from(LOG_FIELDS), max_size=2, unique=True)):
-        value = draw(st.one_of(st.just(MISSING), NATIVE_LIKE))
-        if value is MISSING:
-            row.pop(field)
-        else:
-            row[field] = value
+    row = altered(draw, {**GOOD}, fields=2, values=NATIVE_LIKE)
     if draw(st.integers(0, 4)) == 0:
         row[draw(st.sampled_from(["extra", "user_agent", "ts "]))] = draw(NATIVE_LIKE)
     text = json.dumps(row, ensure_ascii=draw(st.booleans()),
