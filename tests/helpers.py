@@ -12,6 +12,18 @@ FAST = {"max_seq_length": 96, "encode_batch_size": 64, "min_clicks": 10,
         "training": {"max_steps": 3, "batch_size": 8, "precision": "fp32"}}
 
 
+# A gate any candidate passes: the flow tests that follow promotion, not the gate
+ANY_CANDIDATE_WINS = {"min_improvement": -1.0, "significance_alpha": 1.0, "guard_tolerance": 1.0}
+
+
+def first_week_logs(root: Path, sim_logs: Path, name: str = "1.jsonl") -> Path:
+    """A log folder holding the simulator's first batch."""
+    logs = root / "logs"
+    logs.mkdir(parents=True)
+    (logs / name).write_bytes((sim_logs / "batch-001.jsonl").read_bytes())
+    return logs
+
+
 def make_home(root: Path, logs: Path | str, corpus: Path, **settings: Any) -> Path:
     """A deployment's home with its own embedloop.toml, as a team would set one up."""
     root.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,12 +22,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from embedloop.errors import IndexUnavailable
-from embedloop.index import IndexManifest, IndexStore, VectorIndex
+from embedloop.index import VERSION, IndexManifest, IndexStore, VectorIndex
 
 if TYPE_CHECKING:
     from embedloop.config import Settings
 
-VERSION = re.compile(r"^v(\d{4,})$")
 FILES = ("index.faiss", "doc_ids.json", "titles.json", "manifest.json")
 
 @dataclass(frozen=True)
@@ -142,10 +140,7 @@ class FaissIndexStore(IndexStore):
                       key=lambda v: int(v[1:]))
 
     def _directory(self, version: str) -> Path:
-        """Versions are names this store wrote ("v0003"): nothing else becomes a path."""
-        if not VERSION.fullmatch(version):
-            raise IndexUnavailable(f"not an index version: {version!r}")
-        return self.versions_dir / version
+        return self.versions_dir / self.checked_version(version)
 
     def manifest(self, version: str) -> IndexManifest:
         path = self._directory(version) / "manifest.json"
@@ -202,9 +197,7 @@ class FaissIndexStore(IndexStore):
     def load(self, version: str | None = None) -> FaissIndex:
         import faiss
 
-        version = version or self.live_version()
-        if version is None:
-            raise IndexUnavailable("there is no live index yet: run `embedloop retrain` first")
+        version = self.version_to_load(version)
         manifest = self.manifest(version)
         directory = self._directory(version)
         try:

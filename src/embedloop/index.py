@@ -17,6 +17,7 @@ else changes.
 from __future__ import annotations
 
 import importlib
+import re
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,8 @@ from embedloop.errors import IndexUnavailable
 
 if TYPE_CHECKING:
     from embedloop.config import Settings
+
+VERSION = re.compile(r"^v(\d{4,})$")  # an index version's name: v0001, v0002, ...
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,21 @@ class IndexStore(ABC):
     @abstractmethod
     def describe(self) -> str:
         """Where the versions live, for status lines and logs."""
+
+    @staticmethod
+    def checked_version(version: str) -> str:
+        """Versions are names a store wrote ("v0003"): nothing else becomes a file name
+        or a collection name."""
+        if not VERSION.fullmatch(version):
+            raise IndexUnavailable(f"not an index version: {version!r}")
+        return version
+
+    def version_to_load(self, version: str | None) -> str:
+        """`version`, or the live one; none yet is a clear error."""
+        version = version or self.live_version()
+        if version is None:
+            raise IndexUnavailable("there is no live index yet: run `embedloop retrain` first")
+        return version
 
     def latest_for_model(self, model_name: str, model_version: str) -> str | None:
         """The newest version built by that model: the one promotion or rollback makes live."""

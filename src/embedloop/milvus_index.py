@@ -30,14 +30,13 @@ import numpy as np
 from embedloop.errors import IndexUnavailable
 from embedloop.faiss_index import FaissIndex, IndexSpec
 from embedloop.faults import crash_point
-from embedloop.index import IndexManifest, IndexStore, VectorIndex
+from embedloop.index import VERSION, IndexManifest, IndexStore, VectorIndex
 
 if TYPE_CHECKING:
     from embedloop.config import Settings
 
 MANIFEST = "embedloop.manifest"
 TOKEN_ENV = "EMBEDLOOP_MILVUS_TOKEN"
-VERSION = re.compile(r"^v(\d{4,})$")
 UPLOAD_ROWS = 5_000  # rows per insert: well under Milvus' 64 MB message limit at 1024-d
 MAX_TITLE = 1_000  # characters kept for display (VARCHAR limits are in bytes)
 # HNSW: the same build and search settings as the FAISS backend's large-corpus index.
@@ -106,9 +105,7 @@ class MilvusIndexStore(IndexStore):
         return f"Milvus at {self.uri} (collections {self.prefix}_v*, alias {self.live_alias})"
 
     def _collection(self, version: str) -> str:
-        if not VERSION.fullmatch(version):
-            raise IndexUnavailable(f"not an index version: {version!r}")
-        return f"{self.prefix}_{version}"
+        return f"{self.prefix}_{self.checked_version(version)}"
 
     def _properties(self, collection: str) -> dict[str, str]:
         return dict(self.client.describe_collection(collection).get("properties") or {})
@@ -195,9 +192,7 @@ class MilvusIndexStore(IndexStore):
             self.client.alter_alias(collection, self.live_alias)
 
     def load(self, version: str | None = None) -> MilvusIndex:
-        version = version or self.live_version()
-        if version is None:
-            raise IndexUnavailable("there is no live index yet: run `embedloop retrain` first")
+        version = self.version_to_load(version)
         manifest = self.manifest(version)
         collection = self._collection(version)
         try:

@@ -17,16 +17,14 @@ from embedloop.production import Production
 from embedloop.serving import LiveSearch
 from flows.cli import main
 from tests.flows.test_retrain import run
-from tests.helpers import make_home
+from tests.helpers import first_week_logs, make_home
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def test_a_waiting_candidate_is_canaried_then_promoted_by_its_sessions_clicks(
         tmp_path: Path, sim_logs: Path, tiny_beir: Path) -> None:
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    (logs / "day-1.jsonl").write_bytes((sim_logs / "batch-001.jsonl").read_bytes())
+    logs = first_week_logs(tmp_path, sim_logs, "day-1.jsonl")
     # Any gain counts (min_improvement -1), but none is credible offline at this alpha
     # (a pool this small cannot reach p < 5e-6): the candidate waits for evidence.
     config = make_home(tmp_path / "home", logs, tiny_beir / "corpus.jsonl",

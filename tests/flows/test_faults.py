@@ -22,7 +22,7 @@ from embedloop.faults import CRASH_AT, POINTS
 from embedloop.ledger import batch_dir, load_ledger
 from embedloop.production import Production
 from embedloop.registry import CHAMPION, Registry
-from tests.helpers import make_home, search
+from tests.helpers import ANY_CANDIDATE_WINS, first_week_logs, make_home, search
 from tests.integration.servers import free_port, server
 
 BIN = Path(sys.executable).parent
@@ -96,11 +96,8 @@ def home(tmp_path_factory: pytest.TempPathFactory, sim_logs: Path, tiny_beir: Pa
     """A deployment after one promoted run; batch 2 has arrived and is not read yet.
     The gate accepts any candidate, so every run reaches publishing."""
     root = tmp_path_factory.mktemp("faults")
-    logs = root / "logs"
-    logs.mkdir()
-    shutil.copy(sim_logs / "batch-001.jsonl", logs)
-    config = make_home(root / "home", logs, tiny_beir / "corpus.jsonl", min_improvement=-1.0,
-                       significance_alpha=1.0, guard_tolerance=1.0)
+    logs = first_week_logs(root, sim_logs, "batch-001.jsonl")
+    config = make_home(root / "home", logs, tiny_beir / "corpus.jsonl", **ANY_CANDIDATE_WINS)
     first = retrain(config, prefect_api, "first week")
     assert first.returncode == 0, first.stderr[-3000:]
     shutil.copy(sim_logs / "batch-002.jsonl", logs)

@@ -12,7 +12,7 @@ import pytest
 
 from embedloop.config import load_settings
 from embedloop.production import Production
-from tests.helpers import make_home, search
+from tests.helpers import ANY_CANDIDATE_WINS, first_week_logs, make_home, search
 
 pytest.importorskip("pymilvus")
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -28,12 +28,9 @@ def test_promotion_rollback_and_a_cut_off_swap_on_milvus(tmp_path: Path, sim_log
                                                         tiny_beir: Path) -> None:
     from flows.rollback import rollback
 
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    (logs / "1.jsonl").write_bytes((sim_logs / "batch-001.jsonl").read_bytes())
+    logs = first_week_logs(tmp_path, sim_logs)
     config = make_home(tmp_path / "home", logs, tiny_beir / "corpus.jsonl",
-                       index_backend="milvus", min_improvement=-1.0, significance_alpha=1.0,
-                       guard_tolerance=1.0)  # any candidate wins
+                       index_backend="milvus", **ANY_CANDIDATE_WINS)
     settings = load_settings(config)
 
     # a full cycle: the candidate's index is uploaded as a new collection and goes live

@@ -18,7 +18,7 @@ from embedloop.faiss_index import FaissIndexStore
 from embedloop.production import Production
 from embedloop.registry import CHAMPION, DOCUMENT_ENCODER
 from flows.cli import main
-from tests.helpers import make_home, search
+from tests.helpers import ANY_CANDIDATE_WINS, first_week_logs, make_home, search
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -31,12 +31,8 @@ def run(config: Path, **overrides: Any) -> dict[str, Any]:
 
 def test_query_side_cycles_keep_the_index_and_full_cycles_rebuild_it(
         tmp_path: Path, sim_logs: Path, tiny_beir: Path) -> None:
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    (logs / "1.jsonl").write_bytes((sim_logs / "batch-001.jsonl").read_bytes())
-    config = make_home(tmp_path / "home", logs, tiny_beir / "corpus.jsonl",
-                       min_improvement=-1.0, significance_alpha=1.0,
-                       guard_tolerance=1.0)  # any candidate wins
+    logs = first_week_logs(tmp_path, sim_logs)
+    config = make_home(tmp_path / "home", logs, tiny_beir / "corpus.jsonl", **ANY_CANDIDATE_WINS)
     settings = load_settings(config)
     production = Production.from_settings(settings)
     store = FaissIndexStore(settings.index_dir)
@@ -101,11 +97,8 @@ def test_an_index_from_another_document_encoder_is_refused(tmp_path: Path, sim_l
     """A query-side version searches only indexes its document encoder built."""
     from embedloop.errors import IndexUnavailable
 
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    (logs / "1.jsonl").write_bytes((sim_logs / "batch-001.jsonl").read_bytes())
-    config = make_home(tmp_path / "home", logs, tiny_beir / "corpus.jsonl",
-                       min_improvement=-1.0, significance_alpha=1.0, guard_tolerance=1.0)
+    config = make_home(tmp_path / "home", first_week_logs(tmp_path, sim_logs),
+                       tiny_beir / "corpus.jsonl", **ANY_CANDIDATE_WINS)
     assert run(config)["champion_version"] == "2"
     production = Production.from_settings(load_settings(config))
     index = production.store.load("v0001")
