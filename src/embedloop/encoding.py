@@ -177,7 +177,7 @@ def encode(model: SentenceTransformer, texts: Sequence[str], *, role: str,
     "onnx-int8"): then the model's export does the work (exported.py)."""
     import torch
 
-    from embedloop.exported import EXPORTED, exported
+    from embedloop.exported import EXPORTED, embedding_dimension, exported
 
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, not {role!r}")
@@ -185,7 +185,7 @@ def encode(model: SentenceTransformer, texts: Sequence[str], *, role: str,
         model = exported(model, precision)
     device = str(model.device)
     if not texts:
-        dim = model.get_sentence_embedding_dimension() or 0
+        dim = embedding_dimension(model)
         return np.zeros((0, dim), dtype=np.float32)
     how = model.encode_query if role == "query" else model.encode_document
     with torch.inference_mode(), autocast(precision, device):

@@ -39,6 +39,13 @@ EXPORTED = ENCODE_BACKENDS[1:]
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
+def embedding_dimension(model: Any) -> int:
+    """The model's vector size (sentence-transformers 6 renamed the method)."""
+    get = (getattr(model, "get_embedding_dimension", None)
+           or model.get_sentence_embedding_dimension)
+    return int(get() or 0)
+
+
 def export_cache_dir() -> Path:
     """EMBEDLOOP_EXPORT_CACHE, else the user's cache folder (exports depend on weights
     alone, so every deployment on a machine can share them)."""
@@ -138,11 +145,11 @@ class ExportedModel:
         self.modules = _route_modules(model)
         for name, modules in self.modules.items():
             _check_shape(name, modules)
-        self.dim = model.get_sentence_embedding_dimension() or 0
+        self.dim = embedding_dimension(model)
         self.prompts = {role: _prompt(model, role) for role in ("query", "document")}
         self.routes: dict[str, _Route] = {}
 
-    def get_sentence_embedding_dimension(self) -> int:
+    def get_embedding_dimension(self) -> int:
         return self.dim
 
     def route(self, role: str) -> _Route:
