@@ -282,12 +282,13 @@ _POSITIVE = ("min_holdout_queries", "guard_queries", "max_query_chars", "max_pos
 def _check(settings: Settings) -> None:
     """Settings that cannot work fail when they are read, not hours into a run."""
     from embedloop.evaluation import METRICS
+    from embedloop.exported import ENCODE_BACKENDS
     from embedloop.index import BACKENDS
 
     choices = {"eval_labels": ("graded", "binary"), "primary_metric": METRICS,
                "task_runner": ("threads", "dask"), "index_backend": tuple(sorted(BACKENDS)),
                "encode_precision": PRECISIONS, "train_side": TRAIN_SIDES,
-               "encode_backend": ("auto", "torch", "onnx", "onnx-int8", "openvino")}
+               "encode_backend": ("auto", *ENCODE_BACKENDS)}
     for name, allowed in choices.items():
         if getattr(settings, name) not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not "

@@ -1,18 +1,20 @@
-"""The fast path of log reading: rows whose every value already has its contract type,
-read and typed by Arrow without making a Python object per value.
+"""The fast path of log reading: rows Arrow can parse alone, without the per-line Python
+parser.
 
-The Python readers and converters (log_readers.py, log_schema.py) remain the definition
-of what a row means. This module recognizes the rows on which that definition is
-trivial, and hands them over as Arrow columns:
-- NDJSON: a line that is a flat object whose known fields hold a string, an integer
-  (position, dwell_ms), a boolean (clicked) or null, and whose other keys hold simple
-  values. One regular expression (RE2, over the whole batch) picks those lines out; Arrow's
-  JSON reader parses them. Anything else (not JSON, a number written as a string, a
-  float, a duplicate key, NaN) goes to the Python reader, line number and all.
-- CSV and Parquet: a cell in the common spelling of its type ("3", "true", "1200").
+The Python readers (log_readers.py) remain the definition of what a row means. This
+module recognizes the rows on which that definition is trivial and parses them in Arrow;
+the readers then turn both kinds into the same raw columns:
+- NDJSON: a line that is a flat object, in valid UTF-8, whose known fields hold a string,
+  an integer (position, dwell_ms), a boolean (clicked) or null, and whose other keys
+  hold simple values. One regular expression (RE2, over the whole batch) picks those
+  lines out; Arrow's JSON reader parses them. Anything else (not JSON, a number written
+  as a string, a float, a key given twice, NaN) goes to the Python reader, line number
+  and all.
+- CSV: a regular file (a unique header, one record per line, each as wide as the
+  header, UTF-8) is parsed by Arrow as text columns; any other by Python's csv module.
 
-Timestamps are parsed by pandas on both paths. A test checks that both paths give the
-same typed rows and the same quarantine reasons for any input.
+Fuzz tests (tests/data/test_fuzz_logs.py) check that both paths read the same rows:
+values, their Python types, line numbers and cursors.
 """
 
 from __future__ import annotations
@@ -80,15 +82,14 @@ def native_ndjson_rows(lines: pa.LargeBinaryArray, keys: Mapping[str, str],
     twice): then the Python path reads every line. `lines` end in their newline."""
     native = _matches(lines, ndjson_pattern(keys, extra_keys))
     schema = pa.schema([(key, NATIVE_TYPES[field]) for key, field in keys.items()])
-    pieces: list[tuple[np.ndarray, pa.Table]] = []
+    pieces: list[pa.Table] = []
     refused: list[int] = []
     _read_json(lines, np.flatnonzero(native), schema, pieces, refused)
     if len(refused) > MAX_REFUSED:
         return None
     native[refused] = False
-    rows = np.concatenate([rows for rows, _ in pieces]) if pieces else np.zeros(0, np.int64)
-    table = (pa.concat_tables([t for _, t in pieces]) if pieces
-             else schema.empty_table()).take(pa.array(np.argsort(rows, kind="stable")))
+    # the pieces come in line order: _read_json halves left before right
+    table = pa.concat_tables(pieces) if pieces else schema.empty_table()
     return native, table.rename_columns([keys[k] for k in table.column_names])
 
 
@@ -110,7 +111,7 @@ MAX_REFUSED = 64  # lines Arrow refuses that passed the pattern, before giving u
 
 
 def _read_json(lines: pa.LargeBinaryArray, rows: np.ndarray, schema: pa.Schema,
-               pieces: list[tuple[np.ndarray, pa.Table]], refused: list[int]) -> None:
+               pieces: list[pa.Table], refused: list[int]) -> None:
     """`rows` of `lines` parsed by Arrow into `pieces`; a block Arrow refuses is halved
     until the refused lines are found (`refused`), so one odd line costs a few parses,
     not the fast path."""
@@ -127,7 +128,7 @@ def _read_json(lines: pa.LargeBinaryArray, rows: np.ndarray, schema: pa.Schema,
     except pa.ArrowInvalid:
         table = None
     if table is not None and table.num_rows == len(rows):
-        pieces.append((rows, table))
+        pieces.append(table)
     elif len(rows) == 1:
         refused.append(int(rows[0]))
     else:
