@@ -46,7 +46,7 @@ from tasks.tracking import (
     start_tracking_stage,
 )
 from tasks.train import build_pairs_stage, fine_tune_stage, mine_negatives_stage
-from tasks.validate import check_batch_stage, reject_batch_stage, validate_logs_stage
+from tasks.validate import check_batch_stage, reject_batch_stage
 
 
 @flow(name="retrain", flow_run_name="retrain-{trigger}", on_failure=[notify_failure],
@@ -81,17 +81,17 @@ def run_retrain(settings: Settings, trigger: str, reason: str,
                                   champion.version, str(flow_run.id or ""), runtime)
     got = RunResults(trigger, reason, champion.version, run_id, notes=production.notes)
     try:
-        got.new, ledger = ingest_logs(settings)
-        if got.new.frame.empty:
+        batch_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{run_id[:8]}"
+        work_dir = settings.state_dir / "work" / batch_id
+        got.new, validation, ledger = ingest_logs(settings, corpus, work_dir / "rows")
+        if not got.new.rows:
+            shutil.rmtree(work_dir, ignore_errors=True)
             if got.new.cursors:  # empty or unreadable files: remembered, not tried nightly
                 commit_cursors_stage(settings, ledger, got.new.cursors)
             return _finish(settings, production, got, seconds, "no-new-data",
                            "no new interaction rows since the last run; the champion and "
                            "the live index are unchanged")
-
-        batch_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{run_id[:8]}"
-        got.validation = validation = validate_logs_stage(settings, got.new.frame, corpus,
-                                                          ledger)
+        got.validation = validation
         verdict = check_batch_stage(settings, validation)
         log_validation_stage(production.registry, run_id, validation, verdict.outcome)
         if not verdict.ok:
@@ -118,7 +118,6 @@ def run_retrain(settings: Settings, trigger: str, reason: str,
         got.notes += [note] if note else []
         if settings.hard_negatives and settings.mine_negatives:
             got.mined_negatives = mine_negatives_stage(settings, data, incumbent, corpus)
-        work_dir = settings.state_dir / "work" / batch_id
         tuned = fine_tune_stage.with_options(timeout_seconds=settings.train_timeout_s)(
             settings, champion.model_path, data.pairs, work_dir, runtime.device,
             incumbent.index)
@@ -144,8 +143,9 @@ def run_retrain(settings: Settings, trigger: str, reason: str,
                                                     got.candidate_version, corpus)
 
         first_pool = dict(sorted(data.eval_qrels.items())[: settings.guard_queries])
-        commit_batch_stage(settings, ledger, got.new.cursors, batch_id, validation.accepted,
-                           validation.quarantined,
+        assert validation.accepted_file and validation.quarantine_file
+        commit_batch_stage(settings, ledger, got.new.cursors, batch_id,
+                           validation.accepted_file, validation.quarantine_file,
                            freeze_guard=first_pool if guard_qrels is None else None)
         shutil.rmtree(work_dir, ignore_errors=True)
         return _finish(settings, production, got, seconds,

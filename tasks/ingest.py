@@ -1,13 +1,25 @@
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+
 import pandas as pd
 from prefect import get_run_logger
 
 from embedloop.config import Settings
 from embedloop.corpus import load_corpus
 from embedloop.faults import crash_point
-from embedloop.ledger import Ledger, commit_ledger, load_ledger, save_batch, save_guard_set
-from embedloop.logs import Cursor, NewRows, discover_log_files, read_new_rows
+from embedloop.ledger import (
+    Ledger,
+    commit_ledger,
+    load_ledger,
+    save_batch,
+    save_guard_set,
+    seen_event_ids,
+)
+from embedloop.logs import CHUNK_ROWS, Cursor, Ingested, discover_log_files, iter_new_rows
+from embedloop.validation import LogValidation, validate_in_chunks
 from tasks._stage import io_stage
 
 
@@ -18,26 +30,54 @@ def load_corpus_stage(settings: Settings) -> pd.DataFrame:
     return corpus
 
 
-@io_stage(name="ingest logs")
-def ingest_logs(settings: Settings) -> tuple[NewRows, Ledger]:
-    """Rows that arrived since the last committed run (the ledger is not moved here)."""
+@io_stage(name="ingest and validate logs")
+def ingest_logs(settings: Settings, corpus: pd.DataFrame,
+                staging: Path) -> tuple[Ingested, LogValidation, Ledger]:
+    """Rows that arrived since the last committed run, read and validated chunk by chunk
+    (memory does not grow with the batch): accepted and quarantined rows go to Parquet
+    files in `staging`, which `commit_batch_stage` moves into the batch. The ledger is
+    not moved here."""
     ledger = load_ledger(settings.state_dir)
     files = discover_log_files(settings.logs)
-    new = read_new_rows(files, ledger.cursors, settings.column_map)
     logger = get_run_logger()
-    logger.info("ingested %d new rows from %d of %d files", len(new.frame), len(new.cursors),
+    got = Ingested(rows=0, cursors={}, notes=[], unreadable={})
+
+    def chunks() -> Iterator[pd.DataFrame]:
+        for chunk in iter_new_rows(files, ledger.cursors, settings.column_map):
+            got.rows += len(chunk.frame)
+            got.cursors.update(chunk.cursors)
+            got.notes += chunk.notes
+            got.unreadable.update(chunk.unreadable)
+            yield chunk.frame
+        crash_point("ingest")  # rows read, nothing recorded yet
+
+    def progress(rows: int, accepted: int, quarantined: int) -> None:
+        if rows > CHUNK_ROWS:  # a batch bigger than a chunk: say how far it got
+            logger.info("read and validated %d rows so far: %d accepted, %d quarantined",
+                        rows, accepted, quarantined)
+
+    validation = validate_in_chunks(
+        chunks(), set(corpus["doc_id"]), functools.partial(seen_event_ids, settings.state_dir,
+                                                           ledger),
+        staging, max_query_chars=settings.max_query_chars, max_position=settings.max_position,
+        progress=progress)
+    logger.info("ingested %d new rows from %d of %d files", got.rows, len(got.cursors),
                 len(files))
-    for note in new.notes:
+    for note in got.notes:
         logger.warning(note)
-    for name, why in new.unreadable.items():
+    for name, why in got.unreadable.items():
         logger.warning("%s: skipped, %s; it is not read again until it changes", name, why)
-    crash_point("ingest")  # rows read, nothing recorded yet
-    return new, ledger
+    logger.info("validated %d rows: %d accepted, %d quarantined %s", validation.input_rows,
+                validation.accepted_count, validation.quarantined_count,
+                validation.reason_counts)
+    crash_point("validate")  # rows judged, nothing recorded yet
+    return got, validation, ledger
 
 
 @io_stage(name="commit batch")
 def commit_batch_stage(settings: Settings, ledger: Ledger, cursors: dict[str, Cursor],
-                       batch_id: str, accepted: pd.DataFrame, quarantined: pd.DataFrame,
+                       batch_id: str, accepted: pd.DataFrame | Path,
+                       quarantined: pd.DataFrame | Path,
                        freeze_guard: dict[str, dict[str, float]] | None = None) -> Ledger:
     """Store the batch's rows, then move the ledger past them in one atomic write: the
     run's last step, so a run that fails earlier leaves its rows to be read again.

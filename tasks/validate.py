@@ -1,38 +1,20 @@
 from __future__ import annotations
 
-import functools
-
-import pandas as pd
-from prefect import get_run_logger
-
 from embedloop.config import Settings
 from embedloop.errors import BatchRejected
-from embedloop.faults import crash_point
-from embedloop.ledger import Ledger, seen_event_ids
+from embedloop.ledger import Ledger
 from embedloop.logs import Cursor
 from embedloop.validation import (
+    ACCEPTED_SCHEMA,
+    QUARANTINE_SCHEMA,
     BatchVerdict,
     LogValidation,
     check_batch,
     quarantine_whole_batch,
-    validate_logs,
+    write_rows,
 )
 from tasks._stage import stage
 from tasks.ingest import commit_batch_stage
-
-
-@stage(name="validate logs")
-def validate_logs_stage(settings: Settings, raw: pd.DataFrame, corpus: pd.DataFrame,
-                        ledger: Ledger) -> LogValidation:
-    seen = functools.partial(seen_event_ids, settings.state_dir, ledger)
-    result = validate_logs(raw, set(corpus["doc_id"]), seen,
-                           max_query_chars=settings.max_query_chars,
-                           max_position=settings.max_position)
-    get_run_logger().info("validated %d rows: %d accepted, %d quarantined %s",
-                          result.input_rows, len(result.accepted), len(result.quarantined),
-                          result.reason_counts)
-    crash_point("validate")  # rows judged, nothing recorded yet
-    return result
 
 
 @stage(name="check batch")
@@ -49,8 +31,13 @@ def reject_batch_stage(settings: Settings, ledger: Ledger, cursors: dict[str, Cu
     the same rows; any other failed check leaves the rows unread, for the next run."""
     why = "; ".join(verdict.problems)
     if result.quarantined_share > settings.max_quarantine_share:
-        commit_batch_stage(settings, ledger, cursors, batch_id, result.accepted.iloc[0:0],
-                           quarantine_whole_batch(result, why))
+        staging = settings.state_dir / "work" / batch_id
+        staging.mkdir(parents=True, exist_ok=True)
+        kept = staging / "rejected.parquet"
+        total = write_rows(quarantine_whole_batch(result, why), kept, QUARANTINE_SCHEMA)
+        assert total == result.input_rows, f"row accounting broke: {total} != {result.input_rows}"
+        commit_batch_stage(settings, ledger, cursors, batch_id, 
+                           ACCEPTED_SCHEMA.empty_table().to_pandas(), kept)
         where = settings.state_dir / "batches" / batch_id / "quarantine.parquet"
         raise BatchRejected(f"batch rejected before training: {why}. All "
                             f"{result.input_rows} rows are kept in {where}")

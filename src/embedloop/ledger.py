@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import pandas as pd
+import pyarrow.parquet as pq
 
 from embedloop.logs import Cursor
 
@@ -51,15 +52,19 @@ def batch_dir(state_dir: Path, batch_id: str) -> Path:
     return state_dir / "batches" / batch_id
 
 
-def save_batch(state_dir: Path, batch_id: str, accepted: pd.DataFrame,
-               quarantined: pd.DataFrame) -> Path:
-    """Write a batch's rows and index its accepted event ids. Invisible until
-    `commit_ledger` lists the batch."""
+def save_batch(state_dir: Path, batch_id: str, accepted: pd.DataFrame | Path,
+               quarantined: pd.DataFrame | Path) -> Path:
+    """Store a batch's rows (frames are written; files, as validation wrote them, are
+    moved in) and index its accepted event ids. Invisible until `commit_ledger` lists
+    the batch."""
     directory = batch_dir(state_dir, batch_id)
     directory.mkdir(parents=True, exist_ok=True)
-    accepted.to_parquet(directory / "accepted.parquet", index=False)
-    quarantined.to_parquet(directory / "quarantine.parquet", index=False)
-    _record_accepted_ids(state_dir, batch_id, accepted)
+    for rows, name in ((accepted, "accepted.parquet"), (quarantined, "quarantine.parquet")):
+        if isinstance(rows, Path):
+            os.replace(rows, directory / name)
+        else:
+            rows.to_parquet(directory / name, index=False)
+    _record_accepted_ids(state_dir, batch_id, directory / "accepted.parquet")
     return directory
 
 
@@ -92,22 +97,30 @@ def _json_array(values: Iterable[str]) -> str:
     return orjson.dumps(list(values)).decode()
 
 
-def _index_batch(db: sqlite3.Connection, batch_id: str, event_ids: Iterable[str]) -> None:
+def _index_batch(db: sqlite3.Connection, batch_id: str,
+                 event_ids: Iterable[Iterable[str]]) -> None:
+    """`event_ids` in parts (a million ids a part keeps a 10M-row batch in bounded
+    memory)."""
     with db:  # one transaction; a crash leaves the batch wholly in or wholly out
-        # REPLACE: rows of a batch that never committed (a crash) are accepted again
-        # under the next batch's id; only committed batches count in a lookup. Sorted,
-        # B-tree inserts stay local: 10x faster for a million ids.
-        db.execute("INSERT OR REPLACE INTO seen SELECT value, ? FROM json_each(?) "
-                   "ORDER BY value", (batch_id, _json_array(event_ids)))
+        for part in event_ids:
+            # REPLACE: rows of a batch that never committed (a crash) are accepted again
+            # under the next batch's id; only committed batches count in a lookup. Sorted,
+            # B-tree inserts stay local: 10x faster for a million ids.
+            db.execute("INSERT OR REPLACE INTO seen SELECT value, ? FROM json_each(?) "
+                       "ORDER BY value", (batch_id, _json_array(part)))
         db.execute("INSERT OR IGNORE INTO indexed VALUES (?)", (batch_id,))
 
 
-def _record_accepted_ids(state_dir: Path, batch_id: str, accepted: pd.DataFrame) -> None:
+def _accepted_ids(path: Path) -> Iterable[list[str]]:
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1_000_000,
+                                                   columns=["event_id"]):
+        yield [str(i) for i in batch.column(0).to_pylist()]
+
+
+def _record_accepted_ids(state_dir: Path, batch_id: str, accepted: Path) -> None:
     db = _seen_db(state_dir)
     try:
-        ids = accepted["event_id"]
-        _index_batch(db, batch_id, ids.tolist() if pd.api.types.infer_dtype(ids) == "string"
-                     else ids.map(str).tolist())
+        _index_batch(db, batch_id, _accepted_ids(accepted))
     finally:
         db.close()
 
@@ -122,8 +135,7 @@ def seen_event_ids(state_dir: Path, ledger: Ledger, candidates: Iterable[str]) -
         for batch in ledger.batches:  # committed before this index existed: add them once
             path = batch_dir(state_dir, batch) / "accepted.parquet"
             if batch not in indexed and path.exists():
-                ids = pd.read_parquet(path, columns=["event_id"])["event_id"].astype(str)
-                _index_batch(db, batch, ids.tolist())
+                _index_batch(db, batch, _accepted_ids(path))
         return {e for (e,) in db.execute(
             "SELECT s.event_id FROM (SELECT DISTINCT value AS event_id FROM json_each(?) "
             "ORDER BY value) c JOIN seen s ON s.event_id = c.event_id "

@@ -6,8 +6,10 @@ set, so that validation quarantines it with a reason and a line number. A file t
 cannot be read at all raises InputError (the caller skips it and says so).
 
 A reader reads from where earlier runs stopped: `start` is in the format's own unit
-(bytes for NDJSON, data rows for CSV; Parquet files are read whole), and it returns
-how far it got. To add a format: write its reader and add a `LogFormat` to `FORMATS`.
+(bytes for NDJSON, data rows for CSV; Parquet files are read whole), and yields the rows
+in chunks of about `CHUNK_BYTES` of input, each with how far the reading got, so a
+batch of any size is read in bounded memory. To add a format: write its reader and add
+a `LogFormat` to `FORMATS`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import codecs
 import csv
 import io
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,13 +47,21 @@ class Read:
     notes: list[str] = field(default_factory=list)
 
 
-Reader = Callable[[Path, int, int, dict[str, str]], Read]
+# About this much input per chunk (~230k simulator rows of NDJSON, ~380k of CSV): large
+# enough that validation's fixed cost per chunk (~0.15 s) stays small, small enough that
+# a chunk's Python objects stay well under a gigabyte.
+CHUNK_BYTES = 64 << 20
+PARQUET_ROW_BYTES = 256  # Parquet is read in rows: about this much of other formats a row
+
+Reader = Callable[[Path, int, int, dict[str, str], int | None], Iterator[Read]]
 
 
 @dataclass(frozen=True)
 class LogFormat:
     kind: str  # recorded in the file's cursor
-    read: Reader  # (path, start, lines before start, column_map) -> Read
+    # (path, start, lines before start, column_map, chunk bytes or None for all) -> the
+    # rows in chunks, each Read's consumed and lines counting from the file's start
+    chunks: Reader
     resumable: bool  # False: the file is read whole, again only if it changes
 
 
@@ -85,14 +95,28 @@ def _parse_line(raw: bytes) -> tuple[dict[str, Any], str | None]:
     return record, None
 
 
+def ndjson_chunks(path: Path, start: int, first_line: int, column_map: dict[str, str],
+                  chunk_bytes: int | None = CHUNK_BYTES) -> Iterator[Read]:
+    size = path.stat().st_size
+    while start < size:
+        read = read_ndjson(path, start, first_line, column_map, limit=chunk_bytes)
+        yield read
+        if read.consumed == start or read.notes:  # only an incomplete last line is left
+            return  # (a note comes only from the end of the file)
+        start, first_line = read.consumed, read.lines
+
+
 def read_ndjson(path: Path, start: int, first_line: int, column_map: dict[str, str],
-                native: bool = True) -> Read:
-    """Lines from byte `start` on. The lines Arrow can read alone (native_logs.py) are read
-    there; the rest one by one here, which is what every line means (`native=False`
-    reads them all here: the tests compare the two)."""
+                native: bool = True, limit: int | None = None) -> Read:
+    """Lines from byte `start` on: all of them, or those in the first `limit` bytes (and
+    the rest of the line the limit falls in). The lines Arrow can read alone
+    (native_logs.py) are read there; the rest one by one here, which is what every line
+    means (`native=False` reads them all here: the tests compare the two)."""
     with path.open("rb") as f:
         f.seek(start)
-        data = f.read()
+        data = f.read(limit) if limit else f.read()
+        if limit and len(data) == limit:
+            data += f.readline()  # up to the end of the line, or of the file
     cut = data.rfind(b"\n") + 1
     tail = data[cut:]  # bytes after the last newline: a line still being written, or b""
     body = data[:cut]
@@ -176,6 +200,45 @@ def _object_array(values: list[Any]) -> np.ndarray:
     return out
 
 
+def csv_chunks(path: Path, skip_rows: int, _: int, column_map: dict[str, str],
+               chunk_bytes: int | None = CHUNK_BYTES) -> Iterator[Read]:
+    """A file up to `chunk_bytes` is read whole (`read_csv`). A bigger one is read in
+    blocks of whole lines while it stays regular (native_logs.py: there a line is a
+    record, so a block ends where a record does); from the first block that is not, the
+    csv module reads the rest, in chunks of records."""
+    if chunk_bytes is None or path.stat().st_size <= chunk_bytes:
+        yield read_csv(path, skip_rows, 0, column_map)
+        return
+    with path.open("rb") as f:
+        if f.read(len(codecs.BOM_UTF8)) != codecs.BOM_UTF8:
+            f.seek(0)
+        header = f.readline()
+        offset, rows = f.tell(), 0  # where the next block starts; the data rows before it
+        while True:
+            block = f.read(chunk_bytes)
+            if len(block) == chunk_bytes:
+                block += f.readline()
+            if not block:
+                return
+            table = native_csv_rows(header + block, 0)
+            if table is None:
+                break
+            skip = min(max(skip_rows - rows, 0), table.num_rows)
+            if skip < table.num_rows:
+                first = rows + skip + 2  # line 1 is the header, then a record a line
+                kept = table.slice(skip)
+                yield Read(_columns_frame(list(zip(kept.column_names, kept.columns,
+                                                   strict=True)), column_map, path.name,
+                                          range(first, first + kept.num_rows)),
+                           rows + table.num_rows, rows + table.num_rows)
+            rows += table.num_rows
+            offset += len(block)
+        f.seek(offset)
+        text = io.TextIOWrapper(f, encoding="utf-8", errors="surrogateescape", newline="")
+        yield from _python_csv_chunks(text, path.name, skip_rows, column_map, chunk_bytes,
+                                      header=header, rows_before=rows)
+
+
 def read_csv(path: Path, skip_rows: int, _: int, column_map: dict[str, str],
              native: bool = True) -> Read:
     """Data rows after the first `skip_rows`, one frame row per CSV record, numbered by
@@ -194,18 +257,34 @@ def read_csv(path: Path, skip_rows: int, _: int, column_map: dict[str, str],
                              column_map, path.name, range(first, first + rows))
         return Read(out, skip_rows + rows, skip_rows + rows)
     # surrogateescape keeps undecodable bytes visible per record instead of failing the file
-    reader = csv.reader(io.StringIO(data.decode("utf-8", errors="surrogateescape"),
-                                    newline=""))
+    text = io.StringIO(data.decode("utf-8", errors="surrogateescape"), newline="")
+    return next(_python_csv_chunks(text, path.name, skip_rows, column_map, None))
+
+
+def _python_csv_chunks(text: io.TextIOBase, source: str, skip_rows: int,
+                       column_map: dict[str, str], chunk_bytes: int | None, *,
+                       header: bytes | None = None, rows_before: int = 0) -> Iterator[Read]:
+    """Records read by the csv module from `text`, which starts at the header or, where
+    `header` is given (its line), at the record after `rows_before` data rows. A record
+    whose field count differs from the header's, or that holds bytes that are not
+    UTF-8, becomes a row with `parse_error` set. Chunks of about `chunk_bytes`."""
+    reader = csv.reader(text)
     csv.field_size_limit(1 << 30)  # a 200 kB junk query is a row to quarantine, not a crash
+    names = (next(csv.reader([header.decode("utf-8", errors="surrogateescape")]), None)
+             if header is not None else None)
+    line_before = 1 + rows_before if header is not None else 0  # records are lines there
+    limit = chunk_bytes // 200 if chunk_bytes else None  # records per chunk, about
     try:
-        header = next(reader, None)
-        if header is None:  # an empty file: nothing to read yet
-            return Read(_columns_frame([], column_map, path.name, []), 0, 0)
-        width = len(header)
+        if names is None:
+            names = next(reader, None)
+            if names is None:  # an empty file: nothing to read yet
+                yield Read(_columns_frame([], column_map, source, []), 0, 0)
+                return
+        width = len(names)
         records: list[list[str | None]] = []
         lines: list[int] = []
         errors: list[str | None] = []
-        seen = 0
+        seen = rows_before
         line = reader.line_num
         for record in reader:
             start, line = line + 1, reader.line_num
@@ -220,17 +299,29 @@ def read_csv(path: Path, skip_rows: int, _: int, column_map: dict[str, str],
             elif not _is_utf8("\x1f".join(record)):
                 error = "bytes that are not valid UTF-8"
             records.append([None] * width if error else [v if v else None for v in record])
-            lines.append(start)
+            lines.append(line_before + start)
             errors.append(error)
+            if limit and len(records) == limit:
+                yield _csv_read(names, records, lines, errors, column_map, source, seen)
+                records, lines, errors = [], [], []
     except csv.Error as exc:
-        raise InputError(f"not a readable CSV file (line {reader.line_num}: {exc})") from None
-    cells = np.empty((len(records), width), dtype=object)
+        raise InputError(f"not a readable CSV file (line {line_before + reader.line_num}: "
+                         f"{exc})") from None
+    if records or not limit or seen == rows_before:  # read whole: one Read, maybe empty
+        yield _csv_read(names, records, lines, errors, column_map, source,
+                        max(seen, skip_rows))
+
+
+def _csv_read(names: list[str], records: list[list[str | None]], lines: list[int],
+              errors: list[str | None], column_map: dict[str, str], source: str,
+              rows: int) -> Read:
+    cells = np.empty((len(records), len(names)), dtype=object)
     for i, record in enumerate(records):
         cells[i] = record
-    out = _columns_frame([(name, cells[:, i]) for i, name in enumerate(header)], column_map,
-                         path.name, lines)
-    out["parse_error"] = _object_array(errors)
-    return Read(out, skip_rows + len(records), skip_rows + len(records))
+    out = _columns_frame([(name, cells[:, i]) for i, name in enumerate(names)], column_map,
+                         source, lines)
+    out["parse_error"] = pd.Series(_object_array(errors), index=out.index, dtype=object)
+    return Read(out, rows, rows)
 
 
 def _is_utf8(text: str) -> bool:
@@ -241,14 +332,30 @@ def _is_utf8(text: str) -> bool:
         return False
 
 
-def read_parquet(path: Path, _: int, __: int, column_map: dict[str, str]) -> Read:
+def parquet_chunks(path: Path, _: int, __: int, column_map: dict[str, str],
+                   chunk_bytes: int | None = CHUNK_BYTES) -> Iterator[Read]:
+    """The whole file, in chunks of rows (one chunk when `chunk_bytes` is None)."""
+    import pyarrow.parquet as pq
+
     try:
-        frame = pd.read_parquet(path)
+        parquet = pq.ParquetFile(path)
+        batches = parquet.iter_batches(
+            batch_size=max(chunk_bytes // PARQUET_ROW_BYTES, 1) if chunk_bytes
+            else max(parquet.metadata.num_rows, 1))
+        read = 0
+        for batch in batches:
+            # what pd.read_parquet makes of it: the pandas index restored, not a column
+            frame = pa.Table.from_batches([batch]).to_pandas()
+            columns = [(name, frame.iloc[:, i]) for i, name in enumerate(frame.columns)]
+            yield Read(_columns_frame(columns, column_map, path.name,
+                                      range(read + 1, read + len(frame) + 1)), 1,
+                       read + len(frame))
+            read += len(frame)
+        if not read:
+            columns = [(name, np.empty(0, object)) for name in parquet.schema_arrow.names]
+            yield Read(_columns_frame(columns, column_map, path.name, []), 1, 0)
     except Exception as exc:  # pyarrow raises several unrelated types for a bad file
         raise InputError(f"not a readable Parquet file ({one_line(exc)})") from None
-    columns = [(name, frame.iloc[:, i]) for i, name in enumerate(frame.columns)]
-    return Read(_columns_frame(columns, column_map, path.name, range(1, len(frame) + 1)), 1,
-                len(frame))
 
 
 def _columns_frame(columns: list[tuple[Any, Any]], column_map: dict[str, str], source: str,
@@ -282,9 +389,9 @@ def _raw_values(values: Any) -> np.ndarray:
     return column.where(column.notna(), None).to_numpy()
 
 
-NDJSON = LogFormat("ndjson", read_ndjson, resumable=True)
-CSV = LogFormat("csv", read_csv, resumable=True)
-PARQUET = LogFormat("parquet", read_parquet, resumable=False)
+NDJSON = LogFormat("ndjson", ndjson_chunks, resumable=True)
+CSV = LogFormat("csv", csv_chunks, resumable=True)
+PARQUET = LogFormat("parquet", parquet_chunks, resumable=False)
 # Plain .json is not read: a log folder often holds a manifest or schema next to the logs.
 FORMATS = {".jsonl": NDJSON, ".ndjson": NDJSON, ".csv": CSV, ".parquet": PARQUET,
            ".pq": PARQUET}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from embedloop.errors import InputError, one_line
-from embedloop.log_readers import FORMATS
+from embedloop.log_readers import CHUNK_BYTES, FORMATS
 from embedloop.log_schema import FRAME_COLUMNS, LOG_FIELDS, REQUIRED_FIELDS
 
 HEAD_BYTES = 4096
@@ -53,6 +53,16 @@ class NewRows:
     cursors: dict[str, Cursor]  # updated cursors for every file read (commit after the run)
     notes: list[str]  # things an operator should know (rewritten files, partial lines)
     unreadable: dict[str, str] = field(default_factory=dict)  # file name -> why, skipped
+
+
+@dataclass
+class Ingested:
+    """What a run read, once its rows went through validation chunk by chunk."""
+
+    rows: int
+    cursors: dict[str, Cursor]
+    notes: list[str]
+    unreadable: dict[str, str]
 
 
 def discover_log_files(source: str | Path) -> list[Path]:
@@ -98,40 +108,77 @@ def _fingerprint(path: Path, kind: str, consumed: int) -> str:
 
 def read_new_rows(files: list[Path], cursors: dict[str, Cursor],
                   column_map: dict[str, str] | None = None) -> NewRows:
-    """Read what earlier runs have not consumed. Pure with respect to the ledger:
-    it returns updated cursors and the caller commits them when the run ends.
-    A file that cannot be read at all is named in `unreadable` and skipped; where it
-    can be fingerprinted its cursor is moved too, so it is not tried again until it
-    changes."""
-    column_map = column_map or {}
-    frames: list[pd.DataFrame] = []
-    updated: dict[str, Cursor] = {}
-    notes: list[str] = []
-    unreadable: dict[str, str] = {}
-    for path in files:
-        key = str(path.resolve())
-        try:
-            read = _read_file(path, cursors.get(key), column_map, notes)
-        except (OSError, InputError) as exc:
-            why = str(exc) if isinstance(exc, InputError) else one_line(exc)
-            unreadable[path.name] = why  # reported there, not also as a note
-            with contextlib.suppress(OSError):  # no permission: tried again next run
-                updated[key] = Cursor(FORMATS[path.suffix.lower()].kind, 0,
-                                      UNREADABLE + _sha256(path.read_bytes()))
-            continue
-        if read is not None:
-            frames.append(read[0])
-            updated[key] = read[1]
-            hint = missing_columns_note(path.name, read[0], column_map)
-            if hint:
-                notes.append(hint)
-    frames = [f for f in frames if len(f)]
-    if len(frames) == 1:  # the usual nightly case: no copy of a million rows
+    """Everything `iter_new_rows` yields, in one frame (small batches, and tests)."""
+    chunks = list(iter_new_rows(files, cursors, column_map, chunk_rows=None))
+    frames = [c.frame for c in chunks if len(c.frame)]
+    if len(frames) == 1:  # no copy of a million rows
         frame = frames[0].reset_index(drop=True)
     else:
         frame = (pd.concat(frames, ignore_index=True) if frames
                  else pd.DataFrame(columns=FRAME_COLUMNS)).astype(object)
-    return NewRows(frame=frame, cursors=updated, notes=notes, unreadable=unreadable)
+    return NewRows(frame=frame, cursors={k: v for c in chunks for k, v in c.cursors.items()},
+                   notes=[n for c in chunks for n in c.notes],
+                   unreadable={k: v for c in chunks for k, v in c.unreadable.items()})
+
+
+CHUNK_ROWS = 200_000  # rows gathered (from as many files) before a chunk is handed on
+
+
+def iter_new_rows(files: list[Path], cursors: dict[str, Cursor],
+                  column_map: dict[str, str] | None = None,
+                  chunk_rows: int | None = CHUNK_ROWS,
+                  chunk_bytes: int = CHUNK_BYTES) -> Iterator[NewRows]:
+    """What earlier runs have not consumed, in chunks of at least `chunk_rows` rows (the
+    last may be smaller; None: one chunk), so that a batch of any size is read and
+    validated in bounded memory; files are read `chunk_bytes` at a time. Pure with
+    respect to the ledger: each chunk carries the cursors it moved, and the caller
+    commits them all when the run ends.
+    A file that cannot be read at all is named in `unreadable` and skipped; where it
+    can be fingerprinted its cursor is moved too, so it is not tried again until it
+    changes. One that fails after some of its rows were handed on raises InputError."""
+    column_map = column_map or {}
+    frames: list[pd.DataFrame] = []
+    pending = NewRows(pd.DataFrame(), {}, [], {})
+
+    def handed_on() -> NewRows:
+        nonlocal frames, pending
+        frames = [f for f in frames if len(f)]
+        pending.frame = (frames[0].reset_index(drop=True) if len(frames) == 1 else
+                         pd.concat(frames, ignore_index=True).astype(object) if frames
+                         else pd.DataFrame(columns=FRAME_COLUMNS))
+        chunk, frames, pending = pending, [], NewRows(pd.DataFrame(), {}, [], {})
+        return chunk
+
+    for path in files:
+        key = str(path.resolve())
+        notes: list[str] = []  # the reader's, moved to the chunk they arrive in
+        reads = _read_chunks(path, cursors.get(key), column_map, notes,
+                             None if chunk_rows is None else chunk_bytes)
+        first = True
+        try:
+            for frame, cursor in reads:
+                if first:
+                    hint = missing_columns_note(path.name, frame, column_map)
+                    notes += [hint] if hint else []
+                    first = False
+                pending.notes += notes
+                notes.clear()
+                frames.append(frame)
+                pending.cursors[key] = cursor
+                if chunk_rows is not None and sum(map(len, frames)) >= chunk_rows:
+                    yield handed_on()
+            pending.notes += notes
+        except (OSError, InputError) as exc:
+            why = str(exc) if isinstance(exc, InputError) else one_line(exc)
+            if not first:
+                raise InputError(f"{path.name}: {why}, after some of its rows were read; "
+                                 f"nothing of this run is recorded. Move the file aside "
+                                 f"or repair it") from None
+            pending.unreadable[path.name] = why  # reported there, not also as a note
+            with contextlib.suppress(OSError):  # no permission: tried again next run
+                pending.cursors[key] = Cursor(FORMATS[path.suffix.lower()].kind, 0,
+                                              UNREADABLE + _sha256(path.read_bytes()))
+    yield handed_on()
 
 
 def missing_columns_note(name: str, frame: pd.DataFrame,
@@ -161,30 +208,33 @@ def missing_columns_note(name: str, frame: pd.DataFrame,
 UNREADABLE = "unreadable:"  # cursor fingerprint prefix: the whole file, as it was skipped
 
 
-def _read_file(path: Path, cursor: Cursor | None, column_map: dict[str, str],
-               notes: list[str]) -> tuple[pd.DataFrame, Cursor] | None:
-    """One file's unread rows and its new cursor, or None when it holds nothing new."""
+def _read_chunks(path: Path, cursor: Cursor | None, column_map: dict[str, str],
+                 notes: list[str], chunk_bytes: int | None) -> Iterator[tuple[pd.DataFrame,
+                                                                            Cursor]]:
+    """One file's unread rows, chunk by chunk, each with the file's cursor after it;
+    nothing when the file holds nothing new."""
     fmt = FORMATS[path.suffix.lower()]
     kind = fmt.kind
     if cursor and cursor.fingerprint.startswith(UNREADABLE):
         if cursor.fingerprint == UNREADABLE + _sha256(path.read_bytes()):
-            return None  # skipped before and unchanged since
+            return  # skipped before and unchanged since
         cursor = None  # changed: a fresh start
     if not fmt.resumable:  # read whole, and again only when the file changes
         fingerprint = _sha256(path.read_bytes())
         if cursor and cursor.fingerprint == fingerprint:
-            return None
+            return
         if cursor:
             notes.append(f"{path.name}: file changed since it was read; reading it again "
                          f"(already-seen event ids are quarantined as duplicates)")
-        whole = fmt.read(path, 0, 0, column_map)
-        return whole.frame, Cursor(kind, whole.consumed, fingerprint, whole.lines)
+        for read in fmt.chunks(path, 0, 0, column_map, chunk_bytes):
+            yield read.frame, Cursor(kind, read.consumed, fingerprint, read.lines)
+        return
     size = path.stat().st_size
     if size == 0:  # being created, or left empty by a failed export: said once
         if cursor is None:
             notes.append(f"{path.name}: empty file (0 bytes), nothing to read yet")
-            return pd.DataFrame(columns=FRAME_COLUMNS), Cursor(kind, 0, _sha256(b""), 0)
-        return None
+            yield pd.DataFrame(columns=FRAME_COLUMNS), Cursor(kind, 0, _sha256(b""), 0)
+        return
     start = cursor.consumed if cursor else 0
     first_line = cursor.lines if cursor else 0
     if cursor and start and (_fingerprint(path, kind, start) != cursor.fingerprint
@@ -193,10 +243,10 @@ def _read_file(path: Path, cursor: Cursor | None, column_map: dict[str, str],
                      f"from the start (already-seen event ids are quarantined as duplicates)")
         start = first_line = 0
     if kind == "ndjson" and start >= size:
-        return None
-    read = fmt.read(path, start, first_line, column_map)
-    notes.extend(read.notes)
-    if read.consumed == start:
-        return None
-    return read.frame, Cursor(kind, read.consumed, _fingerprint(path, kind, read.consumed),
-                              read.lines)
+        return
+    for read in fmt.chunks(path, start, first_line, column_map, chunk_bytes):
+        notes.extend(read.notes)
+        if read.consumed == start:
+            return
+        yield read.frame, Cursor(kind, read.consumed, _fingerprint(path, kind, read.consumed),
+                                 read.lines)

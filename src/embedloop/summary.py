@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from embedloop.logs import NewRows
+    from embedloop.logs import Ingested
     from embedloop.pairs import TrainingData
     from embedloop.promotion import CanaryVerdict, Decision
     from embedloop.validation import LogValidation
@@ -125,7 +125,7 @@ class RunResults:
     reason: str
     incumbent_version: str | None = None
     mlflow_run_id: str | None = None
-    new: NewRows | None = None
+    new: Ingested | None = None
     validation: LogValidation | None = None
     data: TrainingData | None = None
     mined_negatives: int = 0
@@ -144,9 +144,9 @@ class RunResults:
         new, validation, data = self.new, self.validation, self.data
         return RunSummary(
             trigger=self.trigger, reason=self.reason, outcome=outcome, decision_reason=why,
-            rows_ingested=len(new.frame) if new else 0,
-            rows_accepted=len(validation.accepted) if validation else 0,
-            rows_quarantined=len(validation.quarantined) if validation else 0,
+            rows_ingested=new.rows if new else 0,
+            rows_accepted=validation.accepted_count if validation else 0,
+            rows_quarantined=validation.quarantined_count if validation else 0,
             quarantined_by_reason=validation.reason_counts if validation else {},
             unreadable_files=new.unreadable if new else {},
             pairs=len(data.pairs) if data else 0, train_queries=data.train_queries if data else 0,

@@ -75,8 +75,8 @@ def render_validation_html(outcome: SuiteOutcome, validation: LogValidation) -> 
         "<html><head><meta charset='utf-8'><style>body{font-family:sans-serif}"
         "td,th{padding:4px 8px;border-bottom:1px solid #ddd}.FAIL{background:#fdd}</style>"
         f"</head><body><h2>Suite {html.escape(outcome.suite)}</h2>"
-        f"<p>{validation.input_rows} rows: {len(validation.accepted)} accepted, "
-        f"{len(validation.quarantined)} quarantined.</p><table><tr><th></th><th>expectation</th>"
+        f"<p>{validation.input_rows} rows: {validation.accepted_count} accepted, "
+        f"{validation.quarantined_count} quarantined.</p><table><tr><th></th><th>expectation</th>"
         "<th>column</th><th>reason</th><th>rows</th></tr>" + "".join(rows)
         + "</table></body></html>")
 
@@ -84,20 +84,20 @@ def render_validation_html(outcome: SuiteOutcome, validation: LogValidation) -> 
 def log_validation(registry: Registry, run_id: str, validation: LogValidation,
                    batch_outcome: SuiteOutcome) -> None:
     client = registry.client
-    if len(validation.accepted):  # the data window this run learned from
+    if validation.accepted_count:  # the data window this run learned from
         client.set_tag(run_id, "data_window_start", str(validation.accepted["ts"].min()))
         client.set_tag(run_id, "data_window_end", str(validation.accepted["ts"].max()))
     client.log_metric(run_id, "rows_ingested", validation.input_rows)
-    client.log_metric(run_id, "rows_accepted", len(validation.accepted))
-    client.log_metric(run_id, "rows_quarantined", len(validation.quarantined))
+    client.log_metric(run_id, "rows_accepted", validation.accepted_count)
+    client.log_metric(run_id, "rows_quarantined", validation.quarantined_count)
     client.log_metric(run_id, "quarantined_share", validation.quarantined_share)
     client.log_dict(run_id, validation.outcome.result, "validation/interaction_log.json")
     client.log_dict(run_id, batch_outcome.result, "validation/interaction_batch.json")
     client.log_dict(run_id, validation.reason_counts, "validation/quarantined_by_reason.json")
     client.log_text(run_id, render_validation_html(validation.outcome, validation),
                     "validation/report.html")
-    if len(validation.quarantined):
-        client.log_table(run_id, validation.quarantined.head(1000),
+    if validation.quarantined_count:
+        client.log_table(run_id, validation.quarantine_sample(1000),
                          "validation/quarantine_sample.json")
 
 

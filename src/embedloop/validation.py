@@ -1,7 +1,8 @@
 """Great Expectations suites (in `expectations/`) run over logs and the corpus.
 
 Row-level: every row either passes every expectation of `interaction_log.json`
-(accepted) or is quarantined with all of its reasons. Batch-level:
+(accepted) or is quarantined with all of its reasons; a batch of any size is validated
+chunk by chunk, its rows streamed to Parquet files (`validate_in_chunks`). Batch-level:
 `interaction_batch.json` runs over a one-row summary of the batch; a failure
 there stops the run before training.
 """
@@ -14,7 +15,7 @@ import logging
 import math
 import threading
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from embedloop.log_schema import LOG_FIELDS, REQUIRED_FIELDS, is_missing, to_typed_frame
 
@@ -42,20 +45,55 @@ class SuiteOutcome:
 @dataclass
 class LogValidation:
     input_rows: int
-    accepted: pd.DataFrame  # typed columns
-    quarantined: pd.DataFrame  # event_id, source, line, reason_code, reason, raw (JSON)
+    accepted_count: int
+    quarantined_count: int
+    accepted_clicks: int
     outcome: SuiteOutcome
     reason_counts: dict[str, int] = field(default_factory=dict)  # primary reason -> rows
-    raw: pd.DataFrame | None = None  # the input, for quarantining a rejected batch whole
-    accepted_rows: list[int] = field(default_factory=list)  # positions in `raw`
+    # The rows, typed (accepted) or raw with reasons (QUARANTINE_SCHEMA): in memory from
+    # `validate_logs`, in Parquet files from `validate_in_chunks`, read on first use.
+    accepted_file: Path | None = None
+    quarantine_file: Path | None = None
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+    event_ids: np.ndarray | None = field(default=None, repr=False)  # typed, every input row
 
     @property
-    def accepted_clicks(self) -> int:
-        return int((self.accepted["clicked"] == True).sum())  # noqa: E712 - object column
+    def accepted(self) -> pd.DataFrame:
+        return self._rows("accepted", self.accepted_file)
+
+    @property
+    def quarantined(self) -> pd.DataFrame:
+        return self._rows("quarantined", self.quarantine_file)
+
+    def _rows(self, name: str, path: Path | None) -> pd.DataFrame:
+        if name not in self.frames:
+            assert path is not None
+            self.frames[name] = pd.read_parquet(path)
+        return self.frames[name]
+
+    def quarantine_sample(self, n: int) -> pd.DataFrame:
+        """The first `n` quarantined rows, without reading a large quarantine whole."""
+        if "quarantined" in self.frames or self.quarantine_file is None:
+            return self.quarantined.head(n)
+        batches = pq.ParquetFile(self.quarantine_file).iter_batches(batch_size=max(n, 1))
+        first = next(batches, None)
+        return (first.to_pandas() if first is not None
+                else QUARANTINE_SCHEMA.empty_table().to_pandas())
 
     @property
     def quarantined_share(self) -> float:
-        return len(self.quarantined) / self.input_rows if self.input_rows else 0.0
+        return self.quarantined_count / self.input_rows if self.input_rows else 0.0
+
+
+# The columns of the Parquet files a batch's rows are kept in.
+ACCEPTED_SCHEMA = pa.schema([
+    ("event_id", pa.string()), ("session_id", pa.string()), ("doc_id", pa.string()),
+    ("query", pa.string()), ("position", pa.float64()), ("clicked", pa.bool_()),
+    ("dwell_ms", pa.float64()), ("team", pa.string()), ("ts", pa.timestamp("us", tz="UTC")),
+    ("ts_epoch", pa.float64()), ("source", pa.string()), ("line", pa.int64())])
+QUARANTINE_SCHEMA = pa.schema([
+    ("event_id", pa.string()), ("source", pa.string()), ("line", pa.int64()),
+    ("reason_code", pa.string()), ("reason", pa.string()), ("raw", pa.string())])
 
 
 @dataclass(frozen=True)
@@ -250,10 +288,126 @@ def validate_logs(raw: pd.DataFrame, known_doc_ids: set[str], seen_event_ids: Se
         raise AssertionError(f"row accounting broke: {len(accepted)} + {len(quarantined)} "
                              f"!= {len(raw)}")
     counts = Counter(quarantined["reason_code"])
-    return LogValidation(input_rows=len(raw), accepted=accepted.reset_index(drop=True),
-                         quarantined=quarantined, outcome=outcome,
-                         reason_counts=dict(counts.most_common()), raw=raw,
-                         accepted_rows=[int(i) for i in accepted.index])
+    return LogValidation(
+        input_rows=len(raw), accepted_count=len(accepted), quarantined_count=len(quarantined),
+        accepted_clicks=int((accepted["clicked"] == True).sum()),  # noqa: E712 - object column
+        outcome=outcome, reason_counts=dict(counts.most_common()),
+        frames={"accepted": accepted.reset_index(drop=True), "quarantined": quarantined},
+        event_ids=typed["event_id"].to_numpy())
+
+
+class EarlierIds:
+    """The event ids of a batch's earlier chunks, for the duplicate check across chunks:
+    two 64-bit hashes an id, sorted (16 bytes an id, where a set of Python strings takes
+    ~90). Two ids share both hashes with odds of about 1e-25 in a batch of ten million."""
+
+    KEYS = ("embedloop-ids-a1", "embedloop-ids-b2")  # 16 bytes each, as pandas requires
+
+    def __init__(self) -> None:
+        self._first = np.empty(0, np.uint64)  # sorted
+        self._second = np.empty(0, np.uint64)  # in the order of _first
+
+    def _hashes(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return tuple(pd.util.hash_array(ids, hash_key=key, categorize=False)  # type: ignore[return-value]
+                     for key in self.KEYS)
+
+    def add(self, ids: np.ndarray) -> None:
+        ids = ids[pd.notna(ids)]
+        first, second = self._hashes(ids.astype(object))
+        order = np.argsort(first)
+        first = np.concatenate([self._first, first[order]])
+        second = np.concatenate([self._second, second[order]])
+        merged = np.argsort(first, kind="stable")  # two sorted runs: a linear merge
+        self._first, self._second = first[merged], second[merged]
+
+    def find(self, ids: list[str]) -> set[str]:
+        """The ids that an earlier chunk held."""
+        if not ids or not len(self._first):
+            return set()
+        first, second = self._hashes(np.array(ids, dtype=object))
+        lows = np.searchsorted(self._first, first, "left")
+        highs = np.searchsorted(self._first, first, "right")
+        return {ids[i] for i in np.flatnonzero(highs > lows)  # few: the duplicates
+                if (self._second[lows[i]:highs[i]] == second[i]).any()}
+
+
+def validate_in_chunks(chunks: Iterable[pd.DataFrame], known_doc_ids: set[str],
+                       seen_event_ids: SeenIds, directory: Path, *, max_query_chars: int,
+                       max_position: int, now: datetime | None = None,
+                       progress: Callable[[int, int, int], None] | None = None
+                       ) -> LogValidation:
+    """`validate_logs` over a batch handed over in chunks, in memory that does not grow
+    with the batch: each chunk's accepted and quarantined rows are appended to
+    `directory`/accepted.parquet and quarantine.parquet as soon as they are judged. The
+    verdicts are those of one `validate_logs` over the whole batch: an event id met in
+    an earlier chunk makes a duplicate, and one clock judges every chunk.
+    `progress(rows, accepted, quarantined)` is told after each chunk."""
+    now = now or datetime.now(UTC)
+    earlier = EarlierIds()
+
+    def seen(ids: list[str]) -> Collection[str]:
+        before = seen_event_ids(ids) if callable(seen_event_ids) else \
+            [i for i in ids if i in seen_event_ids]
+        return earlier.find(ids).union(before)
+
+    directory.mkdir(parents=True, exist_ok=True)
+    accepted_file = directory / "accepted.parquet"
+    quarantine_file = directory / "quarantine.parquet"
+    rows = accepted = quarantined = clicks = 0
+    counts: Counter[str] = Counter()
+    outcomes: list[SuiteOutcome] = []
+    with pq.ParquetWriter(accepted_file, ACCEPTED_SCHEMA) as accepted_out, \
+            pq.ParquetWriter(quarantine_file, QUARANTINE_SCHEMA) as quarantine_out:
+        for chunk in chunks:
+            if not len(chunk):
+                continue
+            result = validate_logs(chunk, known_doc_ids, seen, max_query_chars=max_query_chars,
+                                   max_position=max_position, now=now)
+            assert result.event_ids is not None
+            earlier.add(result.event_ids)
+            accepted_out.write_table(_as_table(result.accepted, ACCEPTED_SCHEMA))
+            quarantine_out.write_table(_as_table(result.quarantined, QUARANTINE_SCHEMA))
+            rows += result.input_rows
+            accepted += result.accepted_count
+            quarantined += result.quarantined_count
+            clicks += result.accepted_clicks
+            counts.update(result.reason_counts)
+            outcomes.append(result.outcome)
+            if progress:
+                progress(rows, accepted, quarantined)
+    return LogValidation(
+        input_rows=rows, accepted_count=accepted, quarantined_count=quarantined,
+        accepted_clicks=clicks, outcome=merged_outcome(outcomes, rows),
+        reason_counts=dict(counts.most_common()), accepted_file=accepted_file,
+        quarantine_file=quarantine_file)
+
+
+def _as_table(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    # safe=False: a timestamp parsed to nanoseconds is kept to the microsecond
+    return pa.Table.from_pandas(frame, schema=schema, preserve_index=False, safe=False)
+
+
+def merged_outcome(outcomes: list[SuiteOutcome], rows: int) -> SuiteOutcome:
+    """One suite outcome for a batch validated in chunks: rows counted over all of them;
+    `failures` keeps each chunk's codes and reasons, without row labels (they were
+    positions within a chunk)."""
+    if len(outcomes) == 1:
+        return outcomes[0]
+    if not outcomes:
+        return SuiteOutcome(suite="interaction_log", success=True, failures=[],
+                            result={"success": True, "rows": 0, "results": []})
+    results = [dict(r) for r in outcomes[0].result["results"]]
+    for outcome in outcomes[1:]:
+        for total, more in zip(results, outcome.result["results"], strict=True):
+            total["rows_checked"] += more["rows_checked"]
+            total["rows_failing"] += more["rows_failing"]
+            total["success"] = total.get("success", True) and more.get("success", True)
+    failures = {code: (code, reason, []) for o in outcomes for code, reason, _ in o.failures}
+    success = all(o.success for o in outcomes)
+    return SuiteOutcome(suite=outcomes[0].suite, success=success,
+                        failures=list(failures.values()),
+                        result={**outcomes[0].result, "success": success, "rows": rows,
+                                "chunks": len(outcomes), "results": results})
 
 
 def _quarantine_frame(raw: pd.DataFrame, rows: list[int],
@@ -269,14 +423,50 @@ def _quarantine_frame(raw: pd.DataFrame, rows: list[int],
     }, columns=["event_id", "source", "line", "reason_code", "reason", "raw"])
 
 
-def quarantine_whole_batch(validation: LogValidation, why: str) -> pd.DataFrame:
-    """A rejected batch goes to quarantine whole: rows keep their own reasons, the
-    rows that passed get the batch-level reason. Nothing is dropped."""
-    assert validation.raw is not None
-    rows = validation.accepted_rows
-    passed = _quarantine_frame(validation.raw, rows,
-                               {i: [("batch_rejected", f"batch rejected: {why}")] for i in rows})
-    return pd.concat([validation.quarantined, passed], ignore_index=True)
+def quarantine_whole_batch(validation: LogValidation, why: str,
+                           chunk_rows: int = 100_000) -> Iterator[pd.DataFrame]:
+    """A rejected batch goes to quarantine whole, in parts: rows keep their own reasons,
+    the rows that passed get the batch-level reason, as their validated values (ts in
+    ISO 8601). Nothing is dropped."""
+    if validation.quarantine_file is None:
+        yield validation.quarantined
+    else:
+        for batch in pq.ParquetFile(validation.quarantine_file).iter_batches(chunk_rows):
+            yield batch.to_pandas()
+    if validation.accepted_file is None:
+        parts: Iterable[pd.DataFrame] = [validation.accepted]
+    else:
+        parts = (b.to_pandas() for b in
+                 pq.ParquetFile(validation.accepted_file).iter_batches(chunk_rows))
+    for passed in parts:
+        records = passed.to_dict("records")
+        yield pd.DataFrame({
+            "event_id": [r["event_id"] for r in records],
+            "source": [r["source"] for r in records],
+            "line": [int(r["line"]) for r in records],
+            "reason_code": "batch_rejected", "reason": f"batch rejected: {why}",
+            "raw": [_raw_json(_as_logged(r)) for r in records],
+        }, columns=QUARANTINE_SCHEMA.names)
+
+
+def _as_logged(record: dict[str, Any]) -> dict[str, Any]:
+    """A validated row's values as a log line would hold them."""
+    out = {f: (None if is_missing(record.get(f)) else record.get(f)) for f in LOG_FIELDS}
+    out["ts"] = record["ts"].isoformat().replace("+00:00", "Z")
+    out["position"] = int(record["position"])
+    if out["dwell_ms"] is not None and float(out["dwell_ms"]).is_integer():
+        out["dwell_ms"] = int(out["dwell_ms"])
+    return out
+
+
+def write_rows(parts: Iterable[pd.DataFrame], path: Path, schema: pa.Schema) -> int:
+    """Rows from `parts` into one Parquet file, part by part; how many were written."""
+    written = 0
+    with pq.ParquetWriter(path, schema) as out:
+        for part in parts:
+            out.write_table(_as_table(part, schema))
+            written += len(part)
+    return written
 
 
 def check_batch(validation: LogValidation, *, max_quarantine_share: float,
@@ -290,7 +480,7 @@ def check_batch(validation: LogValidation, *, max_quarantine_share: float,
     for code, _, _ in outcome.failures:
         if code == "too_many_quarantined":
             problems.append(
-                f"{len(validation.quarantined)} of {validation.input_rows} rows "
+                f"{validation.quarantined_count} of {validation.input_rows} rows "
                 f"({validation.quarantined_share:.0%}) are malformed, above the "
                 f"{max_quarantine_share:.0%} limit (top reasons: "
                 f"{_top_reasons(validation.reason_counts)})")

@@ -107,7 +107,7 @@ def test_mostly_broken_batch_fails_the_batch_check_and_is_kept_whole() -> None:
     verdict = check_batch(result, max_quarantine_share=0.2, min_clicks=5)
     assert not verdict.ok
     assert "20 of 30 rows (67%) are malformed" in verdict.problems[0]
-    kept = quarantine_whole_batch(result, "; ".join(verdict.problems))
+    kept = pd.concat(quarantine_whole_batch(result, "; ".join(verdict.problems)))
     assert len(kept) == 30
     assert (kept["reason_code"] == "batch_rejected").sum() == 10
 
