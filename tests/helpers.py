@@ -30,10 +30,16 @@ def make_home(root: Path, logs: Path | str, corpus: Path, **settings: Any) -> Pa
     merged = {**FAST, **settings}
     training = merged.pop("training")
     lines = ["[embedloop]", f'home = "{root}"', f'logs = "{logs}"', f'corpus = "{corpus}"']
-    lines += [f"{k} = {json.dumps(v)}" for k, v in merged.items()]
+    lines += [f"{k} = {_toml(v)}" for k, v in merged.items()]
     lines += ["[embedloop.training]"] + [f"{k} = {json.dumps(v)}" for k, v in training.items()]
     (root / "embedloop.toml").write_text("\n".join(lines) + "\n")
     return root / "embedloop.toml"
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, dict):  # an inline table
+        return "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
 
 
 def search(config_or_settings: Any, text: str, k: int) -> list[Any]:

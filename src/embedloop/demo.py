@@ -1,4 +1,5 @@
-"""The bundled demo: API-docs search over the docstrings of installed libraries.
+"""The bundled demo: API-docs search over the docstrings of installed libraries (or, with
+`--beir`, a judged retrieval set in BEIR layout, in any language).
 
 Real text that exists offline on every install: each public function or method of
 a few libraries is a document (title: its qualified name; text: its docstring
@@ -40,6 +41,8 @@ SOURCES = {
     "string": [None],
     "math": [None],
 }
+# CJK text has no spaces: its terms are single characters and character bigrams.
+CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]+")
 STOPWORDS = set("a an the of to in on for and or is are be by with as at from this that it its "
                 "if into than then return returns given using use".split())
 WORD = re.compile(r"[a-z0-9]+")
@@ -106,14 +109,22 @@ def paraphrase(summary: str, rng: random.Random) -> str:
     return " ".join(words)
 
 
+def terms(text: str) -> list[str]:
+    """Lowercase alphanumeric words, and the characters and bigrams of CJK runs."""
+    found = WORD.findall(text.lower())
+    for run in CJK.findall(text):
+        found += list(run) + [run[i:i + 2] for i in range(len(run) - 1)]
+    return found
+
+
 class BM25:
-    """Okapi BM25 over lowercase alphanumeric tokens: the 'current search engine'."""
+    """Okapi BM25 over `terms`: the 'current search engine'."""
 
     def __init__(self, texts: list[str], k1: float = 0.9, b: float = 0.4) -> None:
         self.postings: dict[str, list[tuple[int, int]]] = defaultdict(list)
         self.lengths = []
         for i, text in enumerate(texts):
-            counts = Counter(WORD.findall(text.lower()))
+            counts = Counter(terms(text))
             self.lengths.append(sum(counts.values()))
             for term, tf in counts.items():
                 self.postings[term].append((i, tf))
@@ -122,7 +133,7 @@ class BM25:
 
     def top(self, query: str, k: int) -> list[int]:
         scores: dict[int, float] = defaultdict(float)
-        for term in set(WORD.findall(query.lower())):
+        for term in set(terms(query)):
             plist = self.postings.get(term, [])
             idf = math.log(1 + (self.n - len(plist) + 0.5) / (len(plist) + 0.5))
             for i, tf in plist:
@@ -158,20 +169,29 @@ def _malform(row: dict[str, Any], rng: random.Random, earlier: list[str]) -> dic
 
 def simulate_logs(docs: list[dict[str, str]], *, n_queries: int = 640, sessions: int = 3,
                   shown: int = 10, malformed_rate: float = 0.02, seed: int = 0,
-                  start: datetime = datetime(2026, 1, 5, tzinfo=UTC),
-                  days: int = 7) -> tuple[list[dict[str, Any]], list[str]]:
-    """Interaction-log rows (the contract of embedloop.logs) and the malformed ids."""
+                  start: datetime = datetime(2026, 1, 5, tzinfo=UTC), days: int = 7,
+                  asked: list[tuple[str, int]] | None = None
+                  ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Interaction-log rows (the contract of embedloop.logs) and the malformed ids.
+    Users ask for a document with its summary in their words, or, where `asked` gives
+    them, with those (query text, index of the document it is about) as written."""
     rng = random.Random(seed)
     engine = BM25([f"{d['title']} {d['text']}" for d in docs])
-    targets = rng.sample(range(len(docs)), min(n_queries, len(docs)))
-    plan = [(t, s) for t in targets for s in range(sessions)]
-    rng.shuffle(plan)
-    step = timedelta(days=days) / max(1, len(plan))
-    queries = {t: paraphrase(docs[t]["summary"], rng) for t in targets}
+    if asked is None:
+        targets = rng.sample(range(len(docs)), min(n_queries, len(docs)))
+        plan = [(t, s) for t in targets for s in range(sessions)]
+        rng.shuffle(plan)
+        queries = {t: paraphrase(docs[t]["summary"], rng) for t in targets}
+        sessions_asked = [(queries[t], t) for t, _ in plan]
+    else:
+        chosen = rng.sample(asked, min(n_queries, len(asked)))
+        plan_asked = [(a, s) for a in chosen for s in range(sessions)]
+        rng.shuffle(plan_asked)
+        sessions_asked = [a for a, _ in plan_asked]
+    step = timedelta(days=days) / max(1, len(sessions_asked))
     rows: list[dict[str, Any]] = []
     malformed: list[str] = []
-    for n, (target, _) in enumerate(plan):
-        query = queries[target]
+    for n, (query, target) in enumerate(sessions_asked):
         ranked = engine.top(query, shown)
         ranked += [i for i in rng.sample(range(len(docs)), shown * 2) if i not in ranked]
         ranked = ranked[:shown]
@@ -193,19 +213,43 @@ def simulate_logs(docs: list[dict[str, str]], *, n_queries: int = 640, sessions:
     return rows, malformed
 
 
-def write_demo_data(out_dir: Path, seed: int = 0) -> dict[str, Any]:
-    """corpus.jsonl, logs/week-1.jsonl and manifest.json under `out_dir`."""
-    docs = build_docstring_corpus()
-    rows, malformed = simulate_logs(docs, seed=seed)
+def beir_demo_corpus(folder: Path) -> tuple[list[dict[str, str]], list[tuple[str, int]]]:
+    """A BEIR folder's documents, and its train queries with the document each is about."""
+    def rows(path: Path) -> list[dict[str, Any]]:
+        with path.open(encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    docs = [{"_id": str(d["_id"]), "title": d.get("title") or "", "text": d.get("text") or ""}
+            for d in rows(folder / "corpus.jsonl")]
+    row_of = {d["_id"]: i for i, d in enumerate(docs)}
+    text_of = {str(q["_id"]): q["text"] for q in rows(folder / "queries.jsonl")}
+    asked = []
+    for line in (folder / "qrels" / "train.tsv").read_text(encoding="utf-8").splitlines()[1:]:
+        query, doc, score = line.split("\t")[:3]
+        if int(score) > 0 and query in text_of and doc in row_of:
+            asked.append((text_of[query], row_of[doc]))
+    return docs, asked
+
+
+def write_demo_data(out_dir: Path, seed: int = 0, beir: Path | None = None) -> dict[str, Any]:
+    """corpus.jsonl, logs/week-1.jsonl and manifest.json under `out_dir`: over library
+    docstrings, or over the documents and train queries of a BEIR folder."""
+    if beir is None:
+        docs, asked = build_docstring_corpus(), None
+    else:
+        docs, asked = beir_demo_corpus(beir)
+    rows, malformed = simulate_logs(docs, seed=seed, asked=asked)
     (out_dir / "logs").mkdir(parents=True, exist_ok=True)
     with (out_dir / "corpus.jsonl").open("w", encoding="utf-8") as f:
         for d in docs:
-            f.write(json.dumps({"_id": d["_id"], "title": d["title"], "text": d["text"]}) + "\n")
+            f.write(json.dumps({"_id": d["_id"], "title": d["title"], "text": d["text"]},
+                               ensure_ascii=False) + "\n")
     with (out_dir / "logs" / "week-1.jsonl").open("w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     manifest = {"documents": len(docs), "rows": len(rows),
                 "clicks": sum(r.get("clicked") is True for r in rows),
-                "malformed_event_ids": malformed, "seed": seed}
+                "malformed_event_ids": malformed, "seed": seed,
+                "source": str(beir) if beir else "library docstrings"}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest

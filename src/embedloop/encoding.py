@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,8 +141,8 @@ def autocast(precision: str, device: str) -> Iterator[None]:
 
 def load_model(path: str, device: str | None = None,
                max_seq_length: int | None = None) -> SentenceTransformer:
-    """Load a local sentence-transformers folder; never reaches a hub, never runs remote code."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    """Load a local sentence-transformers folder (base_models.py turns names and hub ids
+    into one); never reaches a hub, never runs remote code."""
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
 

@@ -146,7 +146,7 @@ class ExportedModel:
         for name, modules in self.modules.items():
             _check_shape(name, modules)
         self.dim = embedding_dimension(model)
-        self.prompts = {role: _prompt(model, role) for role in ("query", "document")}
+        self.prompts = {role: role_prompt(model, role) for role in ("query", "document")}
         self.routes: dict[str, _Route] = {}
 
     def get_embedding_dimension(self) -> int:
@@ -177,7 +177,7 @@ class ExportedModel:
         return self._encode("document", texts, **kwargs)
 
 
-def _prompt(model: Any, role: str) -> str:
+def role_prompt(model: Any, role: str) -> str:
     """The prefix sentence-transformers' encode_query / encode_document would apply:
     the role's prompt (e5's "query: "), else the model's default prompt, else none."""
     prompts = dict(getattr(model, "prompts", None) or {})

@@ -166,7 +166,8 @@ class FaissIndexStore(IndexStore):
             version=version, model_name=model_name, model_version=str(model_version),
             dim=index.dim, n_docs=len(index.doc_ids), corpus_fingerprint=corpus_fingerprint,
             precision=index.precision, kind=index.kind,
-            created_at=datetime.now(UTC).isoformat(timespec="seconds"), params=index.params)
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"), params=index.params,
+            prompts=index.prompts)
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         staging = self.versions_dir / f".staging-{version}-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)

@@ -44,6 +44,9 @@ class IndexManifest:
     kind: str
     created_at: str
     params: dict[str, int] = field(default_factory=dict)  # how `kind` was built and searched
+    # The prefix each role's text got (base_models.model_prompts); None: not recorded
+    # (an index saved before prompts were).
+    prompts: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,6 +67,8 @@ class VectorIndex(ABC):
         self.kind, self.params = kind, params
         self.titles = titles if titles and len(titles) == len(doc_ids) else None
         self.manifest = manifest
+        # the model's prompts when it encoded the documents (set by whoever encodes them)
+        self.prompts: dict[str, str] | None = manifest.prompts if manifest else None
 
     @property
     @abstractmethod
@@ -98,6 +103,22 @@ class VectorIndex(ABC):
         if len(rows) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.ascontiguousarray(self._vectors(rows), dtype=np.float32)
+
+    def require_prompts(self, model: Any) -> None:
+        """A model searches only an index whose documents got its prompts, and whose
+        queries get the ones the documents were matched with: e5 without "query: " (or a
+        prompt where there was none) still returns results, quietly worse ones."""
+        from embedloop.base_models import model_prompts
+
+        if self.prompts is None:  # not recorded: nothing to hold it to
+            return
+        theirs = model_prompts(model)
+        if theirs != self.prompts:
+            name = self.manifest.version if self.manifest else "this index"
+            raise IndexUnavailable(
+                f"{name} was built with prompts {self.prompts or 'none'}, but the model "
+                f"searching it uses {theirs or 'none'}; searching it is refused (rebuild the "
+                f"index with this model, or search with the model that built it)")
 
     def require_model(self, model_name: str, model_version: str) -> None:
         """Vectors from one model are meaningless to another: refuse the mismatch."""

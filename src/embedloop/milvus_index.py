@@ -175,7 +175,8 @@ class MilvusIndexStore(IndexStore):
             version=version, model_name=model_name, model_version=str(model_version),
             dim=index.dim, n_docs=len(index.doc_ids), corpus_fingerprint=corpus_fingerprint,
             precision=index.precision, kind="milvus-hnsw-ip",
-            created_at=datetime.now(UTC).isoformat(timespec="seconds"), params=dict(HNSW))
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"), params=dict(HNSW),
+            prompts=index.prompts)
         # Written last: from here on the version exists.
         self.client.alter_collection_properties(collection,
                                                 {MANIFEST: json.dumps(manifest.to_json())})

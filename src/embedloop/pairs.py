@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import unicodedata
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,8 +48,11 @@ class TrainingData:
 
 
 def normalize_query(text: str) -> str:
-    """Queries that differ only in case or spacing are the same query."""
-    return " ".join(text.split()).casefold()
+    """Queries that differ only in case, spacing or character width are the same query:
+    NFKC makes full-width Latin and digits ("ＡＢＣ１２") and half-width katakana the
+    usual forms, and the ideographic space a space. Only the key: what users typed is
+    what training and evaluation see."""
+    return " ".join(unicodedata.normalize("NFKC", text).split()).casefold()
 
 
 def in_eval_pool(qkey: str, fraction: float) -> bool:

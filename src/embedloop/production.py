@@ -13,12 +13,14 @@ goes through this class, so the rule is written once.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from embedloop.base_models import model_prompts
 from embedloop.errors import IndexUnavailable
 from embedloop.faults import crash_point, pause_point
 from embedloop.index import IndexManifest, IndexStore, VectorIndex, open_index_store
@@ -171,6 +173,8 @@ class Production:
                  tags: dict[str, str]) -> str:
         """A new registered version (not promoted), with a local copy kept so later runs
         need not download it."""
+        # The prompts go on record with the version: an index is held to them (index.py).
+        tags = {**tags, "prompts": json.dumps(model_prompts(model), ensure_ascii=False)}
         version = self.registry.log_model(run_id, model, description=description, tags=tags)
         crash_point("register")  # a registered version that is no one's champion
         target = self.models_dir / f"v{version}"

@@ -35,6 +35,9 @@ class Retriever:
     index: VectorIndex
     batch_size: int = 64
 
+    def __post_init__(self) -> None:
+        self.index.require_prompts(self.model)
+
     def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
         # Queries are encoded as the documents were (the index's precision), so scores
         # are comparable.

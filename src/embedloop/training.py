@@ -15,6 +15,7 @@ import pandas as pd
 from embedloop.config import TrainingConfig
 from embedloop.encoding import autocast, load_model, resolve_precision
 from embedloop.errors import EmbedloopError
+from embedloop.exported import role_prompt
 from embedloop.faults import crash_point, pause_point
 
 if TYPE_CHECKING:
@@ -116,6 +117,9 @@ def fine_tune(base_model: str, pairs: pd.DataFrame, output_dir: Path, cfg: Train
         fp16=precision == "fp16",
         use_cpu=device == "cpu",
         batch_sampler=BatchSamplers.NO_DUPLICATES,
+        # Each column gets its role's prompt ("query: " / "passage: " for e5), as
+        # encode_query and encode_document give them; none for a model without prompts.
+        prompts=_column_prompts(model, columns),
         # An asymmetric model (a query-side champion) trains each route on its own side.
         router_mapping=({"anchor": "query", "positive": "document", "negative": "document"}
                         if Towers.of(model).query is not Towers.of(model).document else None),
@@ -172,14 +176,28 @@ class Towers:
 
 
 def asymmetric(query: list[Any], document: list[Any], shared_tail: list[Any],
-               device: str) -> SentenceTransformer:
+               device: str, prompts: dict[str, str] | None = None) -> SentenceTransformer:
     """One model that encodes queries with `query` and documents with `document`
-    (`encode_query` / `encode_document`), saved and registered as one artifact."""
+    (`encode_query` / `encode_document`), saved and registered as one artifact, with the
+    `prompts` of the model it came from (its document vectors were made with them)."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Router
 
     router = Router.for_query_document(query_modules=query, document_modules=document)
-    return SentenceTransformer(modules=[router, *shared_tail], device=device)
+    return SentenceTransformer(modules=[router, *shared_tail], device=device,
+                               prompts=prompts or None)
+
+
+def _role_prompts(model: Any) -> dict[str, str]:
+    """The model's prompts under the role names sentence-transformers looks up."""
+    return {role: role_prompt(model, role) for role in ("query", "document")
+            if role_prompt(model, role)}
+
+
+def _column_prompts(model: Any, columns: list[str]) -> dict[str, str] | None:
+    prompts = {column: role_prompt(model, "query" if column == "anchor" else "document")
+               for column in columns}
+    return {c: p for c, p in prompts.items() if p} or None
 
 
 def query_side_loss(queries: Any, candidates: Any, excluded: Any, weights: Any | None,
@@ -257,7 +275,8 @@ def fine_tune_query_side(base_model: str, pairs: pd.DataFrame, doc_ids: list[str
     qkeys = torch.tensor(pd.factorize(pairs["qkey"])[0])
     weights = (torch.tensor(pairs["weight"].fillna(1.0).to_numpy(), dtype=torch.float32)
                if "weight" in pairs.columns else None)
-    anchors = list(pairs["anchor"])
+    # Queries get the query prompt ("query: " for e5), as encode_query gives them.
+    anchors = [role_prompt(model, "query") + a for a in pairs["anchor"]]
 
     batch_size = min(cfg.batch_size, len(pairs))
     per_epoch = math.ceil(len(pairs) / batch_size)
@@ -305,7 +324,8 @@ def fine_tune_query_side(base_model: str, pairs: pd.DataFrame, doc_ids: list[str
                              f"{'; ' if where else ''}{where}); the candidate is discarded")
     tuned = list(query_model.children())
     query = tuned[:len(towers.query)]
-    candidate = asymmetric(query, towers.document, towers.shared_tail, device)
+    candidate = asymmetric(query, towers.document, towers.shared_tail, device,
+                           prompts=_role_prompts(model))
     path = output_dir / "model"
     candidate.save(str(path))
     return FineTuneResult(model=candidate, path=path, steps=steps, train_loss=mean_loss,

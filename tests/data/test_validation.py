@@ -168,3 +168,17 @@ def test_long_text_is_a_query_and_a_pasted_blob_is_not() -> None:
     assert len(paragraph) >= 1500 and list(result.accepted["event_id"]) == ["e1"]
     assert list(result.quarantined["reason"]) == [
         f"query is longer than max_query_chars ({limits['max_query_chars']} characters)"]
+
+
+def test_cjk_queries_are_measured_in_characters_not_bytes() -> None:
+    """Ten Chinese characters are 30 UTF-8 bytes: a 10-character limit takes them."""
+    good = {"event_id": "e1", "ts": "2026-03-01T12:00:05Z", "session_id": "s",
+            "query": "北京的天气怎么样今天呢", "doc_id": "d1", "position": 1, "clicked": True,
+            "dwell_ms": 10}
+    assert len(good["query"]) == 11
+    raw = pd.DataFrame([{**good, "query": good["query"][:10]}, {**good, "event_id": "e2"},
+                        {**good, "event_id": "e3", "query": "\u3000\u3000"}]).assign(
+        source="f", line=[1, 2, 3], parse_error=None).astype(object)
+    result = validate_logs(raw, {"d1"}, set(), max_query_chars=10, max_position=1000)
+    assert list(result.accepted["event_id"]) == ["e1"]
+    assert list(result.quarantined["reason_code"]) == ["overlong_query", "empty_query"]

@@ -21,6 +21,7 @@ from flows.cli import main
 from tests.helpers import ANY_CANDIDATE_WINS, first_week_logs, make_home, search
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
+E5_PROMPTS = {"query": "query: ", "document": "passage: "}
 
 
 def run(config: Path, **overrides: Any) -> dict[str, Any]:
@@ -31,8 +32,11 @@ def run(config: Path, **overrides: Any) -> dict[str, Any]:
 
 def test_query_side_cycles_keep_the_index_and_full_cycles_rebuild_it(
         tmp_path: Path, sim_logs: Path, tiny_beir: Path) -> None:
+    """With e5's prompts set for the base model: they go on record with every version
+    and every index, and hold through both kinds of training and a rollback."""
     logs = first_week_logs(tmp_path, sim_logs)
-    config = make_home(tmp_path / "home", logs, tiny_beir / "corpus.jsonl", **ANY_CANDIDATE_WINS)
+    config = make_home(tmp_path / "home", logs, tiny_beir / "corpus.jsonl",
+                       prompts=E5_PROMPTS, **ANY_CANDIDATE_WINS)
     settings = load_settings(config)
     production = Production.from_settings(settings)
     store = FaissIndexStore(settings.index_dir)
@@ -81,6 +85,10 @@ def test_query_side_cycles_keep_the_index_and_full_cycles_rebuild_it(
     assert store.manifest("v0003").model_version == "4"
     assert DOCUMENT_ENCODER not in production.registry.version_info("4").tags
     assert production.state().aligned
+    for version in ("1", "2", "3", "4"):
+        assert json.loads(production.registry.version_info(version).tags["prompts"]) == \
+            E5_PROMPTS
+    assert all(store.manifest(v).prompts == E5_PROMPTS for v in store.versions())
 
     # 4. rollback: v3 comes back with the index its document encoder built
     from flows.rollback import rollback

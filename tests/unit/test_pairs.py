@@ -136,3 +136,19 @@ def test_corpus_mined_negative_keeps_the_margin_and_skips_clicked_documents() ->
     # p1 (0.90): "near" is within 5% of it (0.855), "clicked" was clicked for q -> "far"
     # p2 (0.60): everything above it fails the margin -> "farther"
     assert mined == ["far", "farther", None]
+
+
+def test_cjk_queries_that_differ_only_in_width_or_spacing_are_one_query() -> None:
+    """Full-width Latin and digits, the ideographic space, half-width katakana: one key.
+    Different characters stay different queries."""
+    assert normalize_query("ＧＰＵ　价格 ２０２４") == normalize_query("gpu 价格 2024")
+    assert normalize_query("ｶﾀｶﾅ") == normalize_query("カタカナ")
+    assert normalize_query("北京 天气") != normalize_query("北京天气")  # a space is a word break
+    assert normalize_query("北京") != normalize_query("南京")
+    data = build_training_data(
+        clicks([("2026-01-01", "ＧＰＵ　价格", "d1", True), ("2026-01-02", "gpu 价格", "d1", True),
+                ("2026-01-03", "Gpu  价格", "d2", True)]).assign(position=1),
+        {"d1": "显卡价格", "d2": "GPU 价格表"}, pool_fraction=0.0)
+    assert data.pairs["qkey"].nunique() == 1
+    # what users typed is what the model trains on
+    assert set(data.pairs["anchor"]) <= {"ＧＰＵ　价格", "gpu 价格", "Gpu  价格"}
