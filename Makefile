@@ -32,14 +32,16 @@ demo-zh: setup
 	$(ZH) demo --home demo-zh --beir ../shared/benchmarks/cmrc2018 \
 		--base-model multilingual-e5-small --train-side query
 	$(ZH) status --home demo-zh
-	$(ZH) search --home demo-zh "广州的气候怎么样" -k 3
+	$(ZH) search --home demo-zh "北京体育大学旁边是哪个公园" -k 3
 
 # Two pytest processes side by side: the integration tests mostly wait on their servers
 # (Postgres, S3, MLflow, Prefect) while the others keep the CPU busy, so together they
 # take minutes less than one after the other. Each has its own temp dir (kept when a test
 # failed); the integration report is printed after the other one's. The Milvus tests
-# join the integration process to even out the two (they too wait on a database).
-BESIDE = tests/integration tests/flows/test_milvus.py tests/test_milvus_index.py
+# join the integration process to even out the two (they too wait on a database), and so
+# does the multilingual model's conversion and fidelity check.
+BESIDE = tests/integration tests/flows/test_milvus.py tests/test_milvus_index.py \
+	tests/model/test_multilingual.py
 test: setup
 	@tmp=$$(mktemp -d -t embedloop-tests-XXXXXX); \
 	$(BIN)/python -m pytest $(BESIDE) --basetemp=$$tmp/integration \

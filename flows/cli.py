@@ -116,7 +116,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"demo data: {manifest['documents']} documents ({manifest['source']}), "
               f"{manifest['rows']} log rows with {manifest['clicks']} clicks and "
               f"{len(manifest['malformed_event_ids'])} malformed rows, in {data_dir}")
-    args.reason = args.reason or "demo: first retrain on the bundled sample"
+    args.reason = args.reason or (f"demo: retrain on users simulated over {beir.name}" if beir
+                                  else "demo: first retrain on the bundled sample")
     args.trigger = "manual"
     args.logs = args.logs or str(data_dir / "logs")
     args.corpus = args.corpus or str(data_dir / "corpus.jsonl")

@@ -159,7 +159,11 @@ class ExportedModel:
             quantize = self.backend == "onnx-int8"
             graph = (self.cache_dir / _weights_digest(modules[0])
                      / f"model{'-int8' if quantize else ''}.onnx")
+            new = not graph.exists()
             _export(modules[0], graph, quantize)
+            os.utime(graph.parent)  # used now: pruning goes by last use
+            if new:
+                prune_exports(self.cache_dir)
             self.routes[name] = _Route(modules, graph, self.backend)
         return self.routes[name]
 
@@ -230,6 +234,27 @@ def _check_shape(name: str, modules: list[Any]) -> None:
     if modules[1].pooling_mode not in ("mean", "cls"):
         raise CheckpointError(f"cannot export route {name!r}: only mean or CLS pooling, not "
                               f"{modules[1].pooling_mode!r}")
+
+
+KEEP_EXPORTS = 8
+
+
+def prune_exports(cache_dir: Path, keep: int = KEEP_EXPORTS,
+                  min_age_s: float = 86_400) -> list[Path]:
+    """Every candidate adds an export to the cache (~90 MB for MiniLM, ~470 MB for
+    multilingual-e5-small), so a nightly deployment would fill its disk in weeks: keep
+    the `keep` most recently used, and any used within `min_age_s` (a process may be
+    loading it). A pruned one is exported again if it is ever needed. Returns those
+    removed."""
+    import shutil
+    import time
+
+    entries = sorted((p for p in cache_dir.iterdir() if p.is_dir()),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+    removed = [p for p in entries[keep:] if time.time() - p.stat().st_mtime > min_age_s]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
 
 
 def _export(transformer: Any, target: Path, quantize: bool) -> None:

@@ -182,3 +182,24 @@ def test_cjk_queries_are_measured_in_characters_not_bytes() -> None:
     result = validate_logs(raw, {"d1"}, set(), max_query_chars=10, max_position=1000)
     assert list(result.accepted["event_id"]) == ["e1"]
     assert list(result.quarantined["reason_code"]) == ["overlong_query", "empty_query"]
+
+
+def test_a_chinese_beir_demo_simulates_users_who_find_what_they_asked_for(
+        tmp_path: Path) -> None:
+    """`embedloop demo --beir`: real Chinese questions and paragraphs (cmrc2018 from
+    ../shared), ranked by a BM25 that reads CJK as characters and bigrams; the rows
+    validate like any others."""
+    from embedloop.demo import write_demo_data
+
+    beir = Path(__file__).resolve().parents[2].parent / "shared/benchmarks/cmrc2018"
+    manifest = write_demo_data(tmp_path, beir=beir)
+    rows = [json.loads(line) for line in (tmp_path / "logs/week-1.jsonl").open(encoding="utf-8")]
+    assert manifest["rows"] == len(rows) and manifest["clicks"] > 1000
+    queries = {r["query"] for r in rows if isinstance(r.get("query"), str)}
+    assert sum(any("\u4e00" <= ch <= "\u9fff" for ch in q) for q in queries) > 600
+    raw = pd.DataFrame(rows).assign(source="demo", line=range(1, len(rows) + 1),
+                                    parse_error=None).astype(object)
+    doc_ids = set(load_corpus(tmp_path / "corpus.jsonl")["doc_id"])
+    result = validate_logs(raw, doc_ids, set(), **LIMITS)
+    assert set(result.quarantined["event_id"].dropna()) <= set(manifest["malformed_event_ids"])
+    assert len(result.accepted) + len(result.quarantined) == len(rows)

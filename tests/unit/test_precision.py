@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from embedloop.encoding import bf16_verdict, choose_encoder, choose_precision, cpu_flags
@@ -49,3 +51,24 @@ def test_the_encoder_is_openvino_on_a_cpu_that_has_it_and_torch_on_a_gpu(
         choose_encoder("openvino", "cpu", "fp32")
     with pytest.raises(ValueError, match="encode_backend must be"):
         choose_encoder("tensorrt", "cpu", "fp32")
+
+
+def test_the_export_cache_keeps_the_recently_used_and_drops_the_rest(tmp_path: Path) -> None:
+    """A deployment adds an export per candidate; the cache keeps the most recently used
+    ones and anything used within a day."""
+    import os
+    import time
+
+    from embedloop.exported import prune_exports
+
+    now = time.time()
+    for i in range(12):  # e0 used 12 days ago ... e11 an hour ago
+        folder = tmp_path / f"e{i}"
+        folder.mkdir()
+        (folder / "model.onnx").write_bytes(b"x")
+        age = (12 - i) * 86_400 if i < 11 else 3_600
+        os.utime(folder, (now - age, now - age))
+    removed = prune_exports(tmp_path, keep=8)
+    assert sorted(p.name for p in removed) == ["e0", "e1", "e2", "e3"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"e{i}" for i in range(4, 12))
+    assert prune_exports(tmp_path, keep=2, min_age_s=30 * 86_400) == []  # none old enough
