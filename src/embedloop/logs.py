@@ -135,7 +135,8 @@ def iter_new_rows(files: list[Path], cursors: dict[str, Cursor],
     commits them all when the run ends.
     A file that cannot be read at all is named in `unreadable` and skipped; where it
     can be fingerprinted its cursor is moved too, so it is not tried again until it
-    changes. One that fails after some of its rows were handed on raises InputError."""
+    changes. One that fails after a first chunk of it was read (a file bigger than a
+    chunk, damaged further on) raises InputError: its earlier rows may already be judged."""
     column_map = column_map or {}
     frames: list[pd.DataFrame] = []
     pending = NewRows(pd.DataFrame(), {}, [], {})
