@@ -39,7 +39,7 @@ from embedloop.ledger import (
     save_batch,
     seen_event_ids,
 )
-from embedloop.logs import discover_log_files, iter_new_rows
+from embedloop.logs import Ingested, discover_log_files, iter_new_rows
 from embedloop.validation import check_batch, validate_in_chunks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,22 +86,17 @@ def one_batch(log: Path, state: Path, known: set[str]) -> dict[str, float]:
     """One retrain's ingest and validation of whatever `log` holds beyond the ledger."""
     times: dict[str, float] = {}
     ledger, times["ledger"] = timed(lambda: load_ledger(state))
-    cursors = {}
-
-    def frames():  # the cursors, as the flow's stage keeps them
-        for chunk in iter_new_rows(discover_log_files(log), ledger.cursors):
-            cursors.update(chunk.cursors)
-            yield chunk.frame
-
+    got = Ingested()
+    frames = got.frames(iter_new_rows(discover_log_files(log), ledger.cursors))
     batch_id = f"b{len(ledger.batches):04d}"
     result, times["read+validate"] = timed(lambda: validate_in_chunks(
-        frames(), known, functools.partial(seen_event_ids, state, ledger),
+        frames, known, functools.partial(seen_event_ids, state, ledger),
         state / "work" / batch_id, max_query_chars=2000, max_position=100))
     verdict, times["check"] = timed(lambda: check_batch(result, max_quarantine_share=0.5,
                                                         min_clicks=1))
     _, times["write"] = timed(lambda: (
         save_batch(state, batch_id, result.accepted_file, result.quarantine_file),
-        commit_ledger(state, ledger, cursors, batch_id)))
+        commit_ledger(state, ledger, got.cursors, batch_id)))
     assert verdict.ok, verdict.problems
     times["rows"] = result.input_rows
     times["quarantined"] = result.quarantined_count

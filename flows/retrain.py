@@ -37,7 +37,12 @@ from flows.alerts import notify_failure, refused
 from tasks._stage import stage_clock
 from tasks.canary import judge_canary_stage, promote_canary_stage, start_canary_stage
 from tasks.evaluate import candidate_stage, decide_stage, evaluate_stage, incumbent_stage
-from tasks.ingest import commit_batch_stage, commit_cursors_stage, ingest_logs, load_corpus_stage
+from tasks.ingest import (
+    commit_batch_stage,
+    commit_cursors_stage,
+    ingest_and_validate_logs,
+    load_corpus_stage,
+)
 from tasks.publish import ensure_champion_stage, publish_stage, register_stage
 from tasks.tracking import (
     finish_tracking_stage,
@@ -83,7 +88,8 @@ def run_retrain(settings: Settings, trigger: str, reason: str,
     try:
         batch_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{run_id[:8]}"
         work_dir = settings.state_dir / "work" / batch_id
-        got.new, validation, ledger = ingest_logs(settings, corpus, work_dir / "rows")
+        got.new, validation, ledger = ingest_and_validate_logs(settings, corpus,
+                                                              work_dir / "rows")
         if not got.new.rows:
             shutil.rmtree(work_dir, ignore_errors=True)
             if got.new.cursors:  # empty or unreadable files: remembered, not tried nightly

@@ -31,7 +31,7 @@ def load_corpus_stage(settings: Settings) -> pd.DataFrame:
 
 
 @io_stage(name="ingest and validate logs")
-def ingest_logs(settings: Settings, corpus: pd.DataFrame,
+def ingest_and_validate_logs(settings: Settings, corpus: pd.DataFrame,
                 staging: Path) -> tuple[Ingested, LogValidation, Ledger]:
     """Rows that arrived since the last committed run, read and validated chunk by chunk
     (memory does not grow with the batch): accepted and quarantined rows go to Parquet
@@ -40,15 +40,10 @@ def ingest_logs(settings: Settings, corpus: pd.DataFrame,
     ledger = load_ledger(settings.state_dir)
     files = discover_log_files(settings.logs)
     logger = get_run_logger()
-    got = Ingested(rows=0, cursors={}, notes=[], unreadable={})
+    got = Ingested()
 
     def chunks() -> Iterator[pd.DataFrame]:
-        for chunk in iter_new_rows(files, ledger.cursors, settings.column_map):
-            got.rows += len(chunk.frame)
-            got.cursors.update(chunk.cursors)
-            got.notes += chunk.notes
-            got.unreadable.update(chunk.unreadable)
-            yield chunk.frame
+        yield from got.frames(iter_new_rows(files, ledger.cursors, settings.column_map))
         crash_point("ingest")  # rows read, nothing recorded yet
 
     def progress(rows: int, accepted: int, quarantined: int) -> None:

@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from embedloop.errors import ConfigError, one_line
@@ -79,6 +80,38 @@ def _folder(name: str) -> str:
                           f"the hub failed: {one_line(exc)}.{hint}") from None
 
 
+def cache_dir(kind: str, override: str) -> Path:
+    """Where embedloop keeps what it derives from model weights (exports, converted and
+    prompted models): `override` (an environment variable) if set, else the user's cache
+    folder, which every deployment on the machine shares."""
+    if os.environ.get(override):
+        return Path(os.environ[override])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "embedloop" / kind
+
+
+def model_cache_dir() -> Path:
+    return cache_dir("models", "EMBEDLOOP_MODEL_CACHE")
+
+
+def made_once(out: Path, make: Callable[[Path], None]) -> Path:
+    """`out`, a folder `make(staging)` fills: made in a staging folder beside it and
+    renamed, so it is whole or absent; a concurrent maker may win the rename."""
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        make(staging)
+        try:
+            staging.rename(out)
+        except OSError:
+            if not out.exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
 def _with_prompts(folder: str, prompts: dict[str, str]) -> str:
     """A copy of `folder` (weights linked, not copied) whose sentence-transformers config
     holds `prompts`; made once per (folder, prompts)."""
@@ -86,29 +119,17 @@ def _with_prompts(folder: str, prompts: dict[str, str]) -> str:
     config = json.loads(config_file.read_text()) if config_file.exists() else {}
     if config.get("prompts") == prompts and not config.get("default_prompt_name"):
         return folder
-    from embedloop.multilingual import model_cache_dir
 
-    key = hashlib.sha256(json.dumps([str(Path(folder).resolve()), prompts],
-                                    sort_keys=True).encode()).hexdigest()[:12]
-    out = model_cache_dir() / f"{Path(folder).name}-prompts-{key}"
-    if (out / "config_sentence_transformers.json").exists():
-        return str(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    def make(staging: Path) -> None:
         shutil.copytree(folder, staging, dirs_exist_ok=True, copy_function=_link_or_copy)
         written = staging / "config_sentence_transformers.json"
         written.unlink(missing_ok=True)  # a link to the original: replace, do not edit
         written.write_text(json.dumps({**config, "prompts": prompts,
                                        "default_prompt_name": None}, indent=2))
-        try:
-            staging.rename(out)
-        except OSError:
-            if not (out / "config_sentence_transformers.json").exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return str(out)
+
+    key = hashlib.sha256(json.dumps([str(Path(folder).resolve()), prompts],
+                                    sort_keys=True).encode()).hexdigest()[:12]
+    return str(made_once(model_cache_dir() / f"{Path(folder).name}-prompts-{key}", make))
 
 
 def _link_or_copy(source: str, target: str) -> None:

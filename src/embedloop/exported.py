@@ -23,6 +23,8 @@ import copy
 import hashlib
 import importlib.util
 import os
+import shutil
+import time
 import warnings
 import weakref
 from collections.abc import Sequence
@@ -49,10 +51,9 @@ def embedding_dimension(model: Any) -> int:
 def export_cache_dir() -> Path:
     """EMBEDLOOP_EXPORT_CACHE, else the user's cache folder (exports depend on weights
     alone, so every deployment on a machine can share them)."""
-    if os.environ.get("EMBEDLOOP_EXPORT_CACHE"):
-        return Path(os.environ["EMBEDLOOP_EXPORT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "embedloop" / "exports"
+    from embedloop.base_models import cache_dir
+
+    return cache_dir("exports", "EMBEDLOOP_EXPORT_CACHE")
 
 
 def backend_available(backend: str) -> bool:
@@ -246,9 +247,6 @@ def prune_exports(cache_dir: Path, keep: int = KEEP_EXPORTS,
     the `keep` most recently used, and any used within `min_age_s` (a process may be
     loading it). A pruned one is exported again if it is ever needed. Returns those
     removed."""
-    import shutil
-    import time
-
     entries = sorted((p for p in cache_dir.iterdir() if p.is_dir()),
                      key=lambda p: p.stat().st_mtime, reverse=True)
     removed = [p for p in entries[keep:] if time.time() - p.stat().st_mtime > min_age_s]

