@@ -197,6 +197,11 @@ class Partition:
         self.cut = cut
         if cut:
             for conn in list(self._open):
+                # shutdown first: a bare close() from this thread neither wakes the pipe
+                # thread blocked in recv() nor tells the client, whose keep-alive
+                # connection would then look open for as long as it stays idle
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
                 with contextlib.suppress(OSError):
                     conn.close()
 
