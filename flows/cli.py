@@ -21,16 +21,23 @@ import argparse
 import functools
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import textwrap
 import threading
+from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from embedloop.config import Settings, load_settings
 from embedloop.errors import EmbedloopError, Refused, one_line
+
+if TYPE_CHECKING:  # pandas is imported by the commands that need it: `--help` stays quick
+    import pandas as pd
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 
@@ -281,8 +288,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from embedloop.corpus import load_corpus
     from embedloop.ledger import load_ledger, seen_event_ids
     from embedloop.log_readers import FORMATS
-    from embedloop.logs import discover_log_files, files_not_read, read_new_rows
-    from embedloop.validation import check_batch, validate_logs
+    from embedloop.logs import Ingested, discover_log_files, files_not_read, iter_new_rows
+    from embedloop.validation import check_batch, first_of_each_reason, validate_in_chunks
 
     settings = _settings(args)
     if not settings.corpus:
@@ -290,33 +297,44 @@ def cmd_validate(args: argparse.Namespace) -> int:
                              " to check doc ids")
     corpus = load_corpus(settings.corpus)
     files = discover_log_files(args.path)
-    new = read_new_rows(files, {}, settings.column_map)
-    raw = new.frame
+    got = Ingested()
+    per_file: Counter[str] = Counter()
+
+    def chunks() -> Iterator[pd.DataFrame]:
+        for frame in got.frames(iter_new_rows(files, {}, settings.column_map)):
+            per_file.update(frame["source"])
+            yield frame
+
     # Rows this deployment already committed would be quarantined as duplicates: say so.
     seen = functools.partial(seen_event_ids, settings.state_dir, load_ledger(settings.state_dir))
-    result = validate_logs(raw, set(corpus["doc_id"]), seen,
-                           max_query_chars=settings.max_query_chars,
-                           max_position=settings.max_position)
-    verdict = check_batch(result, max_quarantine_share=settings.max_quarantine_share,
-                          min_clicks=settings.min_clicks)
-    per_file = raw["source"].value_counts(sort=False) if len(raw) else {}
+    # In chunks, as a run reads them: a file of any size is checked in bounded memory.
+    with tempfile.TemporaryDirectory(prefix="embedloop-validate-") as work:
+        result = validate_in_chunks(chunks(), set(corpus["doc_id"]), seen, Path(work),
+                                    max_query_chars=settings.max_query_chars,
+                                    max_position=settings.max_position)
+        verdict = check_batch(result, max_quarantine_share=settings.max_quarantine_share,
+                              min_clicks=settings.min_clicks)
+        assert result.quarantine_file is not None
+        examples = first_of_each_reason(result.quarantine_file)
+        if args.out:
+            shutil.copyfile(result.quarantine_file, args.out)
     print(f"corpus      {settings.corpus} ({len(corpus)} documents): doc ids are checked "
           f"against it")
-    print(f"read        {len(files) - len(new.unreadable)} file(s): "
-          + (", ".join(f"{p.name} ({per_file.get(p.name, 0)} rows)" for p in files
-                       if p.name not in new.unreadable) or "none"))
-    for name, why in new.unreadable.items():
+    print(f"read        {len(files) - len(got.unreadable)} file(s): "
+          + (", ".join(f"{p.name} ({per_file[p.name]} rows)" for p in files
+                       if p.name not in got.unreadable) or "none"))
+    for name, why in got.unreadable.items():
         print(f"unreadable  {name}: {why}")
     skipped = files_not_read(args.path)
     if skipped:
         print(f"not read    {', '.join(p.name for p in skipped)} (not a log format: "
               f"{', '.join(sorted(FORMATS))})")
-    for note in new.notes:
+    for note in got.notes:
         print(f"note        {note}")
-    print(f"{result.input_rows} rows in {len(files)} files: {len(result.accepted)} accepted, "
-          f"{len(result.quarantined)} quarantined ({result.quarantined_share:.1%})")
+    print(f"{result.input_rows} rows in {len(files)} files: {result.accepted_count} accepted, "
+          f"{result.quarantined_count} quarantined ({result.quarantined_share:.1%})")
     for code, count in result.reason_counts.items():
-        example = result.quarantined[result.quarantined["reason_code"] == code].iloc[0]
+        example = examples[code]
         print(f"  {code:<20} {count:>6}   e.g. {example['source']}:{example['line']} "
               f"{example['reason'][:60]}")
     unknown = result.reason_counts.get("unknown_doc_id", 0)
@@ -324,7 +342,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"most doc ids ({unknown} rows) are not in {settings.corpus}: is it the corpus "
               f"these logs were searched over? (--corpus)")
     if args.out:
-        result.quarantined.to_parquet(args.out, index=False)
         print(f"quarantined rows written to {args.out}")
     if not verdict.ok:
         print("batch would be rejected: " + "; ".join(verdict.problems))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from flows.cli import main
@@ -62,7 +63,11 @@ def test_validate_is_a_dry_run_with_counts(sim_logs: Path, tiny_beir: Path, tmp_
     assert f"corpus      {tiny_beir / 'corpus.jsonl'} (200 documents)" in out
     assert "batch-001.jsonl (1200 rows), batch-002.jsonl (1200 rows)" in out
     assert "not read    manifest.json (not a log format" in out
-    assert out_file.exists()
+    quarantined = pd.read_parquet(out_file)
+    assert f"accepted, {len(quarantined)} quarantined" in out and len(quarantined) > 0
+    for code, rows in quarantined.groupby("reason_code", sort=False):  # each with an example
+        first = rows.iloc[0]
+        assert f"{code:<20} {len(rows):>6}   e.g. {first['source']}:{first['line']} " in out
     assert not (tmp_path / ".embedloop").exists()  # a dry run records nothing
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from embedloop.log_schema import LOG_FIELDS, REQUIRED_FIELDS, is_missing, to_typed_frame
@@ -380,6 +381,21 @@ def validate_in_chunks(chunks: Iterable[pd.DataFrame], known_doc_ids: set[str],
         accepted_clicks=clicks, outcome=merged_outcome(outcomes, rows),
         reason_counts=dict(counts.most_common()), accepted_file=accepted_file,
         quarantine_file=quarantine_file)
+
+
+def first_of_each_reason(quarantine_file: Path) -> dict[str, dict[str, Any]]:
+    """reason code -> its first quarantined row (source, line, reason), read a part of
+    the file at a time: an example of each reason for a report, whatever the file's size."""
+    first: dict[str, dict[str, Any]] = {}
+    parts = pq.ParquetFile(quarantine_file).iter_batches(
+        batch_size=65_536, columns=["reason_code", "source", "line", "reason"])
+    for part in parts:
+        codes = part.column("reason_code")
+        for code in pc.unique(codes).to_pylist():
+            if code not in first:
+                at = pc.index(codes, code).as_py()
+                first[code] = {name: part.column(name)[at].as_py() for name in part.schema.names}
+    return first
 
 
 def _as_table(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
