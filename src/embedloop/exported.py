@@ -235,6 +235,9 @@ def _check_shape(name: str, modules: list[Any]) -> None:
     if modules[1].pooling_mode not in ("mean", "cls"):
         raise CheckpointError(f"cannot export route {name!r}: only mean or CLS pooling, not "
                               f"{modules[1].pooling_mode!r}")
+    if not getattr(modules[1], "include_prompt", True):  # the numpy pooling counts every token
+        raise CheckpointError(f"cannot export route {name!r}: its pooling leaves the prompt's "
+                              f"tokens out (include_prompt = false)")
 
 
 KEEP_EXPORTS = 8

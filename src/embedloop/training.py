@@ -195,6 +195,21 @@ def _column_prompts(model: Any, columns: list[str]) -> dict[str, str] | None:
     return {c: p for c, p in prompts.items() if p} or None
 
 
+def embed_queries(query_model: SentenceTransformer, texts: list[str], prompt: str,
+                  precision: str = "fp32") -> Any:
+    """Unit vectors of `texts` with gradients, made as `encode_query` makes them: the
+    query prompt ("query: " for e5) prepended, and its length passed to a Pooling that
+    leaves the prompt's tokens out (`include_prompt = false`); both done by `preprocess`."""
+    import torch
+    from sentence_transformers.util import batch_to_device
+
+    features = batch_to_device(query_model.preprocess(texts, prompt=prompt or None),
+                               query_model.device)
+    with autocast(precision, str(query_model.device)):
+        embedded = query_model(features)["sentence_embedding"]
+    return torch.nn.functional.normalize(embedded.float(), dim=-1)
+
+
 def query_side_loss(queries: Any, candidates: Any, excluded: Any, weights: Any | None,
                     scale: float = 20.0) -> Any:
     """MultipleNegativesRankingLoss against fixed document vectors: anchor i's positive
@@ -243,7 +258,6 @@ def fine_tune_query_side(base_model: str, pairs: pd.DataFrame, doc_ids: list[str
 
     import torch
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.util import batch_to_device
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
@@ -270,8 +284,8 @@ def fine_tune_query_side(base_model: str, pairs: pd.DataFrame, doc_ids: list[str
     qkeys = torch.tensor(pd.factorize(pairs["qkey"])[0])
     weights = (torch.tensor(pairs["weight"].fillna(1.0).to_numpy(), dtype=torch.float32)
                if "weight" in pairs.columns else None)
-    # Queries get the query prompt ("query: " for e5), as encode_query gives them.
-    anchors = [role_prompt(model, "query") + a for a in pairs["anchor"]]
+    anchors = list(pairs["anchor"])
+    query_prompt = role_prompt(model, "query")
 
     batch_size = min(cfg.batch_size, len(pairs))
     per_epoch = math.ceil(len(pairs) / batch_size)
@@ -291,11 +305,8 @@ def fine_tune_query_side(base_model: str, pairs: pd.DataFrame, doc_ids: list[str
             order += torch.randperm(len(pairs), generator=generator).tolist()
         batch, order = order[:batch_size], order[batch_size:]
         rows = torch.tensor(batch)
-        features = batch_to_device(query_model.preprocess([anchors[i] for i in batch]),
-                                   query_model.device)
-        with autocast(precision, device):
-            embedded = query_model(features)["sentence_embedding"]
-        queries = torch.nn.functional.normalize(embedded.float(), dim=-1)
+        queries = embed_queries(query_model, [anchors[i] for i in batch], query_prompt,
+                                precision)
         pos, neg = positives[rows], negatives[rows]
         candidates = vectors[torch.cat([pos, neg.clamp_min(0)])]
         loss = query_side_loss(queries, candidates, exclusions(pos, neg, qkeys[rows]).to(device),

@@ -14,9 +14,10 @@ from embedloop.base_models import model_prompts, resolve_base_model
 from embedloop.config import TrainingConfig
 from embedloop.encoding import encode, load_model
 from embedloop.errors import IndexUnavailable
+from embedloop.exported import export_refusal, role_prompt
 from embedloop.faiss_index import FaissIndexStore
 from embedloop.retrieval import Retriever
-from embedloop.training import fine_tune, fine_tune_query_side
+from embedloop.training import embed_queries, fine_tune, fine_tune_query_side
 
 E5 = {"query": "query: ", "document": "passage: "}
 DOCS = {"d1": "Proteins are chains of amino acids.", "d2": "北京是中国的首都。",
@@ -74,3 +75,23 @@ def test_both_kinds_of_training_keep_the_prompts(prompted_path: str, tmp_path: P
     # the document route is the base model's: the same vectors, prompts included
     np.testing.assert_allclose(encode(again, list(DOCS.values()), role="document"), vectors,
                                atol=1e-5)
+
+
+def test_query_side_training_embeds_queries_as_encode_query_does(prompted_path: str) -> None:
+    """The vectors the query-side loss is computed on are those search will use, also for a
+    Pooling that leaves the prompt's tokens out (instructor-style models)."""
+    import torch
+
+    texts = ["what are proteins", "中国的首都"]
+    made = {}
+    for include_prompt in (True, False):
+        model = load_model(prompted_path, device="cpu").eval()
+        model.set_pooling_include_prompt(include_prompt)
+        with torch.no_grad():
+            trained = embed_queries(model, texts, role_prompt(model, "query")).numpy()
+        searched = model.encode_query(texts, normalize_embeddings=True)
+        np.testing.assert_allclose(trained, searched, atol=1e-5)
+        made[include_prompt] = searched
+    assert not np.allclose(made[True], made[False], atol=1e-3)  # the setting matters
+    # the exported path pools every token: such a model stays in torch, saying why
+    assert "include_prompt = false" in (export_refusal(model) or "")
