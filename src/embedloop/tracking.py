@@ -125,16 +125,22 @@ def log_evaluation(registry: Registry, run_id: str, candidate: EvalReport,
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6))
     left.hist(table["delta"], bins=21, color="#4472c4")
     left.axvline(0, color="black", linewidth=1)
-    left.set(title=f"per-query {metric}: candidate - incumbent",
+    # most queries usually tie, and their bar dwarfs the rest: the counts say it plainly
+    better, worse = int((table["delta"] > 0).sum()), int((table["delta"] < 0).sum())
+    left.set(title=f"per-query {metric}: candidate - incumbent\n{better} better, {worse} "
+                   f"worse, {len(table) - better - worse} unchanged",
              xlabel="delta", ylabel="queries")
     names = list(candidate.means)
     xs = range(len(names))
-    right.bar([x - 0.2 for x in xs], [incumbent.means[m] for m in names], 0.4, label="incumbent")
-    right.bar([x + 0.2 for x in xs], [candidate.means[m] for m in names], 0.4, label="candidate")
+    for side, report, shift in (("incumbent", incumbent, -0.2), ("candidate", candidate, 0.2)):
+        bars = right.bar([x + shift for x in xs], [report.means[m] for m in names], 0.4,
+                         label=side)
+        # the two bars often differ by a few thousandths: the values say what heights can't
+        right.bar_label(bars, fmt="%.3f", rotation=90, padding=2, fontsize=7)
     right.set_xticks(list(xs), names)
     right.set(title=f"evaluation pool ({candidate.n_queries} queries never trained on)",
-              ylim=(0, 1))
-    right.legend()
+              ylim=(0, 1.3), yticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    right.legend(loc="upper center", ncol=2, fontsize=8)  # above the bars, never on them
     # The reason is long (effect, interval, look, what is missing): wrapped, not cut off.
     fig.suptitle(textwrap.fill(("PROMOTE: " if decision.promote else "KEEP: ")
                                + decision.reason, 160), fontsize=8)
