@@ -75,6 +75,16 @@ def configure_mlflow(tracking_uri: str) -> None:
     mlflow.set_registry_uri(tracking_uri)
 
 
+# MLflow 3 sorts experiments into kinds: this one holds model-training runs, not GenAI traces.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_TAGS = {EXPERIMENT_KIND: "custom_model_development"}
+EXPERIMENT_NOTE = (
+    "Retrains of the embedding model `{model}` by embedloop. Each run: the batch's logs "
+    "validated (validation/), the candidate and the incumbent scored on the same evaluation "
+    "pool (eval/), and the decision, with why, in the run's description. The registered "
+    "model's `champion` alias is what production serves.")
+
+
 class Registry:
     def __init__(self, tracking_uri: str, model_name: str, artifact_root: Path) -> None:
         configure_mlflow(tracking_uri)
@@ -92,11 +102,16 @@ class Registry:
     def experiment_id(self) -> str:
         found = self.client.get_experiment_by_name(self.model_name)
         if found is not None:
+            if found.tags.get(EXPERIMENT_KIND) is None:  # made before the tag was set
+                self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND,
+                                               EXPERIMENT_TAGS[EXPERIMENT_KIND])
             return found.experiment_id
+        tags = {**EXPERIMENT_TAGS, "mlflow.note.content": EXPERIMENT_NOTE.format(
+            model=self.model_name)}
         if self.remote:
-            return self.client.create_experiment(self.model_name)
+            return self.client.create_experiment(self.model_name, tags=tags)
         self.artifact_root.mkdir(parents=True, exist_ok=True)
-        return self.client.create_experiment(self.model_name,
+        return self.client.create_experiment(self.model_name, tags=tags,
                                              artifact_location=self.artifact_root.as_uri())
 
     def start_run(self, run_name: str, tags: dict[str, str]) -> str:

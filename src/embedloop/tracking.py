@@ -229,8 +229,11 @@ def log_history_plot(registry: Registry, run_id: str, min_improvement: float) ->
 
 
 def mlflow_run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    """Where a reviewer opens the run: the server's page, or the command that serves one."""
+    """Where a reviewer opens the run: the server's page, or the command that serves one.
+    The page asks for MLflow 3's model-training view: its UI starts in the GenAI one
+    (traces, token usage), whose menus hold nothing of a retrain."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
     if is_tracking_server(tracking_uri):
-        return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        return f"{tracking_uri.rstrip('/')}/{page}"
     return (f"`mlflow ui --backend-store-uri {tracking_uri}` then "
-            f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}")
+            f"http://127.0.0.1:5000/{page}")

@@ -92,6 +92,10 @@ def test_first_run_bootstraps_trains_and_promotes(promoted: tuple[Path, dict]) -
     assert {"eval/per_query.json", "eval/comparison.png", "eval/champion_history.png",
             "validation/report.html",
             "validation/interaction_log.json"} <= artifacts
+    # the MLflow UI opens the experiment on its training runs, and says what they are
+    experiment = registry.client.get_experiment(registry.experiment_id())
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "`champion` alias" in experiment.tags["mlflow.note.content"]
 
     ledger = load_ledger(settings.state_dir)
     assert len(ledger.batches) == 1
