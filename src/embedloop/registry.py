@@ -78,6 +78,12 @@ def configure_mlflow(tracking_uri: str) -> None:
 # MLflow 3 sorts experiments into kinds: this one holds model-training runs, not GenAI traces.
 EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_TAGS = {EXPERIMENT_KIND: "custom_model_development"}
+MODEL_NOTE = (
+    "An embedding model retrained by embedloop from its users' clicks. Aliases: "
+    f"`{CHAMPION}` is what production serves (its index is the live one); `{PREVIOUS}` is "
+    f"what `embedloop rollback` returns to; `{CANARY}`, when set, is a kept candidate shown "
+    "to a share of sessions. Each version's tags say how it was judged (`decision`, its "
+    "score on the primary metric, `parent_version`, `train_side`).")
 EXPERIMENT_NOTE = (
     "Retrains of the embedding model `{model}` by embedloop. Each run: the batch's logs "
     "validated (validation/), the candidate and the incumbent scored on the same evaluation "
@@ -144,6 +150,8 @@ class Registry:
                 model, name="model", registered_model_name=self.model_name,
                 pip_requirements=MODEL_REQUIREMENTS)
         version = str(info.registered_model_version)
+        if version == "1":  # the model was just registered: say what its aliases mean
+            self.client.update_registered_model(self.model_name, MODEL_NOTE)
         self.client.update_model_version(self.model_name, version, description=description)
         for key, value in tags.items():
             self.client.set_model_version_tag(self.model_name, version, key, value)

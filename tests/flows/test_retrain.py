@@ -96,6 +96,8 @@ def test_first_run_bootstraps_trains_and_promotes(promoted: tuple[Path, dict]) -
     experiment = registry.client.get_experiment(registry.experiment_id())
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert "`champion` alias" in experiment.tags["mlflow.note.content"]
+    assert "`previous` is what `embedloop rollback` returns to" in (
+        registry.client.get_registered_model(settings.model_name).description)
 
     ledger = load_ledger(settings.state_dir)
     assert len(ledger.batches) == 1
