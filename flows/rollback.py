@@ -48,7 +48,8 @@ def rollback_now(reason: str, config_file: str | None = None,
         transition = f"v{done.rolled_back} -> v{done.champion}"
         run_id = production.registry.start_run("rollback", {
             "trigger": "rollback", "reason": reason, "decision": "rolled back",
-            "decision_reason": transition})
+            "decision_reason": transition, "incumbent_version": str(done.rolled_back),
+            "champion_version": str(done.champion)})
         production.registry.client.set_terminated(run_id, "FINISHED")
         logger.info("rolled back %s; live index %s", transition, done.live_index)
         return {"outcome": "rolled back", "from": done.rolled_back, "to": done.champion,

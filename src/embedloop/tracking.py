@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import math
 import subprocess
 import textwrap
 from pathlib import Path
@@ -185,44 +186,63 @@ def finish_tracking(registry: Registry, run_id: str, summary: RunSummary,
 
 
 def log_history_plot(registry: Registry, run_id: str, min_improvement: float) -> None:
-    """The champion across all judged retrains so far, this one included: what each
-    candidate scored against its incumbent, which were promoted, and (comparable from
-    run to run) the champion's score on the fixed guard set."""
+    """The champion across the last 500 runs, this one included: what each candidate
+    scored against its incumbent, which were promoted (by the gate, or later as a
+    canary), the rollbacks, and (comparable from run to run) the champion's score on the
+    fixed guard set."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # the most recent runs (this one among them); champion_history puts them in order
     runs = registry.client.search_runs([registry.experiment_id()], max_results=500,
-                                       order_by=["attributes.start_time ASC"])
+                                       order_by=["attributes.start_time DESC"])
     history = champion_history({"started": r.info.start_time, "tags": r.data.tags,
                                 "metrics": r.data.metrics} for r in runs)
     if history.empty:
         return
     xs = list(range(1, len(history) + 1))
-    fig, ax = plt.subplots(figsize=(max(7.0, 0.7 * len(xs) + 3), 4.5))
+    # the legend goes right of the plot (tight_layout makes room): inside, it hid points
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.7 * len(xs) + 3) + 3.5, 4.5))
     ax.plot(xs, history["champion_after"], color="black", linewidth=1.5,
             label="champion after the run (evaluation pool)")
-    ax.scatter(xs, history["incumbent"], marker="o", facecolors="none", edgecolors="gray",
-               label="incumbent (evaluation pool)")
+
+    def mark(rows: Any, column: str, label: str, **style: Any) -> None:
+        if rows.any():
+            ax.scatter([x for x, r in zip(xs, rows, strict=True) if r],
+                       history[column][rows], label=label, **style)
+
+    judged = history["kind"] == "judged"
     promoted = history["promoted"]
-    ax.scatter([x for x, p in zip(xs, promoted, strict=True) if p],
-               history["candidate"][promoted], marker="^", color="#2e7d32", s=60,
-               label="candidate, promoted")
-    ax.scatter([x for x, p in zip(xs, promoted, strict=True) if not p],
-               history["candidate"][~promoted], marker="x", color="#c62828", s=60,
-               label="candidate, kept out")
+    mark(judged, "incumbent", "incumbent (evaluation pool)", marker="o", facecolors="none",
+         edgecolors="gray")
+    mark(judged & promoted, "candidate", "candidate, promoted", marker="^", color="#2e7d32",
+         s=60)
+    mark(judged & ~promoted, "candidate", "candidate, kept out", marker="x", color="#c62828",
+         s=60)
+    mark(history["kind"] == "canary", "candidate",
+         "canary, promoted on interleaved clicks (its score when judged)", marker="D",
+         color="#2e7d32", s=45)
+    mark(history["kind"] == "rollback", "champion_after", "rollback", marker="v",
+         color="#6a1b9a", s=60)
     if history["guard_champion_after"].notna().any():
         ax.plot(xs, history["guard_champion_after"], color="#1565c0", linestyle="--",
                 marker=".", label="champion on the guard set (comparable across runs)")
     for x, row in zip(xs, history.itertuples(), strict=True):
         champion = row.candidate_version if row.promoted else row.incumbent_version
-        ax.annotate(f"v{champion}", (x, row.champion_after), textcoords="offset points",
-                    xytext=(0, 8), ha="center", fontsize=8)
-    ax.set(xticks=xs, xlabel="retrain run (oldest first)", ylabel="primary metric")
-    ax.set_title(f"champion history: {len(xs)} judged runs\n(promotion needs more than "
-                 f"+{min_improvement:.3f}, credibly, and no guard-set regression)", fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
+        if not math.isnan(row.champion_after):  # a version never scored: no point to label
+            ax.annotate(f"v{champion}", (x, row.champion_after), textcoords="offset points",
+                        xytext=(0, 8), ha="center", fontsize=8)
+    counts = history["kind"].value_counts()
+    extra = "".join(f", {counts[kind]} {name}{'s' if counts[kind] > 1 else ''}"
+                    for kind, name in (("canary", "canary promotion"), ("rollback", "rollback"))
+                    if kind in counts)
+    ax.set(xticks=xs, xlabel="retrain or rollback (oldest first)", ylabel="primary metric")
+    ax.set_title(f"champion history: {counts.get('judged', 0)} judged runs{extra}\n(promotion "
+                 f"needs more than +{min_improvement:.3f}, credibly, and no guard-set "
+                 f"regression)", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     registry.client.log_figure(run_id, fig, "eval/champion_history.png")
     plt.close(fig)

@@ -28,3 +28,48 @@ def test_no_runs_gives_an_empty_frame_with_the_columns() -> None:
     assert champion_history([]).empty
     assert "champion_after" in champion_history([]).columns
 
+
+
+def judged(started: int, decision: str, incumbent: str, candidate: str, inc: float,
+           cand: float, guard_inc: float, guard_cand: float) -> dict:
+    return {"started": started,
+            "tags": {"decision": decision, "incumbent_version": incumbent,
+                     "candidate_version": candidate},
+            "metrics": {"gate.incumbent": inc, "gate.candidate": cand,
+                        "gate.guard_incumbent": guard_inc, "gate.guard_candidate": guard_cand}}
+
+
+def test_canary_promotions_and_rollbacks_move_the_champion_too() -> None:
+    """A kept candidate promoted later on interleaved clicks, and a rollback, change the
+    champion in runs that evaluate nothing: both are rows, scored as when last judged."""
+    runs = [
+        judged(1, "kept", "1", "2", 0.70, 0.71, 0.60, 0.62),  # v2 kept, then canaried
+        {"started": 2, "tags": {"decision": "promoted", "canary": "v2: promote",
+                                "incumbent_version": "1", "candidate_version": "2"},
+         "metrics": {"canary.sessions": 400.0}},
+        judged(3, "promoted", "2", "3", 0.72, 0.74, 0.62, 0.63),
+        {"started": 4, "tags": {"decision": "rolled back", "decision_reason": "v3 -> v2",
+                                "incumbent_version": "3", "champion_version": "2"},
+         "metrics": {}},
+        {"started": 5, "tags": {"decision": "rolled back", "incumbent_version": "2",
+                                "champion_version": "1"}, "metrics": {}},
+        {"started": 6, "tags": {"decision": "no-new-data"}, "metrics": {}},  # not a row
+    ]
+    history = champion_history(runs)
+    assert list(history["kind"]) == ["judged", "canary", "judged", "rollback", "rollback"]
+    assert list(history["champion_after"]) == [0.70, 0.71, 0.74, 0.72, 0.70]
+    assert list(history["guard_champion_after"]) == [0.60, 0.62, 0.63, 0.62, 0.60]
+    canary = history.iloc[1]
+    assert canary["promoted"] and canary["candidate_version"] == "2"
+    assert (canary["incumbent"], canary["candidate"]) == (0.70, 0.71)  # as judged in run 1
+    back = history.iloc[3]
+    assert (back["incumbent_version"], back["candidate_version"]) == ("3", "2")
+    assert (back["incumbent"], back["candidate"]) == (0.74, 0.72)  # their latest scores
+
+
+def test_a_rollback_to_a_version_never_scored_has_no_score() -> None:
+    runs = [{"started": 1, "tags": {"decision": "rolled back", "incumbent_version": "2",
+                                    "champion_version": "1"}, "metrics": {}}]
+    history = champion_history(runs)
+    assert list(history["kind"]) == ["rollback"]
+    assert math.isnan(history["champion_after"][0])
