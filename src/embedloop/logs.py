@@ -166,19 +166,19 @@ def iter_new_rows(files: list[Path], cursors: dict[str, Cursor],
         reads = _read_chunks(path, cursors.get(key), column_map, notes,
                              None if chunk_rows is None else chunk_bytes)
         first = True
+        held = HeldFields()  # over every chunk of the file: a field may come late
         try:
             for frame, cursor in reads:
-                if first:
-                    hint = missing_columns_note(path.name, frame, column_map)
-                    notes += [hint] if hint else []
-                    first = False
+                first = False
+                held.add(frame)
                 pending.notes += notes
                 notes.clear()
                 frames.append(frame)
                 pending.cursors[key] = cursor
                 if chunk_rows is not None and sum(map(len, frames)) >= chunk_rows:
                     yield handed_on()
-            pending.notes += notes
+            hint = held.missing_note(path.name, column_map)
+            pending.notes += notes + ([hint] if hint else [])
         except (OSError, InputError) as exc:
             why = str(exc) if isinstance(exc, InputError) else one_line(exc)
             if not first:
@@ -192,28 +192,41 @@ def iter_new_rows(files: list[Path], cursors: dict[str, Cursor],
     yield handed_on()
 
 
-def missing_columns_note(name: str, frame: pd.DataFrame,
-                         column_map: dict[str, str]) -> str | None:
-    """Required fields that no row of a file holds: a file written with other column
-    names quarantines every row as missing_*, so say which and how to map them."""
-    parsed = frame["parse_error"].isna().to_numpy()
-    if not parsed.any():
-        return None
-    missing = [f for f in REQUIRED_FIELDS if not (frame[f].notna().to_numpy() & parsed).any()]
-    if not missing:
-        return None
-    has = [c for c in frame.attrs.get("source_columns", []) if c not in column_map]
-    has_text = f"; its columns are {', '.join(has[:12])}" if has else ""
-    example = next((c for c in has if c not in LOG_FIELDS), None)
-    how = ("map them in embedloop.toml, e.g. [embedloop.column_map] "
-           f"{example} = \"{missing[0]}\"" if example
-           else "map them with column_map in embedloop.toml")
-    if len(missing) == len(REQUIRED_FIELDS):
-        return (f"{name}: none of the expected fields ({', '.join(REQUIRED_FIELDS)}) found, so "
-                f"every row is quarantined{has_text}. If they are there under other names, "
-                f"{how}")
-    return (f"{name}: no row has {', '.join(missing)}{has_text}. If the file names "
-            f"{'it' if len(missing) == 1 else 'them'} differently, {how}")
+@dataclass
+class HeldFields:
+    """Which required fields the parsed rows of a file hold, gathered chunk by chunk."""
+
+    found: set[str] = field(default_factory=set)
+    parsed: bool = False  # any row that parsed at all
+    source_columns: list[str] = field(default_factory=list)  # as the file names them
+
+    def add(self, frame: pd.DataFrame) -> None:
+        parsed = frame["parse_error"].isna().to_numpy()
+        self.source_columns = self.source_columns or frame.attrs.get("source_columns", [])
+        if not parsed.any():
+            return
+        self.parsed = True
+        self.found |= {f for f in REQUIRED_FIELDS
+                       if f not in self.found and (frame[f].notna().to_numpy() & parsed).any()}
+
+    def missing_note(self, name: str, column_map: dict[str, str]) -> str | None:
+        """Required fields that no row of the file holds: a file written with other column
+        names quarantines every row as missing_*, so say which and how to map them."""
+        missing = [f for f in REQUIRED_FIELDS if f not in self.found]
+        if not self.parsed or not missing:
+            return None
+        has = [c for c in self.source_columns if c not in column_map]
+        has_text = f"; its columns are {', '.join(has[:12])}" if has else ""
+        example = next((c for c in has if c not in LOG_FIELDS), None)
+        how = ("map them in embedloop.toml, e.g. [embedloop.column_map] "
+               f"{example} = \"{missing[0]}\"" if example
+               else "map them with column_map in embedloop.toml")
+        if len(missing) == len(REQUIRED_FIELDS):
+            return (f"{name}: none of the expected fields ({', '.join(REQUIRED_FIELDS)}) found, "
+                    f"so every row is quarantined{has_text}. If they are there under other "
+                    f"names, {how}")
+        return (f"{name}: no row has {', '.join(missing)}{has_text}. If the file names "
+                f"{'it' if len(missing) == 1 else 'them'} differently, {how}")
 
 
 UNREADABLE = "unreadable:"  # cursor fingerprint prefix: the whole file, as it was skipped

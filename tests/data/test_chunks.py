@@ -155,3 +155,23 @@ def test_a_note_from_the_end_of_a_file_reaches_the_chunks(tmp_path: Path) -> Non
     assert len(chunks) > 3
     assert [n for c in chunks for n in c.notes] == [
         "logs.jsonl: last line is incomplete; it will be read next run"]
+
+
+def test_a_field_that_first_appears_in_a_later_chunk_is_not_called_missing(
+        tmp_path: Path) -> None:
+    """The hint for files written with other column names judges the whole file, not its
+    first chunk: a field held only further on is there, one held nowhere is named."""
+    path = tmp_path / "logs.jsonl"
+    good = {"ts": "2026-03-01T12:00:05Z", "session_id": "s", "query": "q", "doc_id": "d1",
+            "position": 1, "clicked": True}
+    lines = [{**good, "event_id": f"e{i}"} for i in range(60)]
+    for line in lines[:40]:  # a tracker that began logging doc_id late
+        del line["doc_id"]
+    for line in lines:
+        line["q"] = line.pop("query")  # and names the query "q" throughout
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    chunks = list(iter_new_rows([path], {}, chunk_rows=5, chunk_bytes=1000))
+    assert len(chunks) > 3 and chunks[0].frame["doc_id"].isna().all()
+    [note] = [n for c in chunks for n in c.notes]
+    assert note.startswith("logs.jsonl: no row has query; its columns are ")
+    assert '[embedloop.column_map] q = "query"' in note
