@@ -85,13 +85,15 @@ def run_retrain(settings: Settings, trigger: str, reason: str,
     run_id = start_tracking_stage(production.registry, settings, trigger, reason,
                                   champion.version, str(flow_run.id or ""), runtime)
     got = RunResults(trigger, reason, champion.version, run_id, notes=production.notes)
+    batch_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{run_id[:8]}"
+    # The run's scratch space (staged rows, checkpoints), removed however the run ends;
+    # under the lock, what a killed run left there is no one's and goes too.
+    shutil.rmtree(settings.state_dir / "work", ignore_errors=True)
+    work_dir = settings.state_dir / "work" / batch_id
     try:
-        batch_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{run_id[:8]}"
-        work_dir = settings.state_dir / "work" / batch_id
         got.new, validation, ledger = ingest_and_validate_logs(settings, corpus,
                                                               work_dir / "rows")
         if not got.new.rows:
-            shutil.rmtree(work_dir, ignore_errors=True)
             if got.new.cursors:  # empty or unreadable files: remembered, not tried nightly
                 commit_cursors_stage(settings, ledger, got.new.cursors)
             return _finish(settings, production, got, seconds, "no-new-data",
@@ -101,7 +103,8 @@ def run_retrain(settings: Settings, trigger: str, reason: str,
         verdict = check_batch_stage(settings, validation)
         log_validation_stage(production.registry, run_id, validation, verdict.outcome)
         if not verdict.ok:
-            reject_batch_stage(settings, ledger, got.new.cursors, batch_id, validation, verdict)
+            reject_batch_stage(settings, ledger, got.new.cursors, batch_id, validation, verdict,
+                               work_dir)
 
         history = load_accepted_history(settings.state_dir, ledger)
         got.canary = judge_canary_stage(settings, production, champion, validation.accepted,
@@ -153,7 +156,6 @@ def run_retrain(settings: Settings, trigger: str, reason: str,
         commit_batch_stage(settings, ledger, got.new.cursors, batch_id,
                            validation.accepted_file, validation.quarantine_file,
                            freeze_guard=first_pool if guard_qrels is None else None)
-        shutil.rmtree(work_dir, ignore_errors=True)
         return _finish(settings, production, got, seconds,
                        "promoted" if decision.promote else "kept", decision.reason)
     except BaseException as exc:
@@ -169,6 +171,8 @@ def run_retrain(settings: Settings, trigger: str, reason: str,
                 f"index {got.promoted_index}), but recording this run failed: "
                 f"{type(exc).__name__}: {exc}") from exc
         raise
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
 
 
 def _finish(settings: Settings, production: Production, got: RunResults,

@@ -205,6 +205,7 @@ def test_mostly_broken_batch_stops_before_training(tmp_path: Path, sim_logs: Pat
     kept = pd.read_parquet(settings.state_dir / "batches" / ledger.batches[0] /
                            "quarantine.parquet")
     assert len(kept) == len(rows)  # the whole batch is kept, nothing dropped
+    assert list((settings.state_dir / "work").glob("*")) == []  # no staged rows left behind
     failed = registry.recent_runs(1)[0]
     assert failed.info.status == "FAILED" and failed.data.tags["decision"] == "rejected"
 
