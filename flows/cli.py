@@ -302,7 +302,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     def chunks() -> Iterator[pd.DataFrame]:
         for frame in got.frames(iter_new_rows(files, {}, settings.column_map)):
-            per_file.update(frame["source"])
+            per_file.update(frame["source"].value_counts().to_dict())
             yield frame
 
     # Rows this deployment already committed would be quarantined as duplicates: say so.

@@ -32,7 +32,7 @@ def load_corpus_stage(settings: Settings) -> pd.DataFrame:
 
 @io_stage(name="ingest and validate logs")
 def ingest_and_validate_logs(settings: Settings, corpus: pd.DataFrame,
-                staging: Path) -> tuple[Ingested, LogValidation, Ledger]:
+                             staging: Path) -> tuple[Ingested, LogValidation, Ledger]:
     """Rows that arrived since the last committed run, read and validated chunk by chunk
     (memory does not grow with the batch): accepted and quarantined rows go to Parquet
     files in `staging`, which `commit_batch_stage` moves into the batch. The ledger is

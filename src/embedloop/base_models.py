@@ -139,11 +139,18 @@ def _link_or_copy(source: str, target: str) -> None:
         shutil.copy2(source, target)
 
 
+def role_prompt(model: object, role: str) -> str:
+    """The prefix sentence-transformers' encode_query / encode_document would apply:
+    the role's prompt (e5's "query: "), else the model's default prompt, else none."""
+    prompts = dict(getattr(model, "prompts", None) or {})
+    names = ["query"] if role == "query" else ["document", "passage", "corpus"]
+    name = next((n for n in names if n in prompts), getattr(model, "default_prompt_name", None))
+    return prompts.get(name or "", "") or ""
+
+
 def model_prompts(model: object) -> dict[str, str]:
     """The prefix each role's text gets from `model` (sentence-transformers' rules, as
     encode_query / encode_document apply them); roles without one are left out."""
-    from embedloop.exported import role_prompt
-
     found = {role: role_prompt(model, role) for role in PROMPT_ROLES}
     return {role: prompt for role, prompt in found.items() if prompt}
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from embedloop.base_models import role_prompt
 from embedloop.errors import CheckpointError
 
 # "torch" runs the model itself; the rest run an export of it.
@@ -180,15 +181,6 @@ class ExportedModel:
 
     def encode_document(self, texts: Sequence[str], **kwargs: Any) -> np.ndarray:
         return self._encode("document", texts, **kwargs)
-
-
-def role_prompt(model: Any, role: str) -> str:
-    """The prefix sentence-transformers' encode_query / encode_document would apply:
-    the role's prompt (e5's "query: "), else the model's default prompt, else none."""
-    prompts = dict(getattr(model, "prompts", None) or {})
-    names = ["query"] if role == "query" else ["document", "passage", "corpus"]
-    name = next((n for n in names if n in prompts), getattr(model, "default_prompt_name", None))
-    return prompts.get(name or "", "") or ""
 
 
 # One ExportedModel per (loaded model, backend) in a process, gone with the model.

@@ -48,7 +48,7 @@ class Read:
 
 
 # About this much input per chunk (~230k simulator rows of NDJSON, ~380k of CSV): large
-# enough that validation's fixed cost per chunk (~0.15 s) stays small, small enough that
+# enough that validation's fixed cost per chunk (~0.4 s) stays small, small enough that
 # a chunk's Python objects stay well under a gigabyte.
 CHUNK_BYTES = 64 << 20
 PARQUET_ROW_BYTES = 256  # Parquet is read in rows: about this much of other formats a row

@@ -118,17 +118,9 @@ def _fingerprint(path: Path, kind: str, consumed: int) -> str:
 
 def read_new_rows(files: list[Path], cursors: dict[str, Cursor],
                   column_map: dict[str, str] | None = None) -> NewRows:
-    """Everything `iter_new_rows` yields, in one frame (small batches, and tests)."""
-    chunks = list(iter_new_rows(files, cursors, column_map, chunk_rows=None))
-    frames = [c.frame for c in chunks if len(c.frame)]
-    if len(frames) == 1:  # no copy of a million rows
-        frame = frames[0].reset_index(drop=True)
-    else:
-        frame = (pd.concat(frames, ignore_index=True) if frames
-                 else pd.DataFrame(columns=FRAME_COLUMNS)).astype(object)
-    return NewRows(frame=frame, cursors={k: v for c in chunks for k, v in c.cursors.items()},
-                   notes=[n for c in chunks for n in c.notes],
-                   unreadable={k: v for c in chunks for k, v in c.unreadable.items()})
+    """Everything `iter_new_rows` reads, in one frame (small batches, and tests)."""
+    [whole] = iter_new_rows(files, cursors, column_map, chunk_rows=None)  # one chunk
+    return whole
 
 
 CHUNK_ROWS = 200_000  # rows gathered (from as many files) before a chunk is handed on

@@ -12,11 +12,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from embedloop.base_models import model_prompts
+from embedloop.base_models import model_prompts, role_prompt
 from embedloop.config import TrainingConfig
 from embedloop.encoding import autocast, load_model, resolve_precision
 from embedloop.errors import EmbedloopError
-from embedloop.exported import role_prompt
 from embedloop.faults import crash_point, pause_point
 
 if TYPE_CHECKING:

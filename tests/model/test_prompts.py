@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from embedloop.base_models import model_prompts, resolve_base_model
+from embedloop.base_models import model_prompts, resolve_base_model, role_prompt
 from embedloop.config import TrainingConfig
 from embedloop.encoding import encode, load_model
 from embedloop.errors import IndexUnavailable
-from embedloop.exported import export_refusal, role_prompt
+from embedloop.exported import export_refusal
 from embedloop.faiss_index import FaissIndexStore
 from embedloop.retrieval import Retriever
 from embedloop.training import embed_queries, fine_tune, fine_tune_query_side
