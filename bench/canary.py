@@ -1,179 +1,188 @@
-"""How many interleaved sessions a canary needs to tell a candidate from the champion.
+"""Canaries by simulation: the sequential test on interleaved sessions of simulated users,
+hundreds of times over, on rankings of real registered models.
 
-The home's champion and a kept candidate are served by `embedloop api` with every
-session interleaved (canary_share 1). ../shared/benchmarks/simulate_clicks.py plays the
-users over the TEST queries (never trained on) with a new seed per round, and the logged
-clicks are credited by team exactly as a retrain would (interleaving.credit). Reported:
-the sign test's p as sessions accumulate, and the first session count at which it falls
-below the alpha of the canary's first look, per round and over all rounds in a row.
-Beside it, the offline gate's evidence on the same candidate (its MLflow run).
+Each version's top 10 for every query of a split (default: SciFact's test queries, which
+no candidate trained on) is computed once through the version's own index. A simulated
+canary then plays sessions one after another: a query drawn at random, the champion's
+and the challenger's lists mixed by team-draft interleaving (interleaving.team_draft,
+exactly as the service mixes them), clicks by the position-based user of
+../shared/benchmarks/simulate_clicks.py (its `clicks_for`: examination 1/position,
+0.9 on a judged relevant document, 0.06 on any other), the session's vote credited as a
+retrain credits it, and the judge's sequential test read after EVERY session (a nightly
+reading is less demanding than this). It ends when the challenger is credibly better
+(promoted), credibly worse (stopped), or at the session limit.
 
-    .venv/bin/python -u bench/canary.py --home bench/out/scifact/home --candidate 3
+Reported per comparison: how often it was promoted, with the Clopper-Pearson 95% upper
+bound of that rate; sessions to a decision (median and 90th percentile); and the cost to
+users: over the sessions served an interleaved list, the NDCG@10 lost against the
+champion's own list (true judgements), summed.
+
+    .venv/bin/python -u bench/canary.py --home /tmp/proto/home --champion 1 \\
+        --pair 1:1 --pair 1:2 --pair 2:3 --canaries 200
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
-import os
-import subprocess
+import random
+import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load_test import get, serve, stop  # noqa: E402
-from protocol import REPO, SIMULATOR, read_jsonl, read_qrels, score_version  # noqa: E402
-
-CHECKPOINTS = (50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000)
+from protocol import REPO, SIMULATOR, read_jsonl, read_qrels  # noqa: E402
 
 
-def ensure_index(settings: Any, version: str) -> str:
-    """The candidate's own index (a canary is served with it); built if the run that
-    kept the candidate did not save one."""
-    from embedloop.corpus import corpus_fingerprint, document_texts, load_corpus
-    from embedloop.encoding import choose_runtime, encode, load_model
+def simulator() -> Any:
+    """The shared simulator's user model (its clicks_for), imported from ../shared."""
+    spec = importlib.util.spec_from_file_location("simulate_clicks", SIMULATOR)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def rankings(settings: Any, version: str, queries: dict[str, str], cache: Path,
+             k: int = 10) -> dict[str, list[str]]:
+    """Version's top k for each query id, through its own index (cached on disk)."""
+    path = cache / f"v{version}-top{k}.json"
+    if path.exists():
+        return json.loads(path.read_text())
     from embedloop.production import Production
 
-    production = Production.from_settings(settings)
-    found = production.index_for(version)
-    if found is not None:
-        return found
-    runtime = choose_runtime(settings.encode_precision, settings.encode_backend)
-    corpus = load_corpus(settings.corpus)
-    model = load_model(production.model_path(version), runtime.device, settings.max_seq_length)
-    vectors = encode(model, document_texts(corpus), role="document",
-                     batch_size=settings.encode_batch_size, precision=runtime.encoder,
-                     show_progress=True)
-    index = production.store.build(vectors, list(corpus["doc_id"]), precision=runtime.encoder,
-                                   titles=list(corpus["title"]))
-    return production.save_index(index, version, corpus_fingerprint(corpus)).version
+    retriever = Production.from_settings(settings).retriever(
+        version, max_seq_length=settings.max_seq_length)
+    ids = sorted(queries)
+    ranked = dict(zip(ids, retriever.rank([queries[q] for q in ids], k), strict=True))
+    cache.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(ranked))
+    return ranked
 
 
-def sessions_in_order(log: Path) -> list[tuple[str, list[tuple[str, str | None, bool]]]]:
-    """(session, [(session, team, clicked) per shown result]) in the order users came."""
-    by_session: dict[str, list[tuple[str, str | None, bool]]] = {}
-    first_seen: dict[str, str] = {}
-    for row in read_jsonl(log):
-        session = row.get("session_id")
-        if not isinstance(session, str):
-            continue
-        first_seen.setdefault(session, str(row.get("ts")))
-        by_session.setdefault(session, []).append(
-            (session, row.get("team"), row.get("clicked") is True))
-    return [(s, by_session[s]) for s in sorted(by_session, key=first_seen.__getitem__)]
+def ndcg10(ranked: list[str], relevant: dict[str, int]) -> float:
+    from embedloop.evaluation import ndcg_at_k
+
+    return ndcg_at_k(ranked, relevant, 10)
 
 
-def first_credible(sessions: list[list[tuple[str, str | None, bool]]], champion: str,
-                   candidate: str, alpha: float) -> tuple[int | None, list[dict[str, Any]]]:
-    """The first session count at which the candidate wins at p < alpha, and the
-    evidence at each checkpoint."""
-    from embedloop.interleaving import InterleavingEvidence, credit
+def clopper_pearson_upper(successes: int, trials: int, confidence: float = 0.95) -> float:
+    """One-sided upper confidence bound of a binomial rate."""
+    from scipy.stats import beta
 
-    first, curve = None, []
-    counted = wins = losses = 0
-    checkpoints = set(CHECKPOINTS) | {len(sessions)}
-    for n, session in enumerate(sessions, start=1):
-        vote = credit(session, champion=champion, candidate=candidate)  # one session
-        counted, wins, losses = (counted + vote.sessions, wins + vote.candidate_wins,
-                                 losses + vote.champion_wins)
-        evidence = InterleavingEvidence(counted, wins, losses)
-        if first is None and wins > losses and evidence.p_value < alpha:
-            first = n
-        if n in checkpoints:
-            curve.append({"sessions": n, "candidate_wins": wins, "champion_wins": losses,
-                          "ties": evidence.ties, "p_value": evidence.p_value})
-    return first, curve
+    if successes >= trials:
+        return 1.0
+    return float(beta.ppf(confidence, successes + 1, trials - successes))
+
+
+def run_canary(champion: dict[str, list[str]], challenger: dict[str, list[str]],
+               truth: dict[str, dict[str, int]], clicks_for: Any, rng: random.Random,
+               rule: Any, teams: tuple[str, str] = ("c", "x")) -> dict[str, Any]:
+    """One canary: sessions until a decision or the limit."""
+    from embedloop.evidence import Finding, Source, read_interleaving
+    from embedloop.interleaving import team_draft
+
+    queries = sorted(truth)
+    wins = losses = 0
+    cost = 0.0
+    for session in range(1, rule.max_sessions + 1):
+        q = rng.choice(queries)
+        mixed = team_draft(champion[q], challenger[q], 10, rng, teams)
+        shown = [d for d, _ in mixed]
+        cost += ndcg10(champion[q], truth[q]) - ndcg10(shown, truth[q])
+        clicked = clicks_for(shown, truth[q], False, rng)
+        votes = [0, 0]
+        for (_, team), c in zip(mixed, clicked, strict=True):
+            if c and team is not None:
+                votes[team == teams[1]] += 1
+        if votes[0] == votes[1]:
+            continue  # undecided: the evidence cannot move
+        wins += votes[1] > votes[0]
+        losses += votes[0] > votes[1]
+        verdict = read_interleaving(Source.CANARY, session, wins, losses, rule)
+        if verdict.finding in (Finding.SUPERIOR, Finding.HARM):
+            return {"outcome": "promoted" if verdict.finding == Finding.SUPERIOR
+                    else "stopped", "sessions": session, "wins": wins, "losses": losses,
+                    "cost": cost}
+    return {"outcome": "expired", "sessions": rule.max_sessions, "wins": wins,
+            "losses": losses, "cost": cost}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--home", type=Path, required=True)
-    ap.add_argument("--candidate", required=True, help="a kept version to canary")
+    ap.add_argument("--pair", action="append", required=True,
+                    help="champion:challenger versions (repeatable); the same version twice "
+                         "is an A/A comparison")
     ap.add_argument("--beir", type=Path, default=REPO.parent / "shared/benchmarks/scifact")
     ap.add_argument("--config", type=Path, default=REPO / "bench/protocol.toml")
     ap.add_argument("--split", default="test", help="whose queries the users ask")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=500)
+    ap.add_argument("--canaries", type=int, default=200)
+    ap.add_argument("--max-sessions", type=int, default=None,
+                    help="default: the settings' canary_max_sessions")
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=REPO / "bench/out/canary")
     args = ap.parse_args()
 
     from embedloop.config import load_settings
-    from embedloop.production import Production
-    from embedloop.promotion import alpha_for_look
+    from embedloop.evidence import Source
+    from embedloop.judge import Policy
 
-    overrides = {"home": str(args.home.resolve()),
-                 "corpus": str((args.beir / "corpus.jsonl").resolve())}
-    settings = load_settings(args.config, **overrides)
-    production = Production.from_settings(settings)
-    champion = production.state().champion
-    assert champion is not None and champion != args.candidate
-    ensure_index(settings, args.candidate)
-    production.start_canary(args.candidate)
-    alpha = alpha_for_look(settings.significance_alpha, 1)
-
-    os.environ["EMBEDLOOP_CANARY_SHARE"] = "1.0"  # for the service: every session
-    args.out.mkdir(parents=True, exist_ok=True)
-    server, base = serve(argparse.Namespace(config=args.config, home=args.home.resolve()), 32)
-    rounds: list[dict[str, Any]] = []
-    every: list[list[tuple[str, str | None, bool]]] = []
-    try:
-        deadline = time.monotonic() + 120
-        while (get(f"{base}/healthz")[1] or {}).get("canary") is None:
-            if time.monotonic() > deadline:
-                raise SystemExit("the service did not load the canary")
-            time.sleep(0.5)
-        for r in range(args.rounds):
-            out = args.out / f"round-{r + 1}"
-            started = time.perf_counter()
-            subprocess.run([sys.executable, str(SIMULATOR), "--beir", str(args.beir),
-                            "--split", args.split, "--out", str(out), "--batches", "1",
-                            "--days-per-batch", "1", "--start", f"2026-04-{r + 1:02d}",
-                            "--seed", str(args.seed + r), "--malformed-rate", "0",
-                            "--inject-relevant", "0", "--ranker-url", f"{base}/search"],
-                           check=True, capture_output=True)
-            sessions = [rows for _, rows in sessions_in_order(out / "batch-001.jsonl")]
-            every += sessions
-            first, curve = first_credible(sessions, champion, args.candidate, alpha)
-            rounds.append({"round": r + 1, "sessions": len(sessions), "first_credible": first,
-                           "final": curve[-1], "seconds": time.perf_counter() - started})
-            print(json.dumps(rounds[-1]), flush=True)
-    finally:
-        stop(server)
-        production.end_canary("benchmark over")
-
-    first_all, curve_all = first_credible(every, champion, args.candidate, alpha)
+    settings = load_settings(args.config, home=str(args.home.resolve()),
+                             corpus=str((args.beir / "corpus.jsonl").resolve()))
+    rule = Policy.from_settings(settings).online_rule(Source.CANARY)
+    if args.max_sessions:
+        rule = type(rule)(rule.alpha, rule.harm_alpha, args.max_sessions)
     queries = {q["_id"]: q["text"] for q in read_jsonl(args.beir / "queries.jsonl")}
     truth = read_qrels(args.beir / "qrels" / f"{args.split}.tsv")
-    scores = {v: score_version(settings, v, queries, truth)["ndcg@10"]
-              for v in (champion, args.candidate)}
-    run_id = production.registry.version_info(args.candidate).run_id
-    gate = {k.removeprefix("gate."): v for k, v in
-            production.registry.client.get_run(run_id).data.metrics.items()
-            if k.startswith("gate.")}
-    result = {"champion": champion, "candidate": args.candidate, "alpha_look_1": alpha,
-              "test_ndcg@10": scores, "rounds": rounds, "all_rounds_first_credible": first_all,
-              "curve": curve_all, "offline_gate": gate}
-    (args.out / "results.json").write_text(json.dumps(result, indent=1))
-
-    print(f"\nchampion v{champion} {scores[champion]:.4f}, candidate v{args.candidate} "
-          f"{scores[args.candidate]:.4f} on {args.split} NDCG@10; canary judged at look 1 "
-          f"(alpha {alpha:.4f})")
-    print("\n| sessions | candidate wins | champion wins | ties / no click | sign-test p |")
-    print("|---|---|---|---|---|")
-    for point in curve_all:
-        print(f"| {point['sessions']} | {point['candidate_wins']} | {point['champion_wins']} "
-              f"| {point['ties']} | {point['p_value']:.2g} |")
-    firsts = [r["first_credible"] for r in rounds]
-    print(f"\nfirst credible (p < {alpha:.4f}) per round of {rounds[0]['sessions']} sessions: "
-          f"{firsts}; over all rounds in a row: {first_all}")
-    if gate:
-        print(f"offline gate on the pool: {gate.get('incumbent', 0):.4f} -> "
-              f"{gate.get('candidate', 0):.4f} ({gate.get('delta', 0):+.4f}) on "
-              f"{gate.get('eval_queries', 0):.0f} queries, p={gate.get('p_value', 1):.3f} "
-              f"at look {gate.get('look', 1):.0f}; about {gate.get('queries_needed', 0):.0f} "
-              f"pool queries needed")
+    truth = {q: rel for q, rel in truth.items() if q in queries}
+    asked = {q: queries[q] for q in truth}
+    clicks_for = simulator().clicks_for
+    cache = args.out / "rankings"
+    results = []
+    for pair in args.pair:
+        champion_v, challenger_v = pair.split(":")
+        champion = rankings(settings, champion_v, asked, cache)
+        challenger = rankings(settings, challenger_v, asked, cache)
+        gain = statistics.mean(ndcg10(challenger[q], truth[q]) - ndcg10(champion[q], truth[q])
+                               for q in truth)
+        started = time.perf_counter()
+        runs = [run_canary(champion, challenger, truth, clicks_for,
+                           random.Random(args.seed * 100_003 + i), rule)
+                for i in range(args.canaries)]
+        promoted = sum(r["outcome"] == "promoted" for r in runs)
+        stopped = sum(r["outcome"] == "stopped" for r in runs)
+        decided = sorted(r["sessions"] for r in runs if r["outcome"] != "expired")
+        row = {"champion": champion_v, "challenger": challenger_v, "test_gain": gain,
+               "canaries": len(runs), "promoted": promoted, "stopped": stopped,
+               "expired": len(runs) - promoted - stopped,
+               "promoted_upper95": clopper_pearson_upper(promoted, len(runs)),
+               "sessions_median": statistics.median(decided) if decided else None,
+               "sessions_p90": decided[int(0.9 * (len(decided) - 1))] if decided else None,
+               "sessions_all_median": statistics.median(r["sessions"] for r in runs),
+               "cost_median": statistics.median(r["cost"] for r in runs),
+               "seconds": time.perf_counter() - started, "alpha": rule.alpha,
+               "harm_alpha": rule.harm_alpha, "max_sessions": rule.max_sessions}
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    print(f"\n{args.canaries} simulated canaries per row, users asking the {args.split} "
+          f"queries; promoted when the evidence reaches log(1/{rule.alpha:g}), stopped at "
+          f"log(1/{rule.harm_alpha:g}) the other way, at most {rule.max_sessions} sessions")
+    print("\n| champion → challenger | test NDCG@10 gain | promoted (95% upper bound) | "
+          "stopped | expired | sessions to a decision: median / p90 | user cost: "
+          "sessions × NDCG lost, median |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        sessions = (f"{r['sessions_median']:.0f} / {r['sessions_p90']:.0f}"
+                    if r["sessions_median"] is not None else "-")
+        print(f"| v{r['champion']} → v{r['challenger']} | {r['test_gain']:+.4f} | "
+              f"{r['promoted']}/{r['canaries']} ({r['promoted_upper95']:.3f}) | "
+              f"{r['stopped']} | {r['expired']} | {sessions} | {r['cost_median']:.1f} |")
 
 
 if __name__ == "__main__":

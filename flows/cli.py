@@ -132,9 +132,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from embedloop.ledger import looks_at
+    from embedloop.ledger import EvidenceLedger
     from embedloop.production import Production
-    from embedloop.promotion import alpha_for_look, alpha_spent
 
     settings = _settings(args)
     production = Production.from_settings(settings)
@@ -152,16 +151,18 @@ def cmd_status(args: argparse.Namespace) -> int:
               + f"  ({info.tags.get('decision', '')})")
         previous = f"v{state.previous}" if state.previous else "none (rollback not possible)"
         print(f"previous    {previous}")
-        looks = looks_at(settings.state_dir, champion)
-        spent = alpha_spent(settings.significance_alpha, looks)
-        print(f"evidence    {looks} candidate(s) judged against v{champion}; alpha spent "
-              f"{spent:.4f} of {settings.significance_alpha:g}, the next may spend "
-              f"{alpha_for_look(settings.significance_alpha, looks + 1):.4f}")
-        if state.canary:
-            since = registry.version_info(state.canary).tags.get("canary_since", "?")
-            print(f"canary      v{state.canary} interleaved with v{champion} since {since} "
-                  f"for {settings.canary_share:.0%} of search sessions; the next retrain "
-                  f"judges its clicks")
+        ledger = EvidenceLedger(settings.state_dir)
+        if state.watched_against:
+            print(f"watch       v{champion} interleaved with v{state.watched_against} since "
+                  f"{info.tags.get('watch_since', '?')}; "
+                  + _evidence_line(ledger.latest(champion, "watch"), "watch"))
+        for canary in state.canaries:
+            since = registry.version_info(canary).tags.get("canary_since", "?")
+            print(f"canary      v{canary} interleaved with v{champion} since {since}; "
+                  + _evidence_line(ledger.latest(canary, "canary"), "canary"))
+        if not state.canaries and settings.canary_share > 0:
+            print(f"canary      none running (up to {settings.canary_slots} at once, in "
+                  f"{min(settings.canary_share, settings.holdout_fraction):.0%} of sessions)")
     if state.live_manifest:
         m = state.live_manifest
         flag = "" if state.aligned else "  MISMATCH: not built by the champion"
@@ -186,6 +187,21 @@ def cmd_status(args: argparse.Namespace) -> int:
                                 initial_indent=f"  {'':16}  why: ",
                                 subsequent_indent=" " * 25))
     return EXIT_OK
+
+
+def _evidence_line(reading: dict[str, Any] | None, source: str) -> str:
+    """Where an interleaved comparison stood at its last reading (the judge's record)."""
+    from embedloop.evidence import InterleavedComparison
+
+    numbers = InterleavedComparison.from_metrics(source, reading or {})
+    if reading is None or numbers is None:
+        return "not read yet: the next retrain judges its sessions"
+    decided = numbers.wins + numbers.losses
+    share = f" ({numbers.win_share:.0%})" if decided else ""
+    return (f"at {reading.get('at', '?')}: {numbers.sessions} sessions, won {numbers.wins}"
+            f"{share}, lost {numbers.losses}; evidence {numbers.evidence:.2f} of the "
+            f"{numbers.boundary:.2f} needed (harm {numbers.harm_evidence:.2f} of "
+            f"{numbers.harm_boundary:.2f})")
 
 
 def _judged_as_incumbent(registry: Any, version: str, metric: str) -> str | None:
@@ -218,12 +234,15 @@ def cmd_stop_canary(args: argparse.Namespace) -> int:
     from embedloop.production import Production
 
     production = Production.from_settings(_settings(args))
-    canary = production.state().canary
-    if canary is None:
-        return _refused(args, "there is no canary running")
-    production.end_canary(f"stopped by hand: {args.reason}")
-    print(f"canary v{canary} stopped: the service serves the champion alone within "
-          f"api_poll_s; production is otherwise unchanged")
+    running = production.state().canaries
+    chosen = [v for v in running if args.version in (None, v)]
+    if not chosen:
+        return _refused(args, f"canary v{args.version} is not running" if args.version
+                        else "there is no canary running")
+    for version in chosen:
+        production.end_canary(version, f"stopped by hand: {args.reason}")
+    print(f"canary {', '.join('v' + v for v in chosen)} stopped: the service serves the "
+          f"champion without it within api_poll_s; production is otherwise unchanged")
     return EXIT_OK
 
 
@@ -371,7 +390,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     live = LiveSearch(Production.from_settings(settings), max_seq_length=settings.max_seq_length,
                       batch_size=settings.encode_batch_size, poll_s=settings.api_poll_s,
                       max_batch=settings.api_max_batch, canary_share=settings.canary_share,
-                      on_failure=alert)
+                      pool_fraction=settings.holdout_fraction, on_failure=alert)
     live.refresh()  # nothing to serve yet is not fatal: it follows the first promotion
     live.watch()
     health = live.health()
@@ -380,8 +399,9 @@ def cmd_api(args: argparse.Namespace) -> int:
           + (f"serving model v{serving['model_version']} with index {serving['index_version']}"
              if serving else f"with nothing to serve yet ({health['error']})")
           + f"; following promotions every {settings.api_poll_s:g} s"
-          + (f"; canaries interleaved for {settings.canary_share:.0%} of sessions"
-             if settings.canary_share else "")
+          + (f"; canaries and watches interleaved in "
+             f"{min(settings.canary_share, settings.holdout_fraction):.0%} of sessions (those "
+             f"of pool queries)" if settings.canary_share else "")
           + ("; bearer token required" if token else ""), flush=True)
     app = create_app(live, token=token, max_query_chars=settings.max_query_chars,
                      max_k=settings.api_max_k)
@@ -444,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stop-canary", parents=[common],
                        help="stop interleaving the canary with the champion")
     p.add_argument("--reason", required=True, help="why (tagged on the canary's version)")
+    p.add_argument("--version", help="only this canary (default: every one running)")
     p.set_defaults(func=cmd_stop_canary)
 
     p = sub.add_parser("search", parents=[common, data], help="query the live index")

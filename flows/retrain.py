@@ -1,19 +1,22 @@
 """The retrain flow: the README's diagram, one task per stage.
 
-    ingest -> validate -> [canary won? promote it] -> pairs -> fine-tune -> evaluate
-        -> decide -> promote | keep (and canary it, if it is waiting for evidence)
+    ingest -> validate -> users' evidence (watch: roll back? canaries: promote?)
+        -> pairs -> fine-tune -> evaluate -> judge offline
+        -> promote (credibly better) | canary (no harm: users decide) | keep | reject
 
-Evaluation is on the evaluation pool (queries never trained on, growing with every
-batch), and each decision spends part of `significance_alpha` as one more look at the
-champion (promotion.py). Production (the `champion` alias and the live index) changes
-only in `publish_stage`, after the candidate has been registered; every failure before
-that leaves both exactly as they were, and the ledger is committed last, so rows are
-read again by the next run rather than lost.
+The judge (judge.py) decides from typed evidence: offline evidence on the evaluation
+pool (queries never trained on) screens for harm, and interleaved sessions of users
+decide. Production (the `champion` alias and the live index) changes only at a commit
+point: the watch's rollback, a canary's promotion, or `publish_stage` after the
+candidate has been registered; every failure before one leaves both exactly as they
+were, and the ledger is committed last, so rows are read again by the next run rather
+than lost.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,16 +30,19 @@ from prefect.states import State
 from embedloop.config import Settings, load_settings
 from embedloop.encoding import choose_runtime
 from embedloop.errors import BatchRejected, RecordingFailed, Refused
+from embedloop.evidence import Source
+from embedloop.judge import Action, Judgement, UsersEvidence
 from embedloop.ledger import load_accepted_history, load_guard_set
 from embedloop.lock import exclusive
 from embedloop.logs import discover_log_files
 from embedloop.production import Production
+from embedloop.registry import CHAMPION
 from embedloop.summary import RunResults, RunSummary
 from embedloop.tracking import finish_tracking, mlflow_run_link
-from flows.alerts import notify_failure, refused
+from flows.alerts import notify_failure, refused, send_alert
 from tasks._stage import stage_clock
-from tasks.canary import judge_canary_stage, promote_canary_stage, start_canary_stage
-from tasks.evaluate import candidate_stage, decide_stage, evaluate_stage, incumbent_stage
+from tasks.canary import batch_end, judge_users_stage, start_canary_stage
+from tasks.evaluate import candidate_stage, evaluate_stage, incumbent_stage, judge_offline_stage
 from tasks.ingest import (
     commit_batch_stage,
     commit_cursors_stage,
@@ -47,6 +53,7 @@ from tasks.publish import ensure_champion_stage, publish_stage, register_stage
 from tasks.tracking import (
     finish_tracking_stage,
     log_evaluation_stage,
+    log_users_stage,
     log_validation_stage,
     start_tracking_stage,
 )
@@ -106,18 +113,17 @@ def run_retrain(settings: Settings, trigger: str, reason: str,
             reject_batch_stage(settings, ledger, got.new.cursors, batch_id, validation, verdict,
                                work_dir)
 
+        # Users' evidence first: a watched champion they like less is rolled back, a
+        # canary they prefer is promoted; either way this batch trains from what is live.
         history = load_accepted_history(settings.state_dir, ledger)
-        got.canary = judge_canary_stage(settings, production, champion, validation.accepted,
-                                        history)
-        if got.canary is not None and got.canary.action == "promote":
-            got.candidate_version = got.canary.version
-            got.promoted_index = promote_canary_stage(production, got.canary.version)
-            # The batch is not committed: the next run reads it again and trains on it
-            # from the new champion.
-            return _finish(settings, production, got, seconds, "promoted",
-                           f"canary v{got.canary.version} {got.canary.reason}; this "
-                           f"batch is left for the next run, which trains from "
-                           f"v{got.canary.version}")
+        got.users = judge_users_stage(settings, production, champion.version,
+                                      validation.accepted, history)
+        log_users_stage(production.registry, run_id, got.users)
+        if got.users.rolled_back:
+            alert_rollback(settings, got.users)
+        if got.users.promoted or got.users.rolled_back:
+            champion = production.champion() or champion
+        got.judged_against = champion.version
 
         guard_qrels = load_guard_set(settings.state_dir)
         got.data = data = build_pairs_stage(
@@ -134,30 +140,33 @@ def run_retrain(settings: Settings, trigger: str, reason: str,
 
         candidate = candidate_stage(settings, production.store, tuned, corpus, runtime,
                                     incumbent)
-        evaluation = evaluate_stage(settings, candidate, incumbent, data, guard_qrels)
+        evaluation = evaluate_stage(settings, candidate, incumbent, data, guard_qrels, corpus)
         got.candidate, got.incumbent = evaluation.candidate.means, evaluation.incumbent.means
-        got.decision = decision = decide_stage(settings, evaluation, champion)
-        log_evaluation_stage(production.registry, run_id, evaluation.candidate,
-                             evaluation.incumbent, decision)
-        got.candidate_version = register_stage(production, run_id, tuned, champion, decision,
+        got.recent = evaluation.recent
+        got.judgement = judgement = judge_offline_stage(settings, evaluation, run_id)
+        log_evaluation_stage(production.registry, run_id, evaluation, judgement)
+        got.candidate_version = register_stage(production, run_id, tuned, champion, judgement,
                                                batch_id, len(data.pairs),
                                                settings.primary_metric)
 
-        if decision.promote:  # the commit point: champion and live index move together
+        if judgement.action == Action.PROMOTE:  # the commit point: champion and index move
             got.promoted_index = publish_stage(production, candidate.index,
-                                               got.candidate_version, corpus)
+                                               got.candidate_version, corpus,
+                                               batch_end(validation.accepted))
         else:  # production stays as it is; the registered candidate says why
-            got.canary_started = start_canary_stage(settings, production, decision,
-                                                    got.canary, candidate.index,
-                                                    got.candidate_version, corpus)
+            started, why = start_canary_stage(settings, production, judgement, got.users,
+                                              candidate.index, got.candidate_version, corpus,
+                                              validation.accepted)
+            got.canary_started = got.candidate_version if started else None
+            judgement = dataclasses.replace(judgement, reason=f"{judgement.reason}; canary: "
+                                                             f"{why}") if why else judgement
 
         first_pool = dict(sorted(data.eval_qrels.items())[: settings.guard_queries])
         assert validation.accepted_file and validation.quarantine_file
         commit_batch_stage(settings, ledger, got.new.cursors, batch_id,
                            validation.accepted_file, validation.quarantine_file,
                            freeze_guard=first_pool if guard_qrels is None else None)
-        return _finish(settings, production, got, seconds,
-                       "promoted" if decision.promote else "kept", decision.reason)
+        return _finish(settings, production, got, seconds, *_outcome(got, judgement))
     except BaseException as exc:
         outcome = "rejected" if isinstance(exc, BatchRejected) else "failed"
         with contextlib.suppress(Exception):
@@ -175,12 +184,41 @@ def run_retrain(settings: Settings, trigger: str, reason: str,
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
+def _outcome(got: RunResults, judgement: Judgement) -> tuple[str, str]:
+    """The run's outcome and why, users' evidence first, then this run's candidate."""
+    parts = [f"{c.source} v{c.challenger}: {c.judgement.action}: {c.judgement.reason}"
+             for c in (got.users.comparisons if got.users else [])
+             if c.judgement.action != Action.CONTINUE]
+    parts.append(f"candidate v{got.candidate_version}: {judgement.action}: "
+                 f"{judgement.reason}")
+    if got.promoted_index or (got.users and got.users.promoted):
+        outcome = "promoted"
+    elif got.users and got.users.rolled_back:
+        outcome = "rolled back"
+    else:
+        outcome = "kept"
+    return outcome, " | ".join(parts)
+
+
+def alert_rollback(settings: Settings, users: UsersEvidence) -> None:
+    """One alert when the watch rolls a champion back: production changed by itself."""
+    rolled = users.rolled_back
+    assert rolled is not None
+    watch = next(c for c in users.comparisons if c.source == Source.WATCH)
+    send_alert({"text": f"embedloop: the watch rolled champion v{rolled.rolled_back} back to "
+                        f"v{rolled.champion} (live index {rolled.live_index}): "
+                        f"{watch.judgement.reason}",
+                "event": "watch rollback", "model": settings.model_name,
+                "rolled_back": rolled.rolled_back, "champion": rolled.champion,
+                "live_index": rolled.live_index, "reason": watch.judgement.reason})
+
+
 def _finish(settings: Settings, production: Production, got: RunResults,
             seconds: dict[str, float], outcome: str, why: str,
             failed: bool = False) -> RunSummary:
     """The summary, from the stages' results, to MLflow and to the Prefect UI."""
-    summary = got.summary(outcome, why, live_index=production.store.live_version(),
-                          stage_seconds=seconds)
+    summary = got.summary(outcome, why, champion=production.registry.version_for_alias(
+        CHAMPION), live_index=production.store.live_version(), stage_seconds=seconds)
     assert summary.mlflow_run_id is not None
     # A failed run is recorded once, at once: retrying a tracking server that may be the
     # cause would only delay the alert and the exit.

@@ -1,87 +1,141 @@
-"""The interleaved canary's side of a run (promotion.py, "Canaries"): judge the running
-canary by the clicks of its sessions, and start one for a candidate waiting for evidence.
+"""Users' evidence in a run (judge.py): the interleaved comparisons judged on all their
+sessions so far, and a new candidate started as a canary.
+
+The watch comes first: a champion that users credibly prefer less than the one it
+replaced is rolled back, and the canaries judged against it end with it. Then each
+canary: one that users credibly prefer is promoted (the commit point), one they
+credibly like less, or one undecided at its session limit, ends.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Callable
 
 import pandas as pd
 from prefect import get_run_logger
 
 from embedloop.config import Settings
 from embedloop.corpus import corpus_fingerprint
+from embedloop.evidence import Source, read_interleaving
 from embedloop.index import VectorIndex
-from embedloop.interleaving import InterleavingEvidence, credit
-from embedloop.ledger import record_look
-from embedloop.production import Champion, Production
-from embedloop.promotion import CanaryVerdict, Decision, judge_canary
+from embedloop.interleaving import credit, session_votes
+from embedloop.judge import Action, Comparison, Judge, Judgement, Policy, UsersEvidence
+from embedloop.ledger import EvidenceLedger
+from embedloop.pairs import in_eval_pool, normalize_query
+from embedloop.production import Production
 from tasks._stage import stage
-from tasks.evaluate import promotion_policy
 
 
-@stage(name="judge canary")
-def judge_canary_stage(settings: Settings, production: Production, champion: Champion,
-                       batch: pd.DataFrame, history: pd.DataFrame | None,
-                       ) -> CanaryVerdict | None:
-    """The canary interleaved with this champion, judged on all its sessions so far (the
-    committed batches and this one). A judgement is a look at the champion, so it is
-    made only when this batch brought new sessions and there are enough of them."""
-    pair = production.canary_pair(champion.version)
-    if pair is None:
-        return None
-    version = pair[0]
-
-    def evidence(frames: list[pd.DataFrame | None]) -> InterleavingEvidence:
-        rows = [f[["session_id", "team", "clicked"]] for f in frames
-                if f is not None and "team" in f.columns]
-        both = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
-            columns=["session_id", "team", "clicked"])
-        return credit(zip(both["session_id"], both["team"], both["clicked"], strict=True),
-                      champion=champion.version, candidate=version)
-
-    so_far, fresh = evidence([history, batch]), evidence([batch])
-    if fresh.sessions == 0 or so_far.sessions < settings.canary_min_sessions:
-        verdict = CanaryVerdict(
-            "continue", f"{so_far.sessions} interleaved sessions so far ({fresh.sessions} "
-                        f"in this batch); judged from {settings.canary_min_sessions} with "
-                        f"new ones", {"sessions": float(so_far.sessions)}, version)
-    else:
-        look = record_look(settings.state_dir, champion.version)  # before acting on it
-        verdict = dataclasses.replace(
-            judge_canary(so_far, promotion_policy(settings), look,
-                         settings.canary_max_sessions), version=version)
-    if verdict.action == "stop":
-        production.end_canary(verdict.reason)
-    get_run_logger().info("canary v%s: %s - %s", version, verdict.action, verdict.reason)
-    return verdict
+def interleaved_rows(frames: list[pd.DataFrame | None], pool_fraction: float,
+                     ) -> tuple[list[tuple[str, str | None, bool]], dict[str, pd.Timestamp]]:
+    """The shown results of interleaved sessions, as (session, team, clicked), and when
+    each session of a pool query began (the sessions that can count)."""
+    parts = [f[["session_id", "ts", "query", "team", "clicked"]] for f in frames
+             if f is not None and "team" in f.columns]
+    if not parts:
+        return [], {}
+    rows = pd.concat(parts, ignore_index=True)
+    rows = rows[rows["team"].notna()]
+    began = rows.assign(ts=pd.to_datetime(rows["ts"], utc=True)).groupby(
+        "session_id", sort=False).agg(ts=("ts", "min"), query=("query", "first"))
+    pool = {s: ts for s, ts, q in zip(began.index, began["ts"], began["query"], strict=True)
+            if in_eval_pool(normalize_query(str(q)), pool_fraction)}
+    return list(zip(rows["session_id"], rows["team"], rows["clicked"], strict=True)), pool
 
 
-@stage(name="promote canary")
-def promote_canary_stage(production: Production, version: str) -> str:
-    """The commit point for a canary that won: its index was saved when it started, so
-    promotion only moves the alias and the live pointer. Returns the live index."""
-    production.promote(version)
-    live = production.store.live_version()
-    assert live is not None
-    return live
+def counts_after(pool: dict[str, pd.Timestamp], after: str) -> Callable[[str], bool]:
+    """Which sessions count for a comparison started once the logs up to `after` had
+    been read: pool-query sessions that began later (all of them if `after` is empty)."""
+    if not after:
+        return pool.__contains__
+    start = pd.Timestamp(after)
+    start = start.tz_localize("UTC") if start.tzinfo is None else start
+    return lambda session: session in pool and pool[session] > start
+
+
+@stage(name="judge users")
+def judge_users_stage(settings: Settings, production: Production, champion: str,
+                      batch: pd.DataFrame, history: pd.DataFrame | None) -> UsersEvidence:
+    """The watch of `champion`, then its canaries, each on all its sessions so far."""
+    rows, pool = interleaved_rows([history, batch], settings.holdout_fraction)
+    after = batch_end(batch)
+    policy = Policy.from_settings(settings)
+    judge = Judge(policy, EvidenceLedger(settings.state_dir))
+    logger = get_run_logger()
+    comparisons: list[Comparison] = []
+
+    def read(source: Source, challenger: str, opponent: str) -> Comparison:
+        tags = production.registry.version_info(challenger).tags
+        counted = counts_after(pool, tags.get(f"{source}_after", ""))
+        tally = credit(rows, champion=opponent, candidate=challenger, counted=counted)
+        verdict = read_interleaving(source, tally.sessions, tally.candidate_wins,
+                                    tally.champion_wins, policy.online_rule(source),
+                                    tally.uncounted)
+        judged = (judge.watch if source == Source.WATCH else judge.canary)(challenger, verdict)
+        votes = [v for s, v in session_votes(rows, opponent, challenger).items()
+                 if counted(s)]
+        logger.info("%s v%s against v%s: %s - %s", source, challenger, opponent,
+                    judged.action, judged.reason)
+        comparisons.append(Comparison(source, challenger, opponent, judged, votes))
+        return comparisons[-1]
+
+    rolled_back = None
+    previous = production.registry.watched_against(champion)
+    if previous is not None:
+        watch = read(Source.WATCH, champion, previous).judgement
+        if watch.action == Action.ROLLBACK:
+            rolled_back = production.rollback()  # ends the watch and its canaries
+            champion = rolled_back.champion
+        elif watch.action == Action.PASS:
+            production.end_watch(champion, f"held: {watch.reason}")
+    promoted = None
+    for version in production.state().canaries:  # those judged against `champion`
+        canary = read(Source.CANARY, version, champion).judgement
+        if canary.action == Action.PROMOTE:
+            production.promote(version, after)  # the commit point; the other canaries end
+            promoted = version
+            break
+        if canary.action == Action.STOP:
+            production.end_canary(version, canary.reason)
+    return UsersEvidence(comparisons, promoted, rolled_back)
+
+
+def batch_end(batch: pd.DataFrame) -> str:
+    """The latest log timestamp of a run's batch: sessions served after anything this run
+    starts are logged later than this."""
+    return str(pd.to_datetime(batch["ts"], utc=True).max()) if len(batch) else ""
 
 
 @stage(name="start canary")
-def start_canary_stage(settings: Settings, production: Production, decision: Decision,
-                       running: CanaryVerdict | None, index: VectorIndex, version: str,
-                       corpus: pd.DataFrame) -> CanaryVerdict | None:
-    """A kept candidate that is waiting for evidence becomes the canary, with the index
-    it was evaluated on, unless a canary is still being judged. Never one that failed
-    the guard set or did not improve (`decision.waiting` is false for those)."""
-    if settings.canary_share <= 0 or not decision.waiting:
-        return None
-    if running is not None and running.action == "continue":
-        return None
+def start_canary_stage(settings: Settings, production: Production, judgement: Judgement,
+                       users: UsersEvidence, index: VectorIndex, version: str,
+                       corpus: pd.DataFrame, batch: pd.DataFrame) -> tuple[bool, str]:
+    """A candidate the offline screen let through becomes a canary, with the index it
+    was evaluated on. The queue: it takes a free slot (`canary_slots`); when none is
+    free, it replaces the running canary with the weakest evidence, if that evidence
+    does not favour it (log evidence at most 0, or no sessions yet: a canary users are
+    warming to keeps its place). Returns whether it started, and why, in words."""
+    if judgement.action != Action.CANARY:
+        return False, ""
+    running = list(production.state().canaries)
+    if len(running) >= settings.canary_slots:
+        weakest = min(running, key=lambda v: users.evidence(v) or 0.0)
+        evidence = users.evidence(weakest) or 0.0
+        if evidence > 0:
+            why = (f"not started: the {len(running)} canary slot(s) hold candidates users "
+                   f"are warming to (" + ", ".join(
+                       f"v{v} evidence {users.evidence(v) or 0.0:.2f}" for v in running)
+                   + "); it waits for one to end")
+            get_run_logger().info("canary v%s %s", version, why)
+            return False, why
+        production.end_canary(weakest, f"replaced by v{version}: its evidence "
+                                       f"{evidence:.2f} did not favour it")
     production.ensure_saved(index, version, corpus_fingerprint(corpus))
-    production.start_canary(version)
-    why = (f"interleaved with the champion for {settings.canary_share:.0%} of search "
-           f"sessions until its clicks decide (from {settings.canary_min_sessions} "
-           f"sessions; at most {settings.canary_max_sessions})")
+    production.start_canary(version, settings.canary_slots, after=batch_end(batch))
+    share = min(settings.canary_share, settings.holdout_fraction)
+    why = (f"interleaved with the champion in up to {share:.0%} of search sessions (those "
+           f"of pool queries) until users' clicks decide (at most "
+           f"{settings.canary_max_sessions} sessions)")
     get_run_logger().info("canary v%s started: %s", version, why)
-    return CanaryVerdict("started", why, {}, version)
+    return True, why
+

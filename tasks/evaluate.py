@@ -1,4 +1,5 @@
-"""Encode the corpus into an index, and judge candidate against incumbent."""
+"""Encode the corpus into an index, evaluate candidate and incumbent on the same queries,
+and judge the candidate offline (judge.py)."""
 
 from __future__ import annotations
 
@@ -13,16 +14,17 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from embedloop.base_models import model_prompts
 from embedloop.config import Settings
-from embedloop.corpus import corpus_fingerprint, document_texts
+from embedloop.corpus import corpus_fingerprint, document_texts, load_judged_queries
 from embedloop.encoding import Runtime, encode, load_model, pick_device, resolve_precision
-from embedloop.evaluation import EvalReport
+from embedloop.evaluation import EvalReport, condensed
+from embedloop.evidence import Source, Verdict, check_sanity, compare_offline
 from embedloop.exported import EXPORTED, export_refusal
 from embedloop.faults import crash_point
 from embedloop.index import IndexStore, VectorIndex
-from embedloop.ledger import record_look
+from embedloop.judge import Judge, Judgement, Policy
+from embedloop.ledger import EvidenceLedger
 from embedloop.pairs import TrainingData
 from embedloop.production import Champion, Production
-from embedloop.promotion import Decision, PromotionPolicy, should_promote
 from embedloop.retrieval import Retriever, evaluate_retrieval
 from embedloop.training import FineTuneResult
 from tasks._stage import stage
@@ -129,19 +131,35 @@ def candidate_stage(settings: Settings, store: IndexStore, tuned: FineTuneResult
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Both models on the same queries: the pool, this batch's slice of it, the guard set."""
+    """Both models (candidate, incumbent) on the same queries: the pool over whole
+    rankings and condensed to what users were shown, its recent slice, the guard set
+    (both ways), the team's judged queries, and the sanity check of the candidate."""
 
-    candidate: EvalReport
-    incumbent: EvalReport
+    pool: tuple[EvalReport, EvalReport]
+    pool_shown: tuple[EvalReport, EvalReport]
     recent: tuple[EvalReport, EvalReport]
     guard: tuple[EvalReport, EvalReport] | None
+    guard_shown: tuple[EvalReport, EvalReport] | None
+    judged: tuple[EvalReport, EvalReport] | None
+    sanity: Verdict
+
+    @property
+    def candidate(self) -> EvalReport:
+        return self.pool[0]
+
+    @property
+    def incumbent(self) -> EvalReport:
+        return self.pool[1]
+
+
+SANITY_QUERIES = 512  # pool queries whose vectors the sanity check compares
 
 
 @stage(name="evaluate")
 def evaluate_stage(settings: Settings, candidate: Retriever, incumbent: Retriever,
-                   data: TrainingData,
-                   guard_qrels: dict[str, dict[str, int]] | None) -> Evaluation:
-    """Rank the full corpus for every pool (and guard) query with each model."""
+                   data: TrainingData, guard_qrels: dict[str, dict[str, float]] | None,
+                   corpus: pd.DataFrame) -> Evaluation:
+    """Rank the full corpus for every pool, guard and judged query with each model."""
     crash_point("evaluate")
     logger = get_run_logger()
 
@@ -150,31 +168,46 @@ def evaluate_stage(settings: Settings, candidate: Retriever, incumbent: Retrieve
         logger.info("%s: %s", label, ", ".join(f"{k} {v:.4f}" for k, v in report.means.items()))
         return report
 
-    cand = judge("candidate", candidate, data.eval_qrels)
-    inc = judge("incumbent", incumbent, data.eval_qrels)
-    guard = None
-    if guard_qrels:  # fixed queries: a gain on new logs must not hide a loss here
-        guard = (judge("candidate on guard set", candidate, guard_qrels),
-                 judge("incumbent on guard set", incumbent, guard_qrels))
-    recent = (cand.subset(data.recent_qrels), inc.subset(data.recent_qrels))
-    return Evaluation(cand, inc, recent, guard)
+    def both(label: str, qrels: dict[str, dict[str, float]]) -> tuple[EvalReport, EvalReport]:
+        return (judge(f"candidate on {label}", candidate, qrels),
+                judge(f"incumbent on {label}", incumbent, qrels))
+
+    def shown(reports: tuple[EvalReport, EvalReport], qrels: dict[str, dict[str, float]]
+              ) -> tuple[EvalReport, EvalReport]:
+        seen = data.shown_for(qrels)
+        return condensed(reports[0], qrels, seen), condensed(reports[1], qrels, seen)
+
+    pool = both("the pool", data.eval_qrels)
+    guard = both("the guard set", guard_qrels) if guard_qrels else None
+    judged = None
+    if settings.judged_queries:  # real judgements: the whole ranking, not condensed
+        judged = both("judged queries", load_judged_queries(settings.judged_queries,
+                                                            set(corpus["doc_id"])))
+    queries = sorted(data.eval_qrels)[:SANITY_QUERIES] or ["a query", "another query"]
+    vectors = [encode(r.model, queries, role="query", batch_size=settings.encode_batch_size,
+                      precision=r.index.precision) for r in (candidate, incumbent)]
+    return Evaluation(pool, shown(pool, data.eval_qrels),
+                      (pool[0].subset(data.recent_qrels), pool[1].subset(data.recent_qrels)),
+                      guard, shown(guard, guard_qrels) if guard and guard_qrels else None,
+                      judged, check_sanity(*vectors))
 
 
-def promotion_policy(settings: Settings) -> PromotionPolicy:
-    return PromotionPolicy(
-        primary_metric=settings.primary_metric, min_improvement=settings.min_improvement,
-        min_eval_queries=settings.min_holdout_queries, alpha=settings.significance_alpha,
-        guard_tolerance=settings.guard_tolerance)
-
-
-@stage(name="decide")
-def decide_stage(settings: Settings, evaluation: Evaluation, champion: Champion) -> Decision:
-    """One more look at the champion, counted before the decision is acted on (a crash
-    can only overcount), then the gate."""
-    look = record_look(settings.state_dir, champion.version)
-    decision = should_promote(evaluation.candidate, evaluation.incumbent,
-                              promotion_policy(settings), guard=evaluation.guard, look=look,
-                              recent=evaluation.recent)
-    get_run_logger().info("decision: %s - %s", "promote" if decision.promote else "keep",
-                          decision.reason)
-    return decision
+@stage(name="judge offline")
+def judge_offline_stage(settings: Settings, evaluation: Evaluation, candidate: str
+                        ) -> Judgement:
+    """The offline screen (judge.py): harm anywhere rejects, credible superiority on the
+    pool promotes, anything else goes to the canary. `candidate` names it in the judge's
+    record (the run that trained it)."""
+    policy = Policy.from_settings(settings)
+    rule = policy.offline_rule()
+    verdicts = [evaluation.sanity,
+                compare_offline(Source.POOL, evaluation.pool, evaluation.pool_shown, rule)]
+    if evaluation.guard and evaluation.guard_shown:
+        verdicts.append(compare_offline(Source.GUARD, evaluation.guard, evaluation.guard_shown,
+                                        rule))
+    if evaluation.judged:
+        verdicts.append(compare_offline(Source.JUDGED, evaluation.judged, evaluation.judged,
+                                        rule))
+    judgement = Judge(policy, EvidenceLedger(settings.state_dir)).offline(candidate, verdicts)
+    get_run_logger().info("offline: %s - %s", judgement.action, judgement.reason)
+    return judgement

@@ -12,8 +12,9 @@ FAST = {"max_seq_length": 96, "encode_batch_size": 64, "min_clicks": 10,
         "training": {"max_steps": 3, "batch_size": 8, "precision": "fp32"}}
 
 
-# A gate any candidate passes: the flow tests that follow promotion, not the gate
-ANY_CANDIDATE_WINS = {"min_improvement": -1.0, "significance_alpha": 1.0, "guard_tolerance": 1.0}
+# A judge any candidate passes offline: for the flow tests that follow promotion, not the
+# judge (no significance test, no harm margin a 3-step fine-tune could cross)
+ANY_CANDIDATE_WINS = {"min_improvement": -1.0, "significance_alpha": 1.0, "harm_margin": 1.0}
 
 
 def first_week_logs(root: Path, sim_logs: Path, name: str = "1.jsonl") -> Path:

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedloop.errors import IndexUnavailable, NothingToRollBack
+from embedloop.errors import IndexUnavailable, NothingToRollBack, RegistryError
 from embedloop.faiss_index import FaissIndex, FaissIndexStore
-from embedloop.production import Production
+from embedloop.production import Opponent, Production
 from embedloop.registry import CHAMPION, Registry
 
 MODEL = "embedloop-test"
@@ -120,19 +120,53 @@ def test_a_canary_is_judged_against_one_champion_and_ends_when_it_moves(
     production.promote(v1)
     with pytest.raises(IndexUnavailable, match="no index; the canary was not started"):
         production.start_canary(new_version(production, with_index=False))
-    assert production.state().canary is None  # refused: nothing moved
+    assert production.state().canaries == ()  # refused: nothing moved
     production.start_canary(v2)
-    assert production.state().canary == v2
-    assert production.canary_pair(v1) == (v2, "v0002")
-    assert production.canary_pair(v3) is None  # only against the champion it started with
+    assert production.state().canaries == (v2,)
+    assert production.opponents(v1) == [Opponent("canary", v2, "v0002")]
+    assert production.opponents(v3) == []  # only against the champion it started with
     production.promote(v3)  # another candidate won: the canary's comparison is void
-    assert production.state().canary is None and production.registry.canary() is None
+    assert production.state().canaries == () and production.registry.canaries() == []
     assert "moved from v1" in production.registry.version_info(v2).tags["canary_outcome"]
 
     production.start_canary(v2)  # against v3 now; the canary itself wins
     production.promote(v2)
     assert production.registry.version_info(v2).tags["canary_outcome"] == "promoted"
-    assert production.state().canary is None
+    assert production.state().canaries == ()
+
+
+def test_canaries_race_in_their_slots(production: Production) -> None:
+    v1, v2, v3, v4 = (new_version(production) for _ in range(4))
+    production.promote(v1)
+    production.start_canary(v2, slots=2)
+    production.start_canary(v3, slots=2)
+    assert production.state().canaries == (v2, v3)
+    with pytest.raises(RegistryError, match="all 2 canary slots are taken"):
+        production.start_canary(v4, slots=2)
+    assert production.end_canary(v2, "replaced by v4")
+    assert not production.end_canary(v2, "again")  # not running any more
+    production.start_canary(v4, slots=2)  # takes the free slot
+    assert production.state().canaries == (v4, v3)
+    assert [o.version for o in production.opponents(v1)] == [v4, v3]
+
+
+def test_a_promotion_puts_the_new_champion_on_watch_and_a_rollback_ends_it(
+        production: Production) -> None:
+    """After a promotion the service interleaves the new champion with the one it
+    replaced; the watch ends when a run judges it, or with the next move."""
+    v1, v2, v3 = (new_version(production) for _ in range(3))
+    production.promote(v1)  # the first champion: nothing to watch it against
+    assert production.state().watched_against is None and production.opponents(v1) == []
+    production.promote(v2)
+    assert production.state().watched_against == v1
+    assert production.opponents(v2) == [Opponent("watch", v1, "v0001")]
+    production.end_watch(v2, "held: users prefer it")
+    assert production.state().watched_against is None
+    production.promote(v3)
+    assert production.state().watched_against == v2
+    production.rollback()  # back to v2: v3's watch ends, and v2 is not watched again
+    assert production.state().watched_against is None
+    assert "rolled back" in production.registry.version_info(v3).tags["watch_outcome"]
 
 
 def test_a_canary_left_from_an_earlier_champion_is_never_served(production: Production) -> None:
@@ -140,8 +174,8 @@ def test_a_canary_left_from_an_earlier_champion_is_never_served(production: Prod
     production.promote(v1)
     production.start_canary(v2)
     production.registry.promote(v3)  # the alias moved; the process died before the rest
-    assert production.state().canary is None  # v2 was judged against v1, not v3
-    assert production.canary_pair(v3) is None
+    assert production.state().canaries == ()  # v2 was judged against v1, not v3
+    assert production.opponents(v3) == []
 
 
 def test_a_canary_that_cannot_be_cleared_does_not_fail_a_promotion_that_happened(
@@ -150,12 +184,12 @@ def test_a_canary_that_cannot_be_cleared_does_not_fail_a_promotion_that_happened
     production.promote(v1)
     production.start_canary(v2)
 
-    def registry_down(outcome: str) -> None:
+    def registry_down(version: str, outcome: str) -> bool:
         raise ConnectionError("tracking server unreachable")
 
     monkeypatch.setattr(production.registry, "end_canary", registry_down)
     assert production.promote(v3) == v1  # the move is complete, and says so
     state = production.state()
-    assert (state.champion, state.live_index, state.canary) == (v3, "v0003", None)
-    assert "could not be cleared" in production.notes[-1]
-    assert production.canary_pair(v3) is None  # the stale alias is never served
+    assert (state.champion, state.live_index, state.canaries) == (v3, "v0003", ())
+    assert "could not be updated" in production.notes[-1]
+    assert [o.kind for o in production.opponents(v3)] == ["watch"]  # the stale canary: never

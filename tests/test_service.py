@@ -26,6 +26,7 @@ from embedloop.config import load_settings
 from embedloop.corpus import document_texts, load_corpus
 from embedloop.encoding import encode, load_model
 from embedloop.faiss_index import FaissIndex, FaissIndexStore
+from embedloop.pairs import in_eval_pool, normalize_query
 from embedloop.production import Production
 from embedloop.registry import Registry, seal
 from embedloop.retrieval import Retriever
@@ -128,7 +129,7 @@ def service(tmp_path_factory: pytest.TempPathFactory, tiny_beir: Path,
 
     alerts: list[str] = []
     live = LiveSearch(production, device="cpu", max_seq_length=96, poll_s=0.1, retry_s=3600,
-                      canary_share=0.5, on_failure=alerts.append)
+                      canary_share=0.5, pool_fraction=1.0, on_failure=alerts.append)
     live.refresh()
     live.watch()
     port = free_port()
@@ -236,29 +237,36 @@ def test_promotions_and_rollbacks_swap_under_load_without_mixing(service: Servic
     assert max(swap_seconds) < 10, swap_seconds
 
 
+def interleaved(service: Service) -> list[dict[str, object]]:
+    return service.live.health()["interleaved"]
+
+
 def test_a_canary_is_interleaved_for_its_share_of_sessions(service: Service) -> None:
-    """Canary v2 against champion v1, for half the sessions (the hash of the session id):
-    those get a team-draft mix, each result labelled with the version that placed it;
-    the others, and requests without a session, get the champion's list alone."""
+    """Canary v2 against champion v1, for half the sessions (the hash of the session id;
+    every query counts as a pool query here): those get a team-draft mix, each result
+    labelled with the version that placed it; the others, and requests without a
+    session, get the champion's list alone. After its promotion the new champion is on
+    watch: interleaved with the one it replaced."""
     production = service.production
     assert production.state().champion == "1"
     champion = service.get("/search", q=QUERY, k=10)[1]  # no session: never interleaved
     production.start_canary("2")
     started = time.monotonic()
-    while service.live.health()["canary"] is None:
+    while not interleaved(service):
         assert time.monotonic() - started < 20, service.live.health()
         time.sleep(0.05)
-    assert service.live.health()["canary"] == {"model_version": "2", "index_version": "v0002",
-                                               "against": "1", "share": 0.5}
+    assert interleaved(service) == [{"kind": "canary", "model_version": "2",
+                                     "index_version": "v0002", "against": "1"}]
     answers = [service.get("/search", q=QUERY, k=10, session=f"user-{i}")[1]
                for i in range(40)]
-    mixed = [a for a in answers if "canary" in a]
+    mixed = [a for a in answers if "interleaved" in a]
     assert 8 <= len(mixed) <= 32  # about half
     for body in answers:
-        if "canary" not in body:  # a plain session: the champion's own list, no teams
+        if "interleaved" not in body:  # a plain session: the champion's own list, no teams
             assert body["results"] == champion["results"]
             continue
-        assert body["canary"] == {"model_version": "2", "index_version": "v0002"}
+        assert body["interleaved"] == {"kind": "canary", "model_version": "2",
+                                       "index_version": "v0002"}
         assert body["model_version"] == "1"
         docs = [r["doc_id"] for r in body["results"]]
         teams = [r.get("team") for r in body["results"]]  # none: both would place it
@@ -271,17 +279,36 @@ def test_a_canary_is_interleaved_for_its_share_of_sessions(service: Service) -> 
     again = service.get("/search", q=QUERY, k=10, session="user-0")[1]
     assert again == answers[0]  # a session sees the same list when it asks again
     metrics = service.get("/metrics", token=None)[1]
-    assert 'embedloop_canary_info{model_version="2",index_version="v0002"} 1' in metrics
-    assert f"embedloop_interleaved_total {len(mixed) + ('canary' in again)}" in metrics
+    assert ('embedloop_opponent_info{kind="canary",model_version="2",index_version="v0002"} 1'
+            in metrics)
+    assert f"embedloop_interleaved_total {len(mixed) + ('interleaved' in again)}" in metrics
 
-    production.promote("2")  # the canary won: it is the champion now, and no canary
+    # Only sessions of pool queries are interleaved: at a pool of 20%, a query outside it
+    # never is (it may be a query some candidate trained on).
+    service.live.pool_fraction = 0.2
+    try:
+        outside = next(q for q in (f"{QUERY} {i}" for i in range(100))
+                       if not in_eval_pool(normalize_query(q), 0.2))
+        assert all("interleaved" not in service.get("/search", q=outside, k=10,
+                                                    session=f"user-{i}")[1]
+                   for i in range(20))
+    finally:
+        service.live.pool_fraction = 1.0
+
+    production.promote("2")  # the canary won: it is the champion now, on watch against v1
     service.wait_for(("2", "v0002"))
-    while service.live.health()["canary"] is not None:
+    while interleaved(service) != [{"kind": "watch", "model_version": "1",
+                                    "index_version": "v0001", "against": "2"}]:
         assert time.monotonic() - started < 40, service.live.health()
         time.sleep(0.05)
-    assert "canary" not in service.get("/search", q=QUERY, k=10, session="user-0")[1]
+    watched = [service.get("/search", q=QUERY, k=10, session=f"user-{i}")[1]
+               for i in range(20)]
+    assert any(b.get("interleaved", {}).get("kind") == "watch" for b in watched)
     production.rollback()
     service.wait_for(("1", "v0001"))
+    while interleaved(service):  # rolled back: v1 is not watched, nothing is interleaved
+        assert time.monotonic() - started < 60, service.live.health()
+        time.sleep(0.05)
 
 
 def test_a_damaged_new_version_is_refused_while_the_old_keeps_serving(

@@ -1,8 +1,9 @@
 """The search service over HTTP (FastAPI): what `embedloop api` runs.
 
     GET  /search?q=&k=&session=   the live pair's top k, naming the pair that answered;
-                                  for a canary session, a team-draft mix of champion and
-                                  canary, each result's `team` the version that placed it
+                                  for an interleaved session, a team-draft mix of the
+                                  champion and a canary (or, on watch, the previous
+                                  champion), each result's `team` the version that placed it
     POST /embed                   {"texts": [...], "kind": "query"|"document"} -> vectors
     GET  /healthz                 ok | degraded (serving the last good pair) | unavailable
     GET  /metrics                 Prometheus text: latency histogram, requests by status,
@@ -73,8 +74,8 @@ def create_app(live: LiveSearch, *, token: str | None = None, max_query_chars: i
         # Awaited, not run in a thread: the batcher's worker does the model's work.
         pending = live.submit(q, k, session)
         champion = await asyncio.wrap_future(pending.champion)
-        canary = await asyncio.wrap_future(pending.canary) if pending.canary else None
-        answer = pending.answer(champion, canary)
+        other = await asyncio.wrap_future(pending.opponent) if pending.opponent else None
+        answer = pending.answer(champion, other)
         results = [{"doc_id": h.doc_id, "score": round(h.score, 6), "title": h.title}
                    for h in answer.hits]
         for result, team in zip(results, answer.teams or (), strict=False):
@@ -83,9 +84,10 @@ def create_app(live: LiveSearch, *, token: str | None = None, max_query_chars: i
         body = {"results": results, "model": live.production.model_name,
                 "model_version": answer.pair.model_version,
                 "index_version": answer.pair.index_version}
-        if answer.canary is not None:
-            body["canary"] = {"model_version": answer.canary.model_version,
-                              "index_version": answer.canary.index_version}
+        if answer.opponent is not None:  # "canary" or "watch"
+            body["interleaved"] = {"kind": answer.kind,
+                                   "model_version": answer.opponent.model_version,
+                                   "index_version": answer.opponent.index_version}
         return body
 
     @app.post("/embed", dependencies=[Depends(authorized), Depends(serving)])
@@ -110,7 +112,7 @@ def create_app(live: LiveSearch, *, token: str | None = None, max_query_chars: i
     @app.get("/metrics")
     def metrics() -> PlainTextResponse:
         return PlainTextResponse(live.metrics.render(live.pair, live.degraded,
-                                                     live.canary_pair),
+                                                     live.opponent_pairs),
                                  media_type="text/plain; version=0.0.4")
 
     return app

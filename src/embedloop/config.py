@@ -87,20 +87,35 @@ class Settings:
     # the corpus is re-encoded for the candidate and its own index goes live on promotion.
     # The usual plan: "query" nightly, "full" on a slower schedule (infra/prefect.yaml).
     train_side: str = "query"
-    # promotion gate
+    # the judge (judge.py): offline evidence screens for harm, users decide
     primary_metric: str = "ndcg@10"
-    min_improvement: float = 0.005
-    # False-promotion rate over all looks at one champion (alpha spending, promotion.py);
-    # 1.0 switches the significance test off.
+    min_improvement: float = 0.005  # a gain must exceed this (absolute) to count
+    # The false-promotion budget per candidate: one no better than the champion is
+    # promoted with at most this probability, half through its one offline look, half
+    # through its canary (all offline when canary_share is 0). 1.0: significance off.
     significance_alpha: float = 0.05
-    guard_tolerance: float = 0.01  # largest allowed loss on the guard set
+    # Offline harm: a candidate whose loss over the documents users were shown is
+    # credibly (at harm_alpha) larger than harm_margin, on the pool, the guard set or
+    # judged_queries, never reaches users. Online, users credibly preferring the champion
+    # (at harm_alpha) stops a canary and rolls a watched champion back.
+    harm_margin: float = 0.01
+    harm_alpha: float = 0.05
     guard_queries: int = 100  # the first run's pool queries, frozen as the guard set
-    # Interleaved canary: a candidate that improved but not credibly yet (and held the
-    # guard set) is mixed into the champion's lists for this share of search sessions by
-    # the service; later runs judge it by those sessions' clicks (promotion.py). 0: off.
-    canary_share: float = 0.0
-    canary_min_sessions: int = 50  # fewer interleaved sessions than this: not judged yet
-    canary_max_sessions: int = 20_000  # undecided after this many: the canary ends
+    # The team's own judged queries, checked for harm every run: a JSONL file of
+    # {"query": "...", "relevant": {"doc id": gain, ...}} (or a list of doc ids).
+    judged_queries: str = ""
+    # Interleaved canary (needs `embedloop api`, and a front end that passes session= and
+    # logs each result's team): the share of ALL search sessions in which the service
+    # mixes a candidate's ranking into the champion's. They are drawn only from sessions
+    # of pool queries (holdout_fraction), which no candidate trains on, so a candidate
+    # cannot win by memorising; at most holdout_fraction of sessions can be interleaved.
+    # 0: no canary (the offline look then decides alone).
+    canary_share: float = 0.2
+    canary_slots: int = 2  # candidates raced at once (each against the champion)
+    canary_max_sessions: int = 40_000  # undecided after this many sessions: it ends
+    # After each promotion the new champion is interleaved with the previous one for this
+    # many sessions; users credibly preferring the previous one roll it back.
+    watch_sessions: int = 4_000
     # encoding
     max_seq_length: int | None = None  # None keeps the model's own (256 for MiniLM)
     encode_batch_size: int = 64
@@ -260,13 +275,22 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
     unknown = sorted(set(values) - set(_FIELDS)) + sorted(set(training) - set(_TRAINING_FIELDS))
     if unknown:
-        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+        hints = [f"{name}: {_RETIRED[name]}" for name in unknown if name in _RETIRED]
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}"
+                          + (f" ({'; '.join(hints)})" if hints else ""))
     kwargs = {k: _coerce(k, v, _FIELDS[k]) for k, v in values.items() if k != "training"}
     train_kwargs = {k: _coerce(k, v, _TRAINING_FIELDS[k]) for k, v in training.items()}
     settings = Settings(**kwargs, training=TrainingConfig(**train_kwargs))
     _check(settings)
     return dataclasses.replace(settings, home=settings.home.resolve())
 
+
+# Settings that existed once, and what took their place.
+_RETIRED = {
+    "guard_tolerance": "now harm_margin, a loss over the documents users were shown, "
+                       "for the pool, the guard set and judged_queries alike",
+    "canary_min_sessions": "gone: the canary's sequential test is valid from its first "
+                           "session"}
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TRAIN_SIDES = ("query", "full")
@@ -277,7 +301,8 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
     ("max_quarantine_share", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("replay_fraction", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("negative_relative_margin", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("guard_tolerance", lambda v: v >= 0, "0 or more"),
+    ("harm_margin", lambda v: v >= 0, "0 or more"),
+    ("harm_alpha", lambda v: 0 < v < 1, "in (0, 1)"),
     ("min_click_relevance", lambda v: v >= 0, "0 or more"),
     ("min_clicks", lambda v: v >= 0, "0 or more"),
     ("canary_share", lambda v: 0 <= v <= 1, "in [0, 1] (a share of search sessions)"),
@@ -286,7 +311,7 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
 _POSITIVE = ("min_holdout_queries", "guard_queries", "max_query_chars", "max_position",
              "negative_search_k", "encode_batch_size", "encode_chunk_docs", "encode_workers",
              "train_timeout_s", "encode_timeout_s", "index_hnsw_min_docs", "index_ivf_min_docs",
-             "api_max_k", "api_max_batch", "canary_min_sessions", "canary_max_sessions")
+             "api_max_k", "api_max_batch", "canary_slots", "canary_max_sessions", "watch_sessions")
 
 
 def _check(settings: Settings) -> None:

@@ -59,3 +59,35 @@ def corpus_fingerprint(corpus: pd.DataFrame) -> str:
     for doc_id, text in zip(corpus["doc_id"], document_texts(corpus), strict=True):
         digest.update(doc_id.encode() + b"\x00" + text.encode() + b"\x01")
     return digest.hexdigest()[:16]
+
+
+def load_judged_queries(path: str | Path, doc_ids: set[str]) -> dict[str, dict[str, float]]:
+    """The team's own judged queries (`judged_queries`): JSONL, one query a line,
+    {"query": "text", "relevant": {"doc id": gain, ...}} or {"query", "relevant": [ids]}.
+    Returns {query text: {doc id: gain}}. A line that cannot be read, or that names a
+    document not in the corpus, fails with its line number: a judgement of nothing
+    would quietly score every candidate zero on that query."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"judged_queries file {path} does not exist")
+    judged: dict[str, dict[str, float]] = {}
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                query, relevant = str(row["query"]).strip(), row["relevant"]
+                gains = ({str(d): float(g) for d, g in relevant.items()}
+                         if isinstance(relevant, dict) else {str(d): 1.0 for d in relevant})
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise InputError(f"{path.name} line {number}: not a judged query "
+                                 f"{{\"query\", \"relevant\"}} ({type(exc).__name__}: {exc})"
+                                 ) from None
+            unknown = sorted(set(gains) - doc_ids)
+            if not query or unknown:
+                raise InputError(f"{path.name} line {number}: " + (
+                    f"documents not in the corpus: {', '.join(unknown[:5])}" if unknown
+                    else "the query is empty"))
+            judged.setdefault(query, {}).update({d: g for d, g in gains.items() if g > 0})
+    return {q: g for q, g in judged.items() if g}

@@ -5,8 +5,8 @@ be graded floats (the click model's debiased relevance) as well as integers."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -58,6 +58,7 @@ class EvalReport:
     per_query: pd.DataFrame  # query + one column per metric
     primary_metric: str = "ndcg@10"
     greater_is_better: bool = True
+    rankings: Mapping[str, Sequence[str]] = field(default_factory=dict)  # what was scored
 
     @property
     def means(self) -> dict[str, float]:
@@ -76,7 +77,8 @@ class EvalReport:
         """The same scores, restricted to `queries` (e.g. the pool's recent slice)."""
         keep = self.per_query["query"].isin(set(queries))
         return EvalReport(self.per_query[keep].reset_index(drop=True), self.primary_metric,
-                          self.greater_is_better)
+                          self.greater_is_better,
+                          {q: r for q, r in self.rankings.items() if q in queries})
 
 
 def evaluate_rankings(rankings: Mapping[str, Sequence[str]],
@@ -86,4 +88,19 @@ def evaluate_rankings(rankings: Mapping[str, Sequence[str]],
     rows = [{"query": q, **query_metrics(rankings.get(q, []), rel)}
             for q, rel in sorted(qrels.items())]
     return EvalReport(per_query=pd.DataFrame(rows, columns=["query", *METRICS]),
-                      primary_metric=primary_metric)
+                      primary_metric=primary_metric, rankings=dict(rankings))
+
+
+def condensed(report: EvalReport, qrels: Mapping[str, Mapping[str, float]],
+              shown: Mapping[str, Collection[str]]) -> EvalReport:
+    """The same rankings scored as condensed lists (Sakai 2007): each keeps only the
+    documents users were shown for that query (`shown`, by query), in the order it ranked
+    them; a shown document it ranked below its evaluation depth follows, in id order.
+    Labels that come from clicks exist only for shown documents, so a document nobody
+    was shown is neither credited nor blamed."""
+    rankings = {}
+    for query in qrels:
+        seen = set(shown.get(query, ()))
+        ranked = [d for d in report.rankings.get(query, []) if d in seen]
+        rankings[query] = ranked + sorted(seen.difference(ranked))
+    return evaluate_rankings(rankings, qrels, report.primary_metric)

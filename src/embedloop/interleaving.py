@@ -11,27 +11,47 @@ position.
 
 In production the two teams are model versions: the service labels each result of an
 interleaved list with the version that placed it (the log's `team` field), so the next
-run can credit exactly the sessions of one champion-against-candidate canary.
+run can credit exactly the sessions of one comparison (a canary against the champion,
+or a champion on watch against the one it replaced).
+
+Which sessions: only sessions of evaluation-pool queries (pairs.in_eval_pool), which no
+candidate ever trains on. A candidate judged on queries it trained on could win by
+memorising their clicks, while what users gain from it is on queries it has not seen.
 
 Pure: no I/O. The service mixes the lists; the next run credits the logged clicks.
 """
 
 from __future__ import annotations
 
-import math
 import random
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+
+from embedloop.pairs import in_eval_pool, normalize_query
 
 CHAMPION, CANDIDATE = "champion", "candidate"
 
 
 def in_canary(session: str, share: float) -> bool:
-    """Whether `session` gets an interleaved list: a stable hash of the session id (the
-    same answer in every process and on every retry), below `share` for that share of
-    sessions."""
+    """Whether `session` falls in `share` of sessions: a stable hash of the session id
+    (the same answer in every process and on every retry)."""
     return share > 0 and zlib.crc32(session.encode("utf-8")) < share * 2 ** 32
+
+
+def interleaved_session(session: str, query: str, share: float, pool_fraction: float) -> bool:
+    """Whether a search gets an interleaved list: `share` of all sessions, drawn from the
+    sessions of pool queries (a `pool_fraction` of queries), so the share of those
+    sessions taken is share / pool_fraction, at most all of them."""
+    if not session or share <= 0 or not in_eval_pool(normalize_query(query), pool_fraction):
+        return False
+    return in_canary(session, min(1.0, share / pool_fraction))
+
+
+def pick_opponent(session: str, opponents: int) -> int:
+    """Which of `opponents` rankers an interleaved session is matched against: a stable
+    hash of the session, independent of the one that chose it for interleaving."""
+    return zlib.crc32(f"{session}\x1eopponent".encode()) % max(1, opponents)
 
 
 def session_rng(session: str, query: str) -> random.Random:
@@ -90,35 +110,21 @@ class InterleavingEvidence:
     sessions: int  # interleaved sessions seen
     candidate_wins: int
     champion_wins: int
+    uncounted: int = 0  # interleaved sessions left out: queries outside the pool
 
     @property
     def ties(self) -> int:
         return self.sessions - self.candidate_wins - self.champion_wins
 
-    @property
-    def p_value(self) -> float:
-        """One-sided sign test: the chance of at least this many candidate wins among the
-        decided sessions if neither ranker were preferred."""
-        n, wins = self.candidate_wins + self.champion_wins, self.candidate_wins
-        if n == 0:
-            return 1.0
-        return sum(math.comb(n, i) for i in range(wins, n + 1)) / 2 ** n
 
-
-    @property
-    def champion_p_value(self) -> float:
-        """The same test the other way: is the champion preferred?"""
-        return InterleavingEvidence(self.sessions, self.champion_wins,
-                                    self.candidate_wins).p_value
-
-
-def credit(clicks: Iterable[tuple[str, str | None, bool]], champion: str = CHAMPION,
-           candidate: str = CANDIDATE) -> InterleavingEvidence:
-    """(session_id, team, clicked) per shown result -> the sessions' votes. Only
-    sessions interleaved between exactly these two teams count: results without a team
-    (sessions that were not interleaved), and sessions in which another team took part
-    (an earlier canary), say nothing about this pair."""
-    votes: dict[str, dict[str, int]] = {}
+def session_votes(clicks: Iterable[tuple[str, str | None, bool]], champion: str = CHAMPION,
+                  candidate: str = CANDIDATE) -> dict[str, int]:
+    """(session_id, team, clicked) per shown result -> each session's vote, in the order
+    sessions first appear: +1 the candidate's results got more clicks, -1 the champion's,
+    0 neither. Only sessions interleaved between exactly these two teams count: results
+    without a team (sessions that were not interleaved), and sessions in which another
+    team took part (another comparison), say nothing about this pair."""
+    tallies: dict[str, list[int]] = {}
     foreign: set[str] = set()
     for session, team, clicked in clicks:
         if not isinstance(team, str) or not team:  # missing: None, or NaN from a frame
@@ -126,9 +132,17 @@ def credit(clicks: Iterable[tuple[str, str | None, bool]], champion: str = CHAMP
         if team not in (champion, candidate):
             foreign.add(session)
             continue
-        tally = votes.setdefault(session, {champion: 0, candidate: 0})
-        tally[team] += int(bool(clicked))
-    tallies = [t for s, t in votes.items() if s not in foreign]
-    wins = sum(t[candidate] > t[champion] for t in tallies)
-    losses = sum(t[champion] > t[candidate] for t in tallies)
-    return InterleavingEvidence(len(tallies), wins, losses)
+        tally = tallies.setdefault(session, [0, 0])
+        tally[team == candidate] += int(bool(clicked))
+    return {s: (t[1] > t[0]) - (t[0] > t[1]) for s, t in tallies.items() if s not in foreign}
+
+
+def credit(clicks: Iterable[tuple[str, str | None, bool]], champion: str = CHAMPION,
+           candidate: str = CANDIDATE,
+           counted: Callable[[str], bool] | None = None) -> InterleavingEvidence:
+    """The sessions' votes, added up. `counted(session)` (default: all) says which
+    sessions count; the others are reported as `uncounted`."""
+    votes = session_votes(clicks, champion, candidate)
+    kept = [v for s, v in votes.items() if counted is None or counted(s)]
+    return InterleavingEvidence(len(kept), kept.count(1), kept.count(-1),
+                                len(votes) - len(kept))

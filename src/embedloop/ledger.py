@@ -12,6 +12,7 @@ import os
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -165,19 +166,23 @@ def load_accepted_history(state_dir: Path, ledger: Ledger) -> pd.DataFrame | Non
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
-def looks_at(state_dir: Path, champion_version: str) -> int:
-    """How many candidates have been judged against `champion_version` so far."""
-    path = state_dir / "looks.json"
-    return int(json.loads(path.read_text()).get(champion_version, 0)) if path.exists() else 0
+class EvidenceLedger:
+    """The judge's record (judge.EvidenceLog): every reading it made, per candidate and
+    source, in `evidence.json`. Each entry is written before the judgement is acted on."""
 
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "evidence.json"
 
-def record_look(state_dir: Path, champion_version: str) -> int:
-    """Count one more judgement against `champion_version` and return its number (1 for
-    the first). Written before the decision is acted on, so a crash can only overcount,
-    which spends alpha faster but never lets a look go unspent. Per version: a rollback
-    resumes the count of the champion it returns to."""
-    path = state_dir / "looks.json"
-    looks: dict[str, int] = json.loads(path.read_text()) if path.exists() else {}
-    looks[champion_version] = looks.get(champion_version, 0) + 1
-    atomic_write_text(path, json.dumps(looks, indent=1, sort_keys=True))
-    return looks[champion_version]
+    def read(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        return json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def record(self, candidate: str, source: str, entry: dict[str, Any]) -> int:
+        record = self.read()
+        readings = record.setdefault(candidate, {}).setdefault(source, [])
+        readings.append({"at": datetime.now(UTC).isoformat(timespec="seconds"), **entry})
+        atomic_write_text(self.path, json.dumps(record, indent=1, sort_keys=True))
+        return len(readings)
+
+    def latest(self, candidate: str, source: str) -> dict[str, Any] | None:
+        readings = self.read().get(candidate, {}).get(source, [])
+        return readings[-1] if readings else None

@@ -45,6 +45,13 @@ class TrainingData:
     examination: dict[int, float] = field(default_factory=dict)  # estimated propensities
     # query key -> every document users clicked for it (no such document is a negative)
     clicked_for: dict[str, set[str]] = field(default_factory=dict)
+    # query key -> every document users were shown for it, for the pool's and the guard
+    # set's queries: what their click labels can speak about (evaluation.condensed)
+    shown: dict[str, set[str]] = field(default_factory=dict)
+
+    def shown_for(self, qrels: dict[str, dict[str, float]]) -> dict[str, set[str]]:
+        """`shown`, keyed like `qrels` (by query text)."""
+        return {q: self.shown.get(normalize_query(q), set()) for q in qrels}
 
 
 def normalize_query(text: str) -> str:
@@ -184,6 +191,9 @@ def build_training_data(accepted: pd.DataFrame, doc_texts: dict[str, str],
         columns[4:4] = ["negative", "negative_id"]
     pairs = pairs.reset_index(drop=True)[["qkey", *columns]]
 
+    judged_keys = everything["qkey"].isin(banned)
+    shown = {q: set(docs) for q, docs in
+             everything.loc[judged_keys].groupby("qkey", sort=False)["doc_id"]}
     seen_before = set(earlier.loc[earlier["clicked"] == True, "qkey"])  # noqa: E712
     eval_qrels = pool_labels(all_clicks[all_clicks["qkey"].isin(pool_keys)], gamma,
                              min_relevance, graded_labels)
@@ -196,7 +206,7 @@ def build_training_data(accepted: pd.DataFrame, doc_texts: dict[str, str],
                         pool_new=len({normalize_query(q) for q in eval_qrels} - seen_before),
                         replayed=len(replay), dropped_as_noise=dropped,
                         examination=model.examination if model else {},
-                        clicked_for=clicked_for)
+                        clicked_for=clicked_for, shown=shown)
 
 
 def mine_corpus_negatives(pairs: pd.DataFrame, hits: dict[str, list[tuple[str, float]]],

@@ -44,8 +44,9 @@ class ProductionState:
     previous: str | None
     live_index: str | None
     live_manifest: IndexManifest | None
-    canary: str | None = None  # a kept candidate interleaved with the champion
+    canaries: tuple[str, ...] = ()  # candidates interleaved with the champion
     document_encoder: str | None = None  # the version whose document route the champion uses
+    watched_against: str | None = None  # the champion's watch runs against this version
 
     @property
     def aligned(self) -> bool:
@@ -54,6 +55,16 @@ class ProductionState:
         if self.champion is None or self.live_manifest is None:
             return self.champion is None and self.live_manifest is None
         return self.live_manifest.model_version == (self.document_encoder or self.champion)
+
+
+@dataclass(frozen=True)
+class Opponent:
+    """A ranker the service interleaves with the champion: a canary (a candidate), or,
+    while the champion is on watch, the champion it replaced."""
+
+    kind: str  # "canary" or "watch"
+    version: str
+    index_version: str
 
 
 @dataclass(frozen=True)
@@ -82,12 +93,12 @@ class Production:
     def state(self) -> ProductionState:
         live = self.store.live_version()
         champion = self.registry.version_for_alias(CHAMPION)
-        canary = self.registry.canary()
+        canaries = tuple(v for v, against in self.registry.canaries() if against == champion)
         return ProductionState(self.model_name, champion,
                                self.registry.version_for_alias(PREVIOUS), live,
-                               self.store.manifest(live) if live else None,
-                               canary[0] if canary and canary[1] == champion else None,
-                               self.document_encoder(champion) if champion else None)
+                               self.store.manifest(live) if live else None, canaries,
+                               self.document_encoder(champion) if champion else None,
+                               self.registry.watched_against(champion) if champion else None)
 
     def document_encoder(self, version: str) -> str:
         """The version whose document route encoded the indexes `version` can search."""
@@ -135,14 +146,21 @@ class Production:
                 f"(run `embedloop status`, then `embedloop rollback` or a retrain to realign)")
         return champion, built
 
-    def canary_pair(self, champion: str) -> tuple[str, str] | None:
-        """(canary version, its index version) when a canary is judged against
-        `champion`; None otherwise (none, or one left from an earlier champion)."""
-        canary = self.registry.canary()
-        if canary is None or canary[1] != champion:
-            return None
-        index = self.index_for(canary[0])
-        return (canary[0], index) if index is not None else None
+    def opponents(self, champion: str) -> list[Opponent]:
+        """What the service interleaves with `champion`, each with the index it searches:
+        the previous champion while `champion` is on watch, and the canaries judged
+        against it (one left from an earlier champion is void: it is left out)."""
+        out = []
+        against = self.registry.watched_against(champion)
+        if against is not None:
+            index = self.index_for(against)
+            if index is not None:
+                out.append(Opponent("watch", against, index))
+        for version, judged_against in self.registry.canaries():
+            index = self.index_for(version) if judged_against == champion else None
+            if index is not None:
+                out.append(Opponent("canary", version, index))
+        return out
 
     def champion_index(self) -> VectorIndex:
         """The index the champion built (see champion_pair), loaded."""
@@ -203,26 +221,35 @@ class Production:
         self.check_index(index, version)
         return index.manifest
 
-    def start_canary(self, version: str) -> None:
+    def start_canary(self, version: str, slots: int = 1, after: str | None = None) -> None:
         """`version` (registered, with its index saved) is interleaved with the champion
-        for the service's `canary_share` of sessions, until a run judges it or the
-        champion moves. Refused, with nothing moved, if it has no index."""
+        for a share of sessions, until a run judges it or the champion moves; its evidence
+        is the sessions logged after `after` (a log timestamp: what the run that started it
+        had read; None: all). Refused, with nothing moved, if it has no index or every one
+        of `slots` is taken."""
         champion = self.registry.version_for_alias(CHAMPION)
         if champion is None or champion == version:
             raise IndexUnavailable(f"v{version} cannot be a canary against champion "
                                    f"{champion and 'v' + champion}")
         if self.index_for(version) is None:
             raise IndexUnavailable(f"v{version} has no index; the canary was not started")
-        self.registry.set_canary(version, against=champion)
+        self.registry.set_canary(version, against=champion, slots=slots, after=after)
 
-    def end_canary(self, outcome: str) -> None:
-        """Stop interleaving; `outcome` is tagged on the version (why it ended)."""
-        self.registry.end_canary(outcome)
+    def end_canary(self, version: str, outcome: str) -> bool:
+        """Stop interleaving `version`; `outcome` is tagged on it (why it ended)."""
+        return self.registry.end_canary(version, outcome)
 
-    def promote(self, version: str) -> str | None:
+    def end_watch(self, version: str, outcome: str) -> None:
+        """Champion `version`'s watch is over (it held, or it was rolled back)."""
+        self.registry.end_watch(version, outcome)
+
+    def promote(self, version: str, after: str | None = None) -> str | None:
         """The commit point: `version` becomes champion, then its newest index goes live.
-        Refused, with nothing moved, if it has no index. Returns the old champion. A
-        canary ends with it (it was judged against the old champion)."""
+        Refused, with nothing moved, if it has no index. Returns the old champion. The
+        canaries end with it (they were judged against the old champion), and the new
+        champion goes on watch against the old one, on sessions logged after `after` (the
+        latest log timestamp the promoting run read: sessions before it were served by
+        the old champion)."""
         index_version = self.index_for(version)
         if index_version is None:
             raise IndexUnavailable(f"v{version} has no index; promotion refused, nothing "
@@ -231,20 +258,35 @@ class Production:
         crash_point("promote")  # champion moved, live index not yet: see repair()
         pause_point("promote")
         self.store.set_live(index_version)
-        self._canary_ends(old, version, f"the champion moved from v{old} to v{version}")
+        if old is not None and old != version:
+            self._after_move(old, version, f"the champion moved from v{old} to v{version}",
+                             watch=True, after=after)
         return old
 
-    def _canary_ends(self, old: str | None, new: str, why: str) -> None:
+    def _after_move(self, old: str, new: str, why: str, watch: bool,
+                    after: str | None = None) -> None:
         """Bookkeeping after the commit point, so it must not fail the move that already
-        happened: a canary left behind is judged against the old champion and is never
-        served or judged again (canary_pair), so failing to end it only leaves a note."""
-        try:
-            canary = self.registry.canary()
-            if canary is not None and canary[1] == old:
-                self.end_canary("promoted" if canary[0] == new else why)
-        except Exception as exc:
-            self.notes.append(f"the canary alias could not be cleared ({type(exc).__name__}: "
-                              f"{exc}); it is void now that the champion moved")
+        happened, and each step is tried on its own: canaries judged against the old
+        champion are void (never served or judged again, see opponents()), so failing to
+        end one only leaves a note; a watch that cannot start leaves a note too."""
+        def attempt(what: str, step: Callable[[], object]) -> None:
+            try:
+                step()
+            except Exception as exc:
+                self.notes.append(f"after the move from v{old} to v{new}, {what} could not "
+                                  f"be updated ({type(exc).__name__}: {exc})")
+
+        def end_canaries() -> None:
+            for version, against in self.registry.canaries():
+                if against == old:
+                    self.end_canary(version, "promoted" if version == new else why)
+
+        attempt(f"the canaries (void now: judged against v{old})", end_canaries)
+        attempt(f"v{old}'s watch", lambda: self.registry.watched_against(old) is not None
+                and self.registry.end_watch(old, why))
+        if watch:
+            attempt(f"v{new}'s watch", lambda: self.registry.start_watch(new, against=old,
+                                                                         after=after))
 
     def rollback(self) -> Rollback:
         """`previous` becomes champion and its newest index goes live. The index is looked
@@ -257,7 +299,7 @@ class Production:
         old, new = self.registry.rollback()  # refused, saying why, if there is no previous
         assert index_version is not None
         self.store.set_live(index_version)
-        self._canary_ends(old, new, f"rolled back from v{old} to v{new}")
+        self._after_move(old, new, f"rolled back from v{old} to v{new}", watch=False)
         return Rollback(old, new, index_version, self.registry.version_for_alias(PREVIOUS))
 
     def repair(self) -> str | None:

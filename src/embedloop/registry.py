@@ -23,11 +23,25 @@ if TYPE_CHECKING:
 
 CHAMPION = "champion"
 PREVIOUS = "previous"
-CANARY = "canary"  # a kept candidate shown to a share of sessions, interleaved
+# Canaries: candidates interleaved with the champion for a share of sessions, one alias
+# per slot: `canary`, then `canary-2`, `canary-3`, ... (canary_slots at once).
+CANARY = "canary"
 DOCUMENT_ENCODER = "document_encoder"  # version tag: whose document route this one shares
 # Written into the logged model's requirements instead of letting MLflow infer them
 # (inference imports the model in a subprocess: ~9 s a run).
 MODEL_REQUIREMENTS = ["sentence-transformers", "torch", "transformers"]
+
+
+def _slot(alias: str) -> int:
+    """The canary slot an alias names (canary: 1, canary-2: 2, ...); 0 if none."""
+    if alias == CANARY:
+        return 1
+    prefix, _, number = alias.partition("-")
+    return int(number) if prefix == CANARY and number.isdigit() else 0
+
+
+def _slot_alias(slot: int) -> str:
+    return CANARY if slot == 1 else f"{CANARY}-{slot}"
 
 
 SEAL = ".complete"  # written last into a model folder: {relative path: sha256}
@@ -81,9 +95,12 @@ EXPERIMENT_TAGS = {EXPERIMENT_KIND: "custom_model_development"}
 MODEL_NOTE = (
     "An embedding model retrained by embedloop from its users' clicks. Aliases: "
     f"`{CHAMPION}` is what production serves (its index is the live one); `{PREVIOUS}` is "
-    f"what `embedloop rollback` returns to; `{CANARY}`, when set, is a kept candidate shown "
-    "to a share of sessions. Each version's tags say how it was judged (`decision`, its "
-    "score on the primary metric, `parent_version`, `train_side`).")
+    f"what `embedloop rollback` returns to; `{CANARY}` (and `{CANARY}-2`, ...), when set, "
+    "is a candidate interleaved with the champion for a share of sessions until users' "
+    "clicks decide. Each version's tags say how it was judged (`decision`, its score on the "
+    "primary metric, `parent_version`, `train_side`), how its canary ended "
+    "(`canary_outcome`), and, after its promotion, how its watch against the champion it "
+    "replaced ended (`watch_outcome`).")
 EXPERIMENT_NOTE = (
     "Retrains of the embedding model `{model}` by embedloop. Each run: the batch's logs "
     "validated (validation/), the candidate and the incumbent scored on the same evaluation "
@@ -167,25 +184,59 @@ class Registry:
         version's document route, unchanged)."""
         return self.version_info(version).tags.get(DOCUMENT_ENCODER, str(version))
 
-    def set_canary(self, version: str, against: str) -> None:
-        """`version` becomes the canary, judged against champion `against` only."""
-        self.tag_version(version, canary_against=against,
+    def aliases(self) -> dict[str, str]:
+        """Every alias of the registered model and its version, in one call."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return {a: str(v) for a, v in
+                    self.client.get_registered_model(self.model_name).aliases.items()}
+        except MlflowException:  # not registered yet
+            return {}
+
+    def canaries(self) -> list[tuple[str, str]]:
+        """(version, the champion it is judged against) per running canary, by slot."""
+        slots = sorted((_slot(a), v) for a, v in self.aliases().items() if _slot(a))
+        return [(v, self.version_info(v).tags.get("canary_against", "")) for _, v in slots]
+
+    def set_canary(self, version: str, against: str, slots: int,
+                   after: str | None = None) -> None:
+        """`version` becomes a canary in the first free slot, judged against champion
+        `against` only, on sessions logged after `after` (a log timestamp; None: all).
+        Refused when all `slots` are taken."""
+        taken = {_slot(a) for a in self.aliases()}
+        free = next((n for n in range(1, slots + 1) if n not in taken), None)
+        if free is None:
+            raise RegistryError(f"all {slots} canary slots are taken; v{version} was not "
+                                f"started")
+        self.tag_version(version, canary_against=against, canary_after=after or "",
                          canary_since=datetime.now(UTC).isoformat(timespec="seconds"))
-        self.client.set_registered_model_alias(self.model_name, CANARY, version)
+        self.client.set_registered_model_alias(self.model_name, _slot_alias(free), version)
 
-    def canary(self) -> tuple[str, str] | None:
-        """(canary version, the champion it is judged against), or None."""
-        version = self.version_for_alias(CANARY)
-        if version is None:
-            return None
-        return version, self.version_info(version).tags.get("canary_against", "")
+    def end_canary(self, version: str, outcome: str) -> bool:
+        """Stop canary `version` (its alias goes; `outcome` is tagged on it). False if it
+        was not running."""
+        alias = next((a for a, v in self.aliases().items() if _slot(a) and v == version), None)
+        if alias is None:
+            return False
+        self.tag_version(version, canary_outcome=outcome[:5000])
+        self.client.delete_registered_model_alias(self.model_name, alias)
+        return True
 
-    def end_canary(self, outcome: str) -> None:
-        canary = self.version_for_alias(CANARY)
-        if canary is None:
-            return
-        self.tag_version(canary, canary_outcome=outcome[:5000])
-        self.client.delete_registered_model_alias(self.model_name, CANARY)
+    def start_watch(self, version: str, against: str, after: str | None = None) -> None:
+        """Champion `version` is interleaved with `against` (the one it replaced) until a
+        run judges the watch over, on sessions logged after `after` (None: all)."""
+        self.tag_version(version, watch_against=against, watch_status="running",
+                         watch_after=after or "",
+                         watch_since=datetime.now(UTC).isoformat(timespec="seconds"))
+
+    def watched_against(self, version: str) -> str | None:
+        """The version champion `version` is being watched against, if its watch runs."""
+        tags = self.version_info(version).tags
+        return tags.get("watch_against") if tags.get("watch_status") == "running" else None
+
+    def end_watch(self, version: str, outcome: str) -> None:
+        self.tag_version(version, watch_status="over", watch_outcome=outcome[:5000])
 
     def promote(self, version: str) -> str | None:
         """Make `version` the champion; the old champion becomes `previous`.

@@ -7,10 +7,12 @@ request is answered by the old pair or the new, never a mix. A new pair that can
 loaded (damaged index, unreadable model) is not swapped in: the old pair keeps serving,
 health says so, and the failure is reported once per wanted pair (then retried slowly).
 
-A canary (production.py: a candidate waiting for evidence) is kept warm beside the
-champion. Sessions in `canary_share` (a stable hash of the session id) get a team-draft
-mix of both rankings, each result labelled with the model version that placed it: the
-`team` the front end logs and the next run credits (interleaving.py).
+Its opponents (production.py: the canaries, and the previous champion while the
+champion is on watch) are kept warm beside it. An interleaved session (`canary_share` of
+all sessions, drawn from sessions of evaluation-pool queries: interleaving.py) gets a
+team-draft mix of the champion's ranking and one opponent's, each result labelled with
+the model version that placed it: the `team` the front end logs and the next run
+credits. With several opponents, a stable hash of the session picks one.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from embedloop.encoding import encode
-from embedloop.interleaving import in_canary, session_rng, team_draft
-from embedloop.production import Production
+from embedloop.interleaving import interleaved_session, pick_opponent, session_rng, team_draft
+from embedloop.production import Opponent, Production
 from embedloop.retrieval import Hit, Retriever
 
 logger = logging.getLogger("embedloop.serving")
@@ -56,7 +58,7 @@ class Metrics:
     latency_sum: dict[str, float] = field(default_factory=dict)
     swaps: int = 0
     swap_failures: int = 0
-    interleaved: int = 0  # searches answered with a champion/canary mix
+    interleaved: int = 0  # searches answered with a mix of the champion and an opponent
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
@@ -67,7 +69,7 @@ class Metrics:
             self.latency_sum[endpoint] = self.latency_sum.get(endpoint, 0.0) + seconds
 
     def render(self, pair: LivePair | None, degraded: bool,
-               canary: LivePair | None = None) -> str:
+               opponents: Sequence[tuple[str, LivePair]] = ()) -> str:
         lines = ["# HELP embedloop_requests_total Requests answered, by endpoint and status.",
                  "# TYPE embedloop_requests_total counter"]
         with self.lock:
@@ -95,10 +97,13 @@ class Metrics:
         lines += ["# HELP embedloop_degraded 1 while production moved to a pair this service "
                   "could not load (it serves the last good pair).",
                   "# TYPE embedloop_degraded gauge", f"embedloop_degraded {int(degraded)}"]
-        lines += _pair_gauge("embedloop_canary_info", "The candidate interleaved with the "
-                             "champion for a share of sessions (absent: none).", canary)
+        lines += ["# HELP embedloop_opponent_info A ranker interleaved with the champion "
+                  "for a share of sessions: a canary, or the previous champion on watch.",
+                  "# TYPE embedloop_opponent_info gauge"]
+        lines += [f'embedloop_opponent_info{{kind="{kind}",model_version="{p.model_version}",'
+                  f'index_version="{p.index_version}"}} 1' for kind, p in opponents]
         lines += ["# HELP embedloop_interleaved_total Searches answered with a team-draft "
-                  "mix of the champion and the canary.",
+                  "mix of the champion and an opponent.",
                   "# TYPE embedloop_interleaved_total counter",
                   f"embedloop_interleaved_total {self.interleaved}"]
         return "\n".join(lines) + "\n"
@@ -110,12 +115,13 @@ class Answer:
     hits: list[Hit]
     # per hit, the model version that placed it (None: both would have, see team_draft)
     teams: list[str | None] | None = None
-    canary: LivePair | None = None  # the candidate's pair, for an interleaved session
+    opponent: LivePair | None = None  # the other team's pair, for an interleaved session
+    kind: str = ""  # the opponent's: "canary" or "watch"
 
 
 @dataclass(frozen=True)
 class Pending:
-    """A query on its way through the batcher: the champion's search, and the canary's
+    """A query on its way through the batcher: the champion's search, and an opponent's
     when the session is interleaved."""
 
     pair: LivePair
@@ -123,23 +129,25 @@ class Pending:
     k: int
     session: str = ""
     query: str = ""
-    canary_pair: LivePair | None = None
-    canary: Future[list[Hit]] | None = None
+    opponent_pair: LivePair | None = None
+    opponent: Future[list[Hit]] | None = None
+    kind: str = ""
 
-    def answer(self, champion_hits: list[Hit], canary_hits: list[Hit] | None) -> Answer:
-        if self.canary_pair is None or canary_hits is None:
+    def answer(self, champion_hits: list[Hit], opponent_hits: list[Hit] | None) -> Answer:
+        if self.opponent_pair is None or opponent_hits is None:
             return Answer(self.pair, champion_hits)
-        teams = (self.pair.model_version, self.canary_pair.model_version)
+        teams = (self.pair.model_version, self.opponent_pair.model_version)
         by_team = {teams[0]: {h.doc_id: h for h in champion_hits},
-                   teams[1]: {h.doc_id: h for h in canary_hits}}
-        mixed = team_draft([h.doc_id for h in champion_hits], [h.doc_id for h in canary_hits],
-                           self.k, session_rng(self.session, self.query), teams)
+                   teams[1]: {h.doc_id: h for h in opponent_hits}}
+        mixed = team_draft([h.doc_id for h in champion_hits],
+                           [h.doc_id for h in opponent_hits], self.k,
+                           session_rng(self.session, self.query), teams)
         return Answer(self.pair, [by_team[team or teams[0]][doc] for doc, team in mixed],
-                      [team for _, team in mixed], self.canary_pair)
+                      [team for _, team in mixed], self.opponent_pair, self.kind)
 
     def result(self) -> Answer:
         return self.answer(self.champion.result(),
-                           self.canary.result() if self.canary is not None else None)
+                           self.opponent.result() if self.opponent is not None else None)
 
 
 def _pair_gauge(name: str, help_text: str, pair: LivePair | None) -> list[str]:
@@ -205,7 +213,7 @@ class LiveSearch:
     def __init__(self, production: Production, *, device: str | None = None,
                  max_seq_length: int | None = None, batch_size: int = 64,
                  poll_s: float = 2.0, retry_s: float = 60.0, max_batch: int = 32,
-                 canary_share: float = 0.0,
+                 canary_share: float = 0.0, pool_fraction: float = 0.2,
                  on_failure: Callable[[str], None] | None = None) -> None:
         self.production = production
         self.device, self.max_seq_length, self.batch_size = device, max_seq_length, batch_size
@@ -214,11 +222,11 @@ class LiveSearch:
         self.metrics = Metrics()
         self.batcher = QueryBatcher(max_batch)
         self.pair: LivePair | None = None
-        # (the champion version it is judged against, its pair): interleaved with that
-        # champion for `canary_share` of sessions
-        self.canary: tuple[str, LivePair] | None = None
-        self.canary_share = canary_share
-        self.canary_error: str | None = None
+        # (the champion version they are interleaved with, [(kind, pair)]): a canary, or
+        # the previous champion while the champion is on watch
+        self.opponents: tuple[str, tuple[tuple[str, LivePair], ...]] | None = None
+        self.canary_share, self.pool_fraction = canary_share, pool_fraction
+        self.opponent_error: str | None = None
         self.wanted: tuple[str, str] | None = None
         self.error: str | None = None  # why `wanted` is not being served
         self._failed_at: dict[tuple[str, str], float] = {}
@@ -235,16 +243,18 @@ class LiveSearch:
 
     def submit(self, text: str, k: int, session: str = "") -> Pending:
         """The pair(s) that will answer, and the answers to come (async servers await
-        them). The canary is read once too, and only used with the champion it is
-        judged against."""
-        pair, canary = self.current(), self.canary
+        them). The opponents are read once too, and only used with the champion they are
+        interleaved with."""
+        pair, opponents = self.current(), self.opponents
         pending = Pending(pair, self.batcher.submit(pair, text, k), k, session, text)
-        if (canary is not None and canary[0] == pair.model_version and session
-                and in_canary(session, self.canary_share)):
+        if (opponents is not None and opponents[0] == pair.model_version and opponents[1]
+                and interleaved_session(session, text, self.canary_share,
+                                        self.pool_fraction)):
+            kind, other = opponents[1][pick_opponent(session, len(opponents[1]))]
             with self.metrics.lock:
                 self.metrics.interleaved += 1
-            return dataclasses.replace(pending, canary_pair=canary[1],
-                                       canary=self.batcher.submit(canary[1], text, k))
+            return dataclasses.replace(pending, opponent_pair=other, kind=kind,
+                                       opponent=self.batcher.submit(other, text, k))
         return pending
 
     def search(self, text: str, k: int, session: str = "") -> Answer:
@@ -263,12 +273,12 @@ class LiveSearch:
         return self.error is not None and self.pair is not None
 
     @property
-    def canary_pair(self) -> LivePair | None:
-        canary = self.canary
-        return canary[1] if canary is not None else None
+    def opponent_pairs(self) -> tuple[tuple[str, LivePair], ...]:
+        opponents = self.opponents
+        return opponents[1] if opponents is not None else ()
 
     def health(self) -> dict[str, Any]:
-        pair, canary = self.pair, self.canary
+        pair, opponents = self.pair, self.opponents
         return {"status": "ok" if self.error is None else
                 ("degraded" if pair is not None else "unavailable"),
                 "serving": None if pair is None else {
@@ -276,56 +286,66 @@ class LiveSearch:
                     "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(pair.loaded_at))},
                 "production": None if self.wanted is None else {
                     "model_version": self.wanted[0], "index_version": self.wanted[1]},
-                "canary": None if canary is None else {
-                    "model_version": canary[1].model_version,
-                    "index_version": canary[1].index_version, "against": canary[0],
-                    "share": self.canary_share},
-                "canary_error": self.canary_error,
+                "interleaved": [] if opponents is None else [
+                    {"kind": kind, "model_version": p.model_version,
+                     "index_version": p.index_version, "against": opponents[0]}
+                    for kind, p in opponents[1]],
+                "canary_share": self.canary_share,
+                "interleaving_error": self.opponent_error,
                 "error": self.error}
 
     # -- following production ------------------------------------------------------
     def refresh(self) -> bool:
-        """Swap in production's pair if it moved, and follow its canary; True if a new
-        champion pair now serves."""
+        """Swap in production's pair if it moved, and follow its opponents; True if a
+        new champion pair now serves."""
         with self._refresh_lock:
             swapped = self._follow_champion()
             if self.canary_share > 0:
-                self._follow_canary()
+                self._follow_opponents()
             return swapped
 
-    def _follow_canary(self) -> None:
-        """Load the canary production names for the serving champion, or drop it. A
-        canary that cannot be loaded is not interleaved (the champion serves alone); it
-        is reported once, and does not make the service degraded."""
+    def _follow_opponents(self) -> None:
+        """Load the opponents production names for the serving champion (keeping those
+        already warm), and drop the rest. One that cannot be loaded is not interleaved
+        (the champion serves without it); it is reported once, and does not make the
+        service degraded."""
         pair = self.pair
-        try:
-            wanted = self.production.canary_pair(pair.model_version) if pair else None
-        except Exception as exc:
-            wanted, self.canary_error = None, f"cannot read the canary: {exc}"
-        current = self.canary
-        if wanted is None:
-            self.canary = None
-            return
-        if current is not None and current[0] == pair.model_version and \
-                (current[1].model_version, current[1].index_version) == wanted:
-            return
-        failed = self._failed_at.get(wanted)
-        if failed is not None and time.monotonic() - failed < self.retry_s:
+        if pair is None:
+            self.opponents = None
             return
         try:
-            self.canary = (pair.model_version, self._load(*wanted))
-            self.canary_error = None
-            logger.info("canary v%s (index %s) interleaved with champion v%s for %.0f%% "
-                        "of sessions", wanted[0], wanted[1], pair.model_version,
-                        100 * self.canary_share)
+            wanted: list[Opponent] = self.production.opponents(pair.model_version)
         except Exception as exc:
-            self._failed_at[wanted] = time.monotonic()
-            self.canary = None
-            message = (f"cannot load canary v{wanted[0]} with index {wanted[1]}: "
-                       f"{type(exc).__name__}: {exc}; the champion serves alone")
-            if message != self.canary_error:
+            self.opponent_error = f"cannot read the canaries and the watch: {exc}"
+            return
+        current = self.opponents
+        warm = {(p.model_version, p.index_version): p
+                for _, p in (current[1] if current and current[0] == pair.model_version
+                             else ())}
+        loaded: list[tuple[str, LivePair]] = []
+        errors: list[str] = []
+        for opponent in wanted:
+            key = (opponent.version, opponent.index_version)
+            if key in warm:
+                loaded.append((opponent.kind, warm[key]))
+                continue
+            failed = self._failed_at.get(key)
+            if failed is not None and time.monotonic() - failed < self.retry_s:
+                errors.append(f"v{opponent.version} could not be loaded")
+                continue
+            try:
+                loaded.append((opponent.kind, self._load(*key)))
+                logger.info("%s v%s (index %s) interleaved with champion v%s", opponent.kind,
+                            opponent.version, opponent.index_version, pair.model_version)
+            except Exception as exc:
+                self._failed_at[key] = time.monotonic()
+                message = (f"cannot load {opponent.kind} v{opponent.version} with index "
+                           f"{opponent.index_version}: {type(exc).__name__}: {exc}; the "
+                           f"champion serves without it")
                 logger.error("%s", message)
-            self.canary_error = message
+                errors.append(message)
+        self.opponents = (pair.model_version, tuple(loaded))
+        self.opponent_error = "; ".join(errors) or None
 
     def _follow_champion(self) -> bool:
         """Swap in the champion's pair if production moved; True if it did."""

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from embedloop.evidence import InterleavedComparison, OfflineComparison, SanityCheck, Source
+
 if TYPE_CHECKING:
+    from embedloop.evaluation import EvalReport
+    from embedloop.judge import Judgement, UsersEvidence
     from embedloop.logs import Ingested
     from embedloop.pairs import TrainingData
-    from embedloop.promotion import CanaryVerdict, Decision
     from embedloop.validation import LogValidation
 
 
@@ -16,7 +20,8 @@ if TYPE_CHECKING:
 class RunSummary:
     trigger: str
     reason: str
-    outcome: str = "running"  # promoted | kept | no-new-data | rejected | failed
+    # promoted | kept | rolled back | no-new-data | rejected (the batch) | failed
+    outcome: str = "running"
     decision_reason: str = ""
     rows_ingested: int = 0
     rows_accepted: int = 0
@@ -29,19 +34,26 @@ class RunSummary:
     pool_new: int = 0  # pool queries first seen in this batch
     mined_negatives: int = 0
     train_side: str = ""  # "query" or "full": what the candidate's training moved
-    candidate: dict[str, float] = field(default_factory=dict)
+    candidate: dict[str, float] = field(default_factory=dict)  # on the pool
     incumbent: dict[str, float] = field(default_factory=dict)
-    gate: dict[str, float] = field(default_factory=dict)  # every number the decision used
-    incumbent_version: str | None = None
+    offline: str = ""  # the judge's action on this run's candidate (judge.Action)
+    # every number the offline judgement used, under typed keys (evidence.py)
+    evidence: dict[str, float] = field(default_factory=dict)
+    recent: dict[str, float] = field(default_factory=dict)  # the pool's recent slice
+    # the interleaved comparisons this run judged: source, challenger, opponent, action,
+    # reason and their numbers (evidence.InterleavedComparison's fields)
+    online: list[dict[str, Any]] = field(default_factory=list)
+    canary_started: str | None = None  # this run's candidate, started as a canary
+    canary_promoted: str | None = None  # a canary this run promoted
+    rolled_back: list[str] = field(default_factory=list)  # [from, to]: the watch's rollback
+    incumbent_version: str | None = None  # the champion when the run started
+    judged_against: str | None = None  # the champion the candidate was judged against
     candidate_version: str | None = None
     champion_version: str | None = None
     live_index: str | None = None
     mlflow_run_id: str | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    # the interleaved canary: the one judged by this run, and one it started
-    canary: dict[str, Any] = field(default_factory=dict)
-    canary_started: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,6 +70,8 @@ class RunSummary:
                                             f"again until they change: "
                                             + "; ".join(f"{name} ({why})" for name, why
                                                         in self.unreadable_files.items())))
+        out += [(label, online_line(c)) for c in self.online
+                for label in [f"{c['source']} v{c['challenger']}"]]
         if self.pairs:
             side = {"query": "; query side: the document vectors were kept",
                     "full": "; both sides, corpus re-encoded"}.get(self.train_side, "")
@@ -67,34 +81,28 @@ class RunSummary:
                     ("evaluation pool", f"{self.eval_queries} queries never trained on "
                                         f"({self.pool_new} new in this batch)")]
         for metric in self.candidate:
-            inc = self.incumbent.get(metric, float("nan"))
+            inc = self.incumbent.get(metric, math.nan)
             cand = self.candidate[metric]
             out.append((metric, f"candidate {cand:.4f}  incumbent {inc:.4f}  "
                                 f"({cand - inc:+.4f})"))
-        if "p_value" in self.gate:
-            low, high = self.gate["ci_low"], self.gate["ci_high"]
-            out.append(("significance", f"p={self.gate['p_value']:.4f}, 95% CI of the gain "
-                                        f"[{low:+.4f}, {high:+.4f}]"))
-        if "look" in self.gate:
-            out.append(("evidence", f"look {int(self.gate['look'])} at champion "
-                                    f"v{self.incumbent_version}: p must be below "
-                                    f"{self.gate['alpha_look']:.4f}; "
-                                    f"{self.gate['alpha_spent']:.4f} of alpha "
-                                    f"{self.gate.get('alpha', 0.05):g} spent so far"))
-        if "recent_delta" in self.gate:
-            out.append(("recent slice", f"{self.gate['recent_delta']:+.4f} on "
-                                        f"{int(self.gate['recent_queries'])} pool queries "
-                                        f"asked in this batch"))
-        if "guard_delta" in self.gate:
-            out.append(("guard set", f"{self.gate['guard_delta']:+.4f} on "
-                                     f"{int(self.gate['guard_queries'])} fixed queries"))
-        if self.canary:
-            out.append(("canary", f"v{self.canary['version']}: {self.canary['action']} - "
-                                  f"{self.canary['reason']}"))
+        for source, label in ((Source.POOL, "pool"), (Source.GUARD, "guard set"),
+                              (Source.JUDGED, "judged queries")):
+            numbers = OfflineComparison.from_metrics(source, self.evidence)
+            if numbers is not None:
+                out.append((label, offline_line(numbers)))
+        if self.recent:
+            out.append(("recent slice", f"{self.recent['delta']:+.4f} on "
+                                        f"{int(self.recent['queries'])} pool queries asked "
+                                        f"in this batch"))
+        sanity = SanityCheck.from_metrics(Source.SANITY, self.evidence)
+        if sanity is not None:
+            out.append(("sanity", "vectors not finite" if not sanity.finite else
+                        f"query spread {sanity.spread:.3f} (incumbent "
+                        f"{sanity.incumbent_spread:.3f})"))
         out += [("decision", self.outcome.upper()), ("why", self.decision_reason)]
         if self.canary_started:
             out.append(("canary started", f"v{self.canary_started}: interleaved with the "
-                                          f"champion until its clicks decide"))
+                                          f"champion until users' clicks decide"))
         if self.candidate_version:
             out.append(("candidate version", f"v{self.candidate_version}"))
         out += [("champion now", f"v{self.champion_version}" if self.champion_version else "-"),
@@ -117,6 +125,32 @@ class RunSummary:
         return "\n".join(lines)
 
 
+def offline_line(n: OfflineComparison) -> str:
+    """One offline comparison: the gain over whole rankings and its credibility, then
+    the gain over what users were shown and the harm bound."""
+    credible = (f"p={n.p_better:.4f} (credible below {n.alpha:.4f}), 95% CI "
+                f"[{n.ci_low:+.4f}, {n.ci_high:+.4f}]" if n.alpha < 1.0 else "significance off")
+    return (f"{n.delta:+.4f} on {n.queries} queries, {credible}; over shown documents "
+            f"{n.condensed_delta:+.4f}, upper bound {n.harm_bound:+.4f} (harm below "
+            f"-{n.margin:g})")
+
+
+def online_line(comparison: dict[str, Any]) -> str:
+    """One interleaved comparison: against whom, the sessions, and the evidence."""
+    n = InterleavedComparison.from_metrics(Source(comparison["source"]),
+                                           comparison.get("metrics", {}))
+    head = f"{comparison['action']} (against v{comparison['opponent']})"
+    if n is None:
+        return f"{head}: {comparison['reason']}"
+    share = f" ({n.win_share:.0%})" if n.wins + n.losses else ""
+    needed = (f"; at {n.wins + n.losses} decided it needs {n.wins_needed} wins"
+              if n.wins_needed >= 0 else "")
+    return (f"{head}: {n.sessions} sessions of pool queries, v{comparison['challenger']} won "
+            f"{n.wins}{share}, v{comparison['opponent']} {n.losses}; evidence "
+            f"{n.evidence:.2f} of {n.boundary:.2f}, harm {n.harm_evidence:.2f} of "
+            f"{n.harm_boundary:.2f}{needed}")
+
+
 @dataclass
 class RunResults:
     """What the run's stages returned, as far as it got: the summary is made from these."""
@@ -127,21 +161,28 @@ class RunResults:
     mlflow_run_id: str | None = None
     new: Ingested | None = None
     validation: LogValidation | None = None
+    users: UsersEvidence | None = None
+    judged_against: str | None = None
     data: TrainingData | None = None
     mined_negatives: int = 0
     train_side: str = ""
     candidate: dict[str, float] = field(default_factory=dict)  # means on the pool
     incumbent: dict[str, float] = field(default_factory=dict)
-    decision: Decision | None = None
+    recent: tuple[EvalReport, EvalReport] | None = None
+    judgement: Judgement | None = None
     candidate_version: str | None = None
     promoted_index: str | None = None  # the candidate's index, live since publish
-    canary: CanaryVerdict | None = None
-    canary_started: CanaryVerdict | None = None
+    canary_started: str | None = None
     notes: list[str] = field(default_factory=list)
 
-    def summary(self, outcome: str, why: str, *, live_index: str | None,
-                stage_seconds: dict[str, float]) -> RunSummary:
-        new, validation, data = self.new, self.validation, self.data
+    def summary(self, outcome: str, why: str, *, champion: str | None,
+                live_index: str | None, stage_seconds: dict[str, float]) -> RunSummary:
+        new, validation, data, users = self.new, self.validation, self.data, self.users
+        recent = {}
+        if self.recent is not None and self.recent[0].n_queries:
+            cand, inc = self.recent
+            recent = {"delta": cand.primary - inc.primary, "queries": float(cand.n_queries)}
+        rolled = users.rolled_back if users else None
         return RunSummary(
             trigger=self.trigger, reason=self.reason, outcome=outcome, decision_reason=why,
             rows_ingested=new.rows if new else 0,
@@ -152,15 +193,18 @@ class RunResults:
             pairs=len(data.pairs) if data else 0, train_queries=data.train_queries if data else 0,
             eval_queries=data.eval_queries if data else 0, pool_new=data.pool_new if data else 0,
             mined_negatives=self.mined_negatives, train_side=self.train_side,
-            candidate=self.candidate,
-            incumbent=self.incumbent, gate=self.decision.numbers if self.decision else {},
-            incumbent_version=self.incumbent_version, candidate_version=self.candidate_version,
-            champion_version=(self.candidate_version if self.promoted_index
-                              else self.incumbent_version),
+            candidate=self.candidate, incumbent=self.incumbent,
+            offline=self.judgement.action.value if self.judgement else "",
+            evidence=self.judgement.metrics() if self.judgement else {}, recent=recent,
+            online=[{"source": c.source.value, "challenger": c.challenger,
+                     "opponent": c.opponent, "action": c.judgement.action.value,
+                     "reason": c.judgement.reason, "metrics": c.judgement.metrics()}
+                    for c in (users.comparisons if users else [])],
+            canary_started=self.canary_started,
+            canary_promoted=users.promoted if users else None,
+            rolled_back=[rolled.rolled_back, rolled.champion] if rolled else [],
+            incumbent_version=self.incumbent_version, judged_against=self.judged_against,
+            candidate_version=self.candidate_version, champion_version=champion,
             live_index=live_index, mlflow_run_id=self.mlflow_run_id,
             stage_seconds=dict(stage_seconds),
-            notes=[*self.notes, *(new.notes if new else [])],
-            canary={} if self.canary is None else {
-                "version": self.canary.version, "action": self.canary.action,
-                "reason": self.canary.reason, **self.canary.numbers},
-            canary_started=self.canary_started.version if self.canary_started else None)
+            notes=[*self.notes, *(new.notes if new else [])])

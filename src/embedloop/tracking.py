@@ -11,12 +11,15 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from embedloop.config import Settings
 from embedloop.encoding import Runtime
-from embedloop.evaluation import EvalReport
+from embedloop.evidence import InterleavedComparison, Source
 from embedloop.history import champion_history
-from embedloop.promotion import Decision
+from embedloop.judge import Judgement, UsersEvidence
 from embedloop.registry import Registry, is_tracking_server
+from embedloop.sequential import boundary_curve
 from embedloop.summary import RunSummary
 from embedloop.validation import LogValidation, SuiteOutcome
 
@@ -102,34 +105,48 @@ def log_validation(registry: Registry, run_id: str, validation: LogValidation,
                          "validation/quarantine_sample.json")
 
 
-def log_evaluation(registry: Registry, run_id: str, candidate: EvalReport,
-                   incumbent: EvalReport, decision: Decision) -> None:
+def log_evaluation(registry: Registry, run_id: str, evaluation: Any,
+                   judgement: Judgement) -> None:
+    """Both models' metrics on the pool, the judge's numbers under their typed keys
+    (evidence.py), the per-query table (whole rankings and condensed), and the plot.
+    `evaluation` is tasks.evaluate.Evaluation."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     client = registry.client
+    candidate, incumbent = evaluation.pool
     for name, report in (("candidate", candidate), ("incumbent", incumbent)):
         for metric, value in report.means.items():
             client.log_metric(run_id, f"{name}.{metric.replace('@', '_at_')}", value)
-    client.log_metric(run_id, "delta.primary", decision.delta)
-    for key, value in decision.numbers.items():
-        client.log_metric(run_id, f"gate.{key}", value)
+    for key, value in judgement.metrics().items():
+        client.log_metric(run_id, key, value)
     client.log_metric(run_id, "eval_queries", candidate.n_queries)  # the pool's size
     metric = candidate.primary_metric
     table = candidate.per_query.merge(incumbent.per_query, on="query",
                                       suffixes=("_candidate", "_incumbent"))
     table["delta"] = table[f"{metric}_candidate"] - table[f"{metric}_incumbent"]
+    shown_c, shown_i = evaluation.pool_shown
+    shown = shown_c.per_query[["query", metric]].merge(
+        shown_i.per_query[["query", metric]], on="query", suffixes=("_candidate", "_incumbent"))
+    table = table.merge(shown.rename(columns={
+        f"{metric}_candidate": f"shown_{metric}_candidate",
+        f"{metric}_incumbent": f"shown_{metric}_incumbent"}), on="query", how="left")
+    table["shown_delta"] = (table[f"shown_{metric}_candidate"]
+                            - table[f"shown_{metric}_incumbent"])
     client.log_table(run_id, table, "eval/per_query.json")
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6))
-    left.hist(table["delta"], bins=21, color="#4472c4")
+    left.hist([table["delta"], table["shown_delta"].dropna()], bins=21,
+              color=["#4472c4", "#ed7d31"],
+              label=["whole ranking", "over the documents users were shown"])
     left.axvline(0, color="black", linewidth=1)
+    left.legend(fontsize=7)
     # most queries usually tie, and their bar dwarfs the rest: the counts say it plainly
     better, worse = int((table["delta"] > 0).sum()), int((table["delta"] < 0).sum())
     left.set(title=f"per-query {metric}: candidate - incumbent\n{better} better, {worse} "
-                   f"worse, {len(table) - better - worse} unchanged",
+                   f"worse, {len(table) - better - worse} unchanged (whole ranking)",
              xlabel="delta", ylabel="queries")
     names = list(candidate.means)
     xs = range(len(names))
@@ -142,12 +159,60 @@ def log_evaluation(registry: Registry, run_id: str, candidate: EvalReport,
     right.set(title=f"evaluation pool ({candidate.n_queries} queries never trained on)",
               ylim=(0, 1.3), yticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0])
     right.legend(loc="upper center", ncol=2, fontsize=8)  # above the bars, never on them
-    # The reason is long (effect, interval, look, what is missing): wrapped, not cut off.
-    fig.suptitle(textwrap.fill(("PROMOTE: " if decision.promote else "KEEP: ")
-                               + decision.reason, 160), fontsize=8)
+    # The reason is long (effect, interval, what is missing): wrapped, not cut off.
+    fig.suptitle(textwrap.fill(f"{judgement.action.upper()}: {judgement.reason}", 160),
+                 fontsize=8)
     fig.tight_layout()
     client.log_figure(run_id, fig, "eval/comparison.png")
     plt.close(fig)
+
+
+def log_users_evidence(registry: Registry, run_id: str, users: UsersEvidence) -> None:
+    """Each interleaved comparison this run judged: its numbers (`canary.v3.evidence`,
+    ...) and a plot of its evidence over the sessions, with the boundaries it must
+    cross: wins minus losses against decided sessions, the usual picture of a
+    sequential test."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    client = registry.client
+    for comparison in users.comparisons:
+        prefix = f"{comparison.source}.v{comparison.challenger}"
+        numbers = comparison.judgement.verdicts[0].numbers
+        if not isinstance(numbers, InterleavedComparison):
+            continue
+        for key, value in numbers.metrics(prefix).items():
+            client.log_metric(run_id, key, value)
+        decided = [v for v in comparison.votes if v]
+        lead = np.cumsum(decided) if decided else np.zeros(0)
+        fig, ax = plt.subplots(figsize=(8, 4.6))
+        ax.plot(range(1, len(lead) + 1), lead, color="black", linewidth=1.2,
+                label=f"v{comparison.challenger}'s wins minus v{comparison.opponent}'s")
+        horizon = max(200, int(len(lead) * 1.5))
+        for boundary, sign, label, color in (
+                (numbers.boundary, 1, "better: promote" if comparison.source == Source.CANARY
+                 else "better: the watch ends", "#2e7d32"),
+                (numbers.harm_boundary, -1, "worse: stop" if comparison.source ==
+                 Source.CANARY else "worse: roll back", "#c62828")):
+            curve = boundary_curve(horizon, math.exp(-boundary))
+            if curve:
+                ax.plot([n for n, _ in curve], [sign * d for _, d in curve], color=color,
+                        linestyle="--", label=f"boundary: {label}")
+        ax.axhline(0, color="gray", linewidth=0.8)
+        ax.set(xlabel="decided sessions (clicks favoured one side), oldest first",
+               ylabel="wins minus losses")
+        ax.set_title(textwrap.fill(
+            f"{comparison.source} v{comparison.challenger} against v{comparison.opponent}: "
+            f"{comparison.judgement.action} - {numbers.sessions} sessions, {numbers.wins} "
+            f"won, {numbers.losses} lost; evidence {numbers.evidence:.2f} of "
+            f"{numbers.boundary:.2f}", 90), fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
+        fig.tight_layout()
+        client.log_figure(run_id, fig, f"online/{comparison.source}-v{comparison.challenger}"
+                                       f".png")
+        plt.close(fig)
 
 
 def finish_tracking(registry: Registry, run_id: str, summary: RunSummary,
@@ -165,27 +230,27 @@ def finish_tracking(registry: Registry, run_id: str, summary: RunSummary,
     for stage, seconds in summary.stage_seconds.items():
         client.log_metric(run_id, f"seconds.{stage}", seconds)
     client.log_metric(run_id, "unreadable_files", len(summary.unreadable_files))
-    if summary.canary:  # the canary's evidence, run by run, in the metric charts
-        client.set_tag(run_id, "canary", f"v{summary.canary['version']}: "
-                                         f"{summary.canary['action']}")
-        for key in ("sessions", "candidate_wins", "champion_wins", "p_value"):
-            if key in summary.canary:
-                client.log_metric(run_id, f"canary.{key}", summary.canary[key])
-    if summary.canary_started:
-        client.set_tag(run_id, "canary_started", summary.canary_started)
+    rolled = summary.rolled_back or [None, None]
+    for key, value in (("canary_promoted", summary.canary_promoted),
+                       ("rolled_back_from", rolled[0]), ("rolled_back_to", rolled[1]),
+                       ("canary_started", summary.canary_started),
+                       ("judged_against", summary.judged_against),
+                       ("offline_decision", summary.offline)):
+        if value:
+            client.set_tag(run_id, key, value)
     if summary.pairs:  # the pool's growth, run by run, in the metric charts
         client.log_metric(run_id, "pool.queries", summary.eval_queries)
         client.log_metric(run_id, "pool.new_queries", summary.pool_new)
         client.log_metric(run_id, "train.mined_negatives", summary.mined_negatives)
-    if summary.outcome in ("promoted", "kept"):
-        log_history_plot(registry, run_id, summary.gate.get("min_improvement", 0.0))
+    if summary.outcome in ("promoted", "kept", "rolled back"):
+        log_history_plot(registry, run_id)
     client.log_dict(run_id, summary.to_json(), "summary.json")
     client.log_text(run_id, summary.to_markdown(), "summary.md")
     client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
 
 
-def log_history_plot(registry: Registry, run_id: str, min_improvement: float) -> None:
+def log_history_plot(registry: Registry, run_id: str) -> None:
     """The champion across the last 500 runs, this one included: what each candidate
     scored against its incumbent, which were promoted (by the gate, or later as a
     canary), the rollbacks, and (comparable from run to run) the champion's score on the
@@ -239,9 +304,9 @@ def log_history_plot(registry: Registry, run_id: str, min_improvement: float) ->
                     for kind, name in (("canary", "canary promotion"), ("rollback", "rollback"))
                     if kind in counts)
     ax.set(xticks=xs, xlabel="retrain or rollback (oldest first)", ylabel="primary metric")
-    ax.set_title(f"champion history: {counts.get('judged', 0)} judged runs{extra}\n(promotion "
-                 f"needs more than +{min_improvement:.3f}, credibly, and no guard-set "
-                 f"regression)", fontsize=10)
+    ax.set_title(f"champion history: {counts.get('judged', 0)} judged runs{extra}\n"
+                 f"(promoted offline when credibly better, else by users' clicks on the "
+                 f"canary)", fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     registry.client.log_figure(run_id, fig, "eval/champion_history.png")

@@ -54,7 +54,7 @@ def promoted(tmp_path_factory: pytest.TempPathFactory, sim_logs: Path,
         f"c2,2026-03-01T12:00:06Z,cs1,aspirin,{doc},1,true,3000,oops,oops\n")
     (logs / "export.parquet").write_bytes(b"PAR1 truncated upload")
     config = make_home(root / "home", logs, tiny_beir / "corpus.jsonl", min_improvement=-1.0,
-                       significance_alpha=1.0, train_side="full")
+                       significance_alpha=1.0, harm_margin=1.0, train_side="full")
     return config, run(config, reason="first week")
 
 
@@ -81,11 +81,14 @@ def test_first_run_bootstraps_trains_and_promotes(promoted: tuple[Path, dict]) -
     assert run_data.tags["reason"] == "first week" and run_data.tags["trigger"] == "manual"
     assert run_data.tags["decision"] == "promoted"
     assert {"candidate.ndcg_at_10", "incumbent.ndcg_at_10", "rows_quarantined",
-            "pool.queries", "pool.new_queries", "gate.look", "gate.alpha_look",
-            "gate.recent_delta"} <= set(run_data.metrics)
-    # the first judgement against champion v1, counted before the promotion
-    assert summary["gate"]["look"] == 1
-    assert json.loads((settings.state_dir / "looks.json").read_text()) == {"1": 1}
+            "pool.queries", "pool.new_queries", "pool.condensed_candidate", "pool.harm_bound",
+            "pool.p_better", "sanity.spread"} <= set(run_data.metrics)
+    assert run_data.tags["offline_decision"] == "promote"
+    # the judge's record of this candidate's offline look, made before it was acted on
+    record = json.loads((settings.state_dir / "evidence.json").read_text())
+    assert record[summary["mlflow_run_id"]]["offline"][0]["findings"]["pool"] == "superior"
+    assert summary["evidence"]["pool.alpha"] == 1.0 and summary["offline"] == "promote"
+    assert summary["recent"]["queries"] >= 1
     assert summary["eval_queries"] == run_data.metrics["pool.queries"] >= 5
     artifacts = {a.path for d in ("eval", "validation") for a in
                  registry.client.list_artifacts(summary["mlflow_run_id"], d)}
@@ -169,14 +172,16 @@ def test_rollback_restores_previous_champion_and_its_index(promoted: tuple[Path,
 def test_candidate_no_better_is_not_promoted(tmp_path: Path, sim_logs: Path,
                                              tiny_beir: Path) -> None:
     """Learning rate 0: the (query-side) candidate equals the incumbent, so it ties and
-    must not win."""
+    must not win; it ranks every pool query as the champion does, so there is nothing for
+    users to judge either: no canary."""
     config = make_home(tmp_path / "home", sim_logs / "batch-001.jsonl",
                        tiny_beir / "corpus.jsonl",
                        training={**FAST["training"], "query_learning_rate": 0.0})
     summary = run(config)
     registry = registry_for(config)
     assert summary["outcome"] == "kept"
-    assert "tied" in summary["decision_reason"]
+    assert "exactly as the incumbent does" in summary["decision_reason"]
+    assert summary["offline"] == "keep" and summary["canary_started"] is None
     assert summary["candidate"]["ndcg@10"] == pytest.approx(summary["incumbent"]["ndcg@10"],
                                                             abs=1e-6)
     assert registry.version_for_alias(CHAMPION) == "1"  # unchanged

@@ -63,3 +63,24 @@ def test_report_averages_over_every_judged_query() -> None:
     assert report.means["ndcg@10"] == pytest.approx(1 / 3)
     assert report.primary == pytest.approx(1 / 3)
     assert list(report.per_query["query"]) == ["q1", "q2", "q3"]
+
+
+def test_condensed_lists_keep_only_what_users_were_shown() -> None:
+    """Clicks label only shown documents: a document nobody was shown (here d9, lifted to
+    the top by the candidate) is neither credited nor blamed; a shown one the ranking
+    placed below its depth follows in id order."""
+    from embedloop.evaluation import condensed, evaluate_rankings
+
+    qrels = {"q": {"d1": 1.0}}
+    shown = {"q": {"d1", "d2", "d3"}}
+    champion = evaluate_rankings({"q": ["d1", "d2", "d3", "d9"]}, qrels)
+    candidate = evaluate_rankings({"q": ["d9", "d1", "d2"]}, qrels)  # d3 beyond its depth
+    assert candidate.means["ndcg@10"] < champion.means["ndcg@10"] == 1.0  # d9 blamed
+    c_champion, c_candidate = condensed(champion, qrels, shown), condensed(candidate, qrels,
+                                                                           shown)
+    assert c_champion.rankings["q"] == ["d1", "d2", "d3"]
+    assert c_candidate.rankings["q"] == ["d1", "d2", "d3"]
+    assert c_candidate.means["ndcg@10"] == c_champion.means["ndcg@10"] == 1.0
+    # a reorder of the shown documents still counts
+    worse = condensed(evaluate_rankings({"q": ["d2", "d3", "d1"]}, qrels), qrels, shown)
+    assert worse.means["ndcg@10"] == 0.5

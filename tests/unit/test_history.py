@@ -1,5 +1,6 @@
 import math
 
+from embedloop.evidence import OfflineComparison, Source
 from embedloop.history import champion_history
 
 
@@ -73,3 +74,40 @@ def test_a_rollback_to_a_version_never_scored_has_no_score() -> None:
     history = champion_history(runs)
     assert list(history["kind"]) == ["rollback"]
     assert math.isnan(history["champion_after"][0])
+
+
+def typed(source: Source, cand: float, inc: float) -> dict[str, float]:
+    """What the evidence contract writes for `source` (evidence.py)."""
+    numbers = OfflineComparison(
+        queries=100, candidate=cand, incumbent=inc, condensed_candidate=cand,
+        condensed_incumbent=inc, p_better=0.5, alpha=0.025, ci_low=-0.01, ci_high=0.01,
+        harm_bound=0.01, p_harm=0.9, margin=0.01, queries_better=5, queries_worse=5,
+        queries_reordered=10)
+    return numbers.metrics(source)
+
+
+def test_a_retrain_can_roll_back_promote_a_canary_and_judge_a_candidate() -> None:
+    """Users' evidence comes first in a run: the watch's rollback, then a canary's
+    promotion, then this run's own candidate, judged against the champion of the moment
+    (typed keys, as the evidence contract writes them)."""
+    runs = [
+        {"started": 1, "tags": {"decision": "kept", "incumbent_version": "1",
+                                "candidate_version": "2", "offline_decision": "canary"},
+         "metrics": {**typed(Source.POOL, 0.71, 0.70), **typed(Source.GUARD, 0.62, 0.60)}},
+        {"started": 2, "tags": {"decision": "promoted", "incumbent_version": "1",
+                                "canary_promoted": "2", "judged_against": "2",
+                                "candidate_version": "3", "offline_decision": "promote"},
+         "metrics": {**typed(Source.POOL, 0.75, 0.72), **typed(Source.GUARD, 0.64, 0.62)}},
+        {"started": 3, "tags": {"decision": "rolled back", "incumbent_version": "3",
+                                "rolled_back_from": "3", "rolled_back_to": "2",
+                                "judged_against": "2", "candidate_version": "4",
+                                "offline_decision": "canary"},
+         "metrics": typed(Source.POOL, 0.73, 0.72)},
+    ]
+    history = champion_history(runs)
+    assert list(history["kind"]) == ["judged", "canary", "judged", "rollback", "judged"]
+    assert list(history["incumbent_version"]) == ["1", "1", "2", "3", "2"]
+    assert list(history["candidate_version"]) == ["2", "2", "3", "2", "4"]
+    assert list(history["promoted"]) == [False, True, True, True, False]
+    assert list(history["champion_after"]) == [0.70, 0.71, 0.75, 0.72, 0.72]
+    assert list(history["guard_champion_after"])[:3] == [0.60, 0.62, 0.64]

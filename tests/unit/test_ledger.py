@@ -1,5 +1,5 @@
 """The ledger: the index of accepted event ids (what counts as seen is what a committed
-batch accepted) and the count of looks at each champion."""
+batch accepted). The judge's record is tested with the judge (test_judge.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ from embedloop.ledger import (
     SEEN_DB,
     commit_ledger,
     load_ledger,
-    looks_at,
-    record_look,
     save_batch,
     seen_event_ids,
 )
@@ -39,11 +37,3 @@ def test_batches_committed_before_the_index_existed_are_added_once(tmp_path: Pat
     (tmp_path / SEEN_DB).unlink()  # a state directory from an older embedloop
     assert seen_event_ids(tmp_path, load_ledger(tmp_path), ["e2", "e5"]) == {"e2"}
     assert (tmp_path / SEEN_DB).exists()
-
-
-def test_looks_are_counted_per_champion(tmp_path: Path) -> None:
-    assert looks_at(tmp_path, "1") == 0
-    assert [record_look(tmp_path, "1") for _ in range(3)] == [1, 2, 3]
-    assert record_look(tmp_path, "2") == 1  # a new champion starts afresh
-    assert record_look(tmp_path, "1") == 4  # rolled back to v1: its count resumes
-    assert looks_at(tmp_path, "1") == 4 and looks_at(tmp_path, "2") == 1
