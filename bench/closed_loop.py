@@ -6,10 +6,13 @@
    front end and the users against the live service (a new seed each day) and writes
    that day's log; the nightly retrain runs on it; the service follows any promotion
    by itself, and the next day's users see the new champion's rankings.
-4. After each day the champion is scored on the TEST qrels (never seen by the loop).
+4. After each day the champion, and the candidate the night trained, are scored on the
+   TEST qrels (never seen by the loop).
 
-Prints a markdown table, day by day, and compares the end with a BM25-logged protocol
-run when --compare names its results.json.
+The recommended settings: canary_share 0.2 (every session of a pool query is
+interleaved, with a canary or, after a promotion, with the previous champion). Prints a
+markdown table, day by day, and compares the end with a BM25-logged protocol run when
+--compare names its results.json.
 
     .venv/bin/python -u bench/closed_loop.py --out bench/out/closed-loop --days 7 \\
         --compare bench/out/scifact/results.json
@@ -49,11 +52,19 @@ def wait_until_serving(base: str, version: str, timeout: float = 300) -> float:
         time.sleep(0.2)
 
 
-def canary_cell(day: dict[str, Any]) -> str:
-    judged, started = day.get("canary") or {}, day.get("canary_started")
-    cell = (f"v{judged['version']} {judged['action']} ({int(judged.get('sessions', 0))} "
-            f"sessions)" if judged else "")
-    return "; ".join(x for x in (cell, f"v{started} started" if started else "") if x) or "-"
+def online_cell(day: dict[str, Any]) -> str:
+    """The interleaved comparisons the night judged: who, sessions, wins-losses, evidence
+    against its boundary, and what happened."""
+    cells = []
+    for c in day.get("online", []):
+        m = {k.rsplit(".", 1)[1]: v for k, v in c.get("metrics", {}).items()}
+        cells.append(f"{c['source']} v{c['challenger']}/v{c['opponent']}: "
+                     f"{int(m.get('sessions', 0))} s, {int(m.get('wins', 0))}-"
+                     f"{int(m.get('losses', 0))}, {m.get('evidence', 0):.1f}/"
+                     f"{m.get('boundary', 0):.1f} {c['action']}")
+    if day.get("canary_started"):
+        cells.append(f"v{day['canary_started']} canaried")
+    return "; ".join(cells) or "-"
 
 
 def main() -> None:
@@ -66,7 +77,7 @@ def main() -> None:
     ap.add_argument("--inject-relevant", default="0",
                     help="the simulator's chance of mixing in a missed relevant document "
                          "(0: users see exactly what the service ranked)")
-    ap.add_argument("--canary-share", type=float, default=0.0,
+    ap.add_argument("--canary-share", type=float, default=0.2,
                     help="canary_share for the service and the retrains (0: no canary)")
     ap.add_argument("--score-split", default="test")
     ap.add_argument("--config", type=Path, default=REPO / "bench/protocol.toml")
@@ -122,31 +133,46 @@ def main() -> None:
             retrain_s = time.perf_counter() - started
             champion = Production.from_settings(settings).state().champion or "1"
             follow_s = wait_until_serving(base, champion)
+            candidate = summary.get("candidate_version")
             row = {"day": day, "outcome": summary["outcome"], "champion": champion,
                    "why": summary.get("decision_reason", ""), "pairs": summary.get("pairs", 0),
-                   "canary": summary.get("canary", {}),
+                   "online": summary.get("online", []), "offline": summary.get("offline"),
                    "canary_started": summary.get("canary_started"),
-                   "pool": summary.get("eval_queries", 0), "gate": summary.get("gate", {}),
+                   "candidate": candidate, "judged_against": summary.get("judged_against"),
+                   "pool": summary.get("eval_queries", 0),
+                   "evidence": summary.get("evidence", {}),
                    "simulate_s": simulate_s, "wall_s": retrain_s, "service_followed_s": follow_s,
                    **score_version(settings, champion, queries, truth)}
+            if candidate:  # what the night trained, on the same test queries
+                row["candidate_ndcg@10"] = score_version(settings, candidate, queries,
+                                                         truth)["ndcg@10"]
             days.append(row)
             print(json.dumps(row), flush=True)
     finally:
         stop(server)
 
     (args.out / "results.json").write_text(json.dumps({"days": days}, indent=1))
-    print(f"\n| day | decision | champion | {args.score_split} NDCG@10 | MRR@10 | Recall@100 "
-          f"| pairs | pool | canary | retrain s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"\n| day | decision | champion | champion's {args.score_split} NDCG@10 | the night's "
+          f"candidate: offline, its {args.score_split} NDCG@10 | pool over shown documents: "
+          f"Δ | users' evidence (sessions, won-lost, evidence/boundary) | retrain s |")
+    print("|---|---|---|---|---|---|---|---|")
     for d in days:
+        pool = d.get("evidence", {})
+        shown = (f"{pool['pool.condensed_candidate'] - pool['pool.condensed_incumbent']:+.4f}"
+                 if "pool.condensed_candidate" in pool else "-")
+        cand = (f"v{d['candidate']} {d.get('offline', '')}, {d['candidate_ndcg@10']:.4f}"
+                if d.get("candidate_ndcg@10") is not None else "-")
         print(f"| {d['day']} | {d['outcome']} | v{d['champion']} | {d['ndcg@10']:.4f} | "
-              f"{d['mrr@10']:.4f} | {d['recall@100']:.4f} | {d.get('pairs', '-')} | "
-              f"{d.get('pool', '-')} | {canary_cell(d)} | {d['wall_s']:.0f} |")
+              f"{cand} | {shown} | {online_cell(d)} | {d['wall_s']:.0f} |")
     promotions = sum(d["outcome"] == "promoted" for d in days)
     worse = [d["day"] for prev, d in zip(days, days[1:], strict=False)
              if d["ndcg@10"] < prev["ndcg@10"] - 1e-9]
-    print(f"\n{promotions} promotion(s), 0 rollbacks (none asked for); days on which the "
-          f"champion's {args.score_split} score fell: {worse or 'none'}")
+    rollbacks = sum(d["outcome"] == "rolled back" for d in days)
+    best = max((d["candidate_ndcg@10"] for d in days if d.get("candidate_ndcg@10")),
+               default=float("nan"))
+    print(f"\n{promotions} promotion(s), {rollbacks} rollback(s) by the watch; days on which "
+          f"the champion's {args.score_split} score fell: {worse or 'none'}; best candidate "
+          f"trained {best:.4f}")
     if args.compare:
         cycles = json.loads(args.compare.read_text())["cycles"]
         print(f"BM25-logged protocol ({args.compare}): base {cycles[0]['ndcg@10']:.4f} -> "

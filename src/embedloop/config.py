@@ -111,11 +111,15 @@ class Settings:
     # cannot win by memorising; at most holdout_fraction of sessions can be interleaved.
     # 0: no canary (the offline look then decides alone).
     canary_share: float = 0.2
-    canary_slots: int = 2  # candidates raced at once (each against the champion)
-    canary_max_sessions: int = 40_000  # undecided after this many sessions: it ends
-    # After each promotion the new champion is interleaved with the previous one for this
-    # many sessions; users credibly preferring the previous one roll it back.
-    watch_sessions: int = 4_000
+    # Candidates interleaved at once, each against the champion. A new candidate takes a
+    # free slot, or replaces the canary with the weakest evidence if that evidence does not
+    # favour it; one users are warming to keeps its place (BENCHMARKS.md: the queue).
+    canary_slots: int = 1
+    canary_max_sessions: int = 20_000  # undecided after this many sessions: it ends
+    # After each promotion the new champion is interleaved with the previous one (sharing
+    # the interleaved sessions with the canary) for this many sessions; users credibly
+    # preferring the previous one roll it back, with an alert.
+    watch_sessions: int = 1_000
     # encoding
     max_seq_length: int | None = None  # None keeps the model's own (256 for MiniLM)
     encode_batch_size: int = 64

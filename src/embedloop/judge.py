@@ -77,7 +77,7 @@ class Policy:
     harm_margin: float = 0.01  # offline, a loss up to this much is not harm
     canary: bool = True  # users' evidence can be collected (canary_share > 0)
     canary_max_sessions: int = 20_000
-    watch_sessions: int = 2_000
+    watch_sessions: int = 1_000
 
     @property
     def offline_alpha(self) -> float:

@@ -70,10 +70,10 @@ def team(tmp_path_factory: pytest.TempPathFactory, sim_logs: Path,
         env.update(PREFECT_API_URL=api, EMBEDLOOP_TRACKING_URI=tracking,
                    EMBEDLOOP_ALERT_WEBHOOK=f"http://127.0.0.1:{hook.server_port}/alert")
         # any candidate wins (the outage tests need runs that reach the commit point):
-        # no minimum gain, no significance test, no guard-set tolerance
+        # no minimum gain, no significance test, no harm margin
         config = make_home(root / "home", sim_logs / "batch-001.jsonl",
                            tiny_beir / "corpus.jsonl", min_improvement=-1.0,
-                           significance_alpha=1.0, guard_tolerance=1.0)
+                           significance_alpha=1.0, harm_margin=1.0)
         log = (root / "serve.log").open("wb")
         # `embedloop serve` reaches the Prefect API through a link a test can cut
         api_link = Partition(int(api.rsplit(":", 1)[1].split("/")[0]))
