@@ -5,7 +5,9 @@ Offline evidence screens; users decide:
 
 - A candidate that is broken, or credibly harmful on any offline source (pool, guard
   set, the team's judged queries), is rejected: it never reaches users.
-- A candidate the pool shows credibly better is promoted at once.
+- A candidate the pool shows credibly better is promoted at once, unless the guard set
+  disagrees (its whole-ranking score lower by more than the margin): conflicting
+  offline evidence goes to the users.
 - Any other candidate goes to the interleaved canary, which promotes it when users
   credibly prefer it, stops it when they credibly prefer the champion, and ends it
   undecided at `canary_max_sessions`.
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from embedloop.evidence import (
     Finding,
     InterleavedComparison,
+    OfflineComparison,
     OfflineRule,
     OnlineRule,
     Source,
@@ -135,13 +138,19 @@ class Judge:
             return Judgement(Action.REJECT, f"rejected ({why}), never shown to users: "
                                             f"{lines}", verdicts)
         pool = next((v for v in verdicts if v.source == Source.POOL), None)
-        if pool is not None and pool.finding == Finding.SUPERIOR:
+        guard = next((v for v in verdicts if v.source == Source.GUARD), None)
+        disagrees = (guard is not None and isinstance(guard.numbers, OfflineComparison)
+                     and guard.numbers.delta < -self.policy.harm_margin)
+        if pool is not None and pool.finding == Finding.SUPERIOR and not disagrees:
             return Judgement(Action.PROMOTE, f"credibly better offline: {lines}", verdicts)
         if pool is not None and pool.finding == Finding.SAME:
             return Judgement(Action.KEEP, f"nothing for users to judge: {lines}", verdicts)
         if self.policy.canary:
-            return Judgement(Action.CANARY, f"no harm found offline, so users decide "
-                                            f"(interleaved canary): {lines}", verdicts)
+            why = ("better on the pool, but the guard set disagrees (worse over the whole "
+                   "ranking by more than the margin)" if disagrees and pool is not None
+                   and pool.finding == Finding.SUPERIOR else "no harm found offline")
+            return Judgement(Action.CANARY, f"{why}, so users decide (interleaved canary): "
+                                            f"{lines}", verdicts)
         return Judgement(Action.KEEP, f"not credibly better, and no canary to let users "
                                       f"decide (canary_share 0): {lines}", verdicts)
 

@@ -163,6 +163,21 @@ def test_the_judge_decides_from_the_verdicts_alone(findings: dict[Source, Findin
         assert "never shown to users" in judgement.reason
 
 
+def test_a_guard_set_that_disagrees_sends_a_better_pool_score_to_the_users() -> None:
+    """The noise batch of the SciFact protocol: its candidate read +0.044 on a pool whose
+    labels the noise had thinned (p = 0.028), and -0.023 on the frozen guard set."""
+    rule = OfflineRule(min_queries=2, alpha=1.0)
+    pool = compare_offline(Source.POOL, pair([0.6] * 8, [0.5] * 8), pair([0.6] * 8, [0.5] * 8),
+                           rule)
+    worse_guard = pair([0.47] * 8, [0.5] * 8)
+    guard = compare_offline(Source.GUARD, worse_guard, pair([0.5] * 8, [0.5] * 8), rule)
+    assert (pool.finding, guard.finding) == (Finding.SUPERIOR, Finding.NO_HARM)
+    judgement = Judge(Policy(harm_margin=0.01), Record()).offline("run", [pool, guard])
+    assert judgement.action == Action.CANARY and "guard set disagrees" in judgement.reason
+    alone = Judge(Policy(harm_margin=0.01), Record()).offline("run", [pool])
+    assert alone.action == Action.PROMOTE
+
+
 def test_the_error_budget_is_per_candidate_and_split_between_offline_and_users() -> None:
     with_canary, without = Policy(alpha=0.05, canary=True), Policy(alpha=0.05, canary=False)
     assert with_canary.offline_alpha + with_canary.online_alpha == pytest.approx(0.05)
