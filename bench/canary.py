@@ -120,6 +120,10 @@ def main() -> None:
     ap.add_argument("--beir", type=Path, default=REPO.parent / "shared/benchmarks/scifact")
     ap.add_argument("--config", type=Path, default=REPO / "bench/protocol.toml")
     ap.add_argument("--split", default="test", help="whose queries the users ask")
+    ap.add_argument("--subset", choices=("all", "pool", "trained"), default="all",
+                    help="of the split's queries, only those in the evaluation pool (never "
+                         "trained on), or only those outside it (the candidate's training "
+                         "queries, on a train split): is memorising rewarded?")
     ap.add_argument("--canaries", type=int, default=200)
     ap.add_argument("--max-sessions", type=int, default=None,
                     help="default: the settings' canary_max_sessions")
@@ -139,9 +143,15 @@ def main() -> None:
     queries = {q["_id"]: q["text"] for q in read_jsonl(args.beir / "queries.jsonl")}
     truth = read_qrels(args.beir / "qrels" / f"{args.split}.tsv")
     truth = {q: rel for q, rel in truth.items() if q in queries}
+    if args.subset != "all":
+        from embedloop.pairs import in_eval_pool, normalize_query
+
+        inside = args.subset == "pool"
+        truth = {q: rel for q, rel in truth.items() if in_eval_pool(
+            normalize_query(queries[q]), settings.holdout_fraction) == inside}
     asked = {q: queries[q] for q in truth}
     clicks_for = simulator().clicks_for
-    cache = args.out / "rankings"
+    cache = args.out / "rankings" / f"{args.split}-{args.subset}"
     results = []
     for pair in args.pair:
         champion_v, challenger_v = pair.split(":")
@@ -170,12 +180,13 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    print(f"\n{args.canaries} simulated canaries per row, users asking the {args.split} "
-          f"queries; promoted when the evidence reaches log(1/{rule.alpha:g}), stopped at "
-          f"log(1/{rule.harm_alpha:g}) the other way, at most {rule.max_sessions} sessions")
-    print("\n| champion → challenger | test NDCG@10 gain | promoted (95% upper bound) | "
-          "stopped | expired | sessions to a decision: median / p90 | user cost: "
-          "sessions × NDCG lost, median |")
+    print(f"\n{args.canaries} simulated canaries per row, users asking {len(truth)} "
+          f"{args.split} queries ({args.subset}); promoted when the evidence reaches "
+          f"log(1/{rule.alpha:g}), stopped at log(1/{rule.harm_alpha:g}) the other way, at "
+          f"most {rule.max_sessions} sessions")
+    print(f"\n| champion → challenger | {args.split} NDCG@10 gain (judged) | promoted "
+          "(95% upper bound) | stopped | expired | sessions to a decision: median / p90 | "
+          "user cost: sessions × NDCG lost, median |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
         sessions = (f"{r['sessions_median']:.0f} / {r['sessions_p90']:.0f}"
