@@ -48,8 +48,18 @@ def simulator() -> Any:
 
 def rankings(settings: Any, version: str, queries: dict[str, str], cache: Path,
              k: int = 10) -> dict[str, list[str]]:
-    """Version's top k for each query id, through its own index (cached on disk)."""
-    path = cache / f"v{version}-top{k}.json"
+    """Version's top k for each query id, through its own index (cached on disk).
+    `version` may name another home as HOME@VERSION (every home starts from the same base
+    model, so versions of two homes compare on the same queries)."""
+    import dataclasses
+    import hashlib
+
+    home, _, number = version.rpartition("@")
+    if home:
+        settings = dataclasses.replace(settings, home=Path(home).resolve())
+        version = number
+    tag = hashlib.sha1(str(settings.home).encode()).hexdigest()[:8]
+    path = cache / f"{tag}-v{version}-top{k}.json"
     if path.exists():
         return json.loads(path.read_text())
     from embedloop.production import Production
@@ -116,7 +126,7 @@ def main() -> None:
     ap.add_argument("--home", type=Path, required=True)
     ap.add_argument("--pair", action="append", required=True,
                     help="champion:challenger versions (repeatable); the same version twice "
-                         "is an A/A comparison")
+                         "is an A/A comparison; HOME@VERSION names another home's version")
     ap.add_argument("--beir", type=Path, default=REPO.parent / "shared/benchmarks/scifact")
     ap.add_argument("--config", type=Path, default=REPO / "bench/protocol.toml")
     ap.add_argument("--split", default="test", help="whose queries the users ask")

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+# The shared simulator's user: (shown doc ids, relevant docs, noise only, rng) -> clicks
+Clicks = Callable[[list[str], dict[str, int], bool, random.Random], list[bool]]
 
 # min_holdout_queries: a 60-query slice has about 10 evaluation-pool queries
 FAST = {"max_seq_length": 96, "encode_batch_size": 64, "min_clicks": 10,
@@ -51,3 +57,16 @@ def search(config_or_settings: Any, text: str, k: int) -> list[Any]:
     settings = (config_or_settings if isinstance(config_or_settings, Settings)
                 else load_settings(config_or_settings))
     return Production.from_settings(settings).retriever().search([text], k)[0]
+
+
+def shared_clicks() -> Clicks:
+    """The position-based user of ../shared/benchmarks/simulate_clicks.py (its
+    `clicks_for`): the click model the benchmarks' logs are made with."""
+    from tests.conftest import SHARED
+
+    spec = importlib.util.spec_from_file_location("simulate_clicks",
+                                                  SHARED / "simulate_clicks.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.clicks_for

@@ -15,14 +15,13 @@ position-biased users (the shared simulator's click model) searching through it.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
@@ -35,23 +34,10 @@ from embedloop.pairs import in_eval_pool, normalize_query
 from embedloop.production import Production
 from embedloop.serving import LiveSearch
 from flows.cli import main
-from tests.conftest import SHARED
 from tests.flows.test_retrain import run
-from tests.helpers import first_week_logs, make_home
+from tests.helpers import Clicks, first_week_logs, make_home, shared_clicks
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-
-Clicks = Callable[[list[str], dict[str, int], bool, random.Random], list[bool]]
-
-
-def shared_clicks() -> Clicks:
-    spec = importlib.util.spec_from_file_location("simulate_clicks",
-                                                  SHARED / "simulate_clicks.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.clicks_for
-
 
 @contextlib.contextmanager
 def service(settings: Settings) -> Iterator[tuple[str, LiveSearch]]:

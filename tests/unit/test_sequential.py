@@ -5,30 +5,21 @@ them, the evidence read after every session, as often as anyone could read it.""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import random
 import statistics
-from collections.abc import Callable
 
 import pytest
 
 from embedloop.evidence import Finding, OnlineRule, Source, read_interleaving
 from embedloop.interleaving import team_draft
 from embedloop.sequential import SequentialReading, boundary_curve, log_evidence, wins_needed
-from tests.conftest import SHARED
-
-Clicks = Callable[[list[str], dict[str, int], bool, random.Random], list[bool]]
+from tests.helpers import Clicks, shared_clicks
 
 
 @pytest.fixture(scope="module")
 def clicks_for() -> Clicks:
-    spec = importlib.util.spec_from_file_location("simulate_clicks",
-                                                  SHARED / "simulate_clicks.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.clicks_for
+    return shared_clicks()
 
 
 def queries(seed: int, n: int = 100) -> list[tuple[list[str], dict[str, int]]]:
