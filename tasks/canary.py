@@ -19,7 +19,15 @@ from embedloop.corpus import corpus_fingerprint
 from embedloop.evidence import Source, read_interleaving
 from embedloop.index import VectorIndex
 from embedloop.interleaving import credit, session_votes
-from embedloop.judge import Action, Comparison, Judge, Judgement, Policy, UsersEvidence
+from embedloop.judge import (
+    Action,
+    Comparison,
+    Judge,
+    Judgement,
+    Policy,
+    UsersEvidence,
+    on_track,
+)
 from embedloop.ledger import EvidenceLedger
 from embedloop.pairs import in_eval_pool, normalize_query
 from embedloop.production import Production
@@ -112,24 +120,32 @@ def start_canary_stage(settings: Settings, production: Production, judgement: Ju
                        corpus: pd.DataFrame, batch: pd.DataFrame) -> tuple[bool, str]:
     """A candidate the offline screen let through becomes a canary, with the index it
     was evaluated on. The queue: it takes a free slot (`canary_slots`); when none is
-    free, it replaces the running canary with the weakest evidence, if that evidence
-    does not favour it (log evidence at most 0, or no sessions yet: a canary users are
-    warming to keeps its place). Returns whether it started, and why, in words."""
+    free, it replaces the running canary with the weakest evidence unless that one is on
+    track (judge.on_track: users are warming to it, and at its win share so far it would
+    decide soon). Returns whether it started, and why, in words."""
     if judgement.action != Action.CANARY:
         return False, ""
     running = list(production.state().canaries)
+    alpha = Policy.from_settings(settings).online_alpha
     if len(running) >= settings.canary_slots:
-        weakest = min(running, key=lambda v: users.evidence(v) or 0.0)
-        evidence = users.evidence(weakest) or 0.0
-        if evidence > 0:
-            why = (f"not started: the {len(running)} canary slot(s) hold candidates users "
-                   f"are warming to (" + ", ".join(
-                       f"v{v} evidence {users.evidence(v) or 0.0:.2f}" for v in running)
+        readings = {v: users.reading(v) for v in running}
+
+        def strength(v: str) -> float:
+            reading = readings[v]
+            return reading.evidence if reading else 0.0
+
+        weakest = min(running, key=strength)
+        reading = readings[weakest]
+        if reading is not None and on_track(reading, alpha):
+            why = ("not started: the canary slot(s) hold candidates users are warming to ("
+                   + ", ".join(f"v{v} evidence {strength(v):.2f}" for v in running)
                    + "); it waits for one to end")
             get_run_logger().info("canary v%s %s", version, why)
             return False, why
-        production.end_canary(weakest, f"replaced by v{version}: its evidence "
-                                       f"{evidence:.2f} did not favour it")
+        production.end_canary(weakest, f"replaced by v{version}: not on track (evidence "
+                                       f"{strength(weakest):.2f}"
+                                       + (f", {reading.wins}-{reading.losses} in "
+                                          f"{reading.sessions} sessions)" if reading else ")"))
     production.ensure_saved(index, version, corpus_fingerprint(corpus))
     production.start_canary(version, settings.canary_slots, after=batch_end(batch))
     share = min(settings.canary_share, settings.holdout_fraction)

@@ -37,6 +37,7 @@ from embedloop.evidence import (
     Source,
     Verdict,
 )
+from embedloop.sequential import decided_to_cross
 
 if TYPE_CHECKING:
     from embedloop.config import Settings
@@ -106,6 +107,24 @@ class Policy:
     def online_rule(self, source: Source) -> OnlineRule:
         limit = self.canary_max_sessions if source == Source.CANARY else self.watch_sessions
         return OnlineRule(self.online_alpha, self.harm_alpha, limit)
+
+
+# A canary keeps its slot while it would decide within this many times the decided
+# sessions it has had (BENCHMARKS.md: the queue; 3 to 10 ship about the same).
+QUEUE_PATIENCE = 5.0
+
+
+def on_track(reading: InterleavedComparison, alpha: float,
+             patience: float = QUEUE_PATIENCE) -> bool:
+    """Whether a running canary keeps its place against a newcomer: users are warming to
+    it (its evidence favours it) and, at the win share seen so far, it would cross the
+    boundary within `patience` times the decided sessions it has had. A canary with no
+    sessions yet, or one crawling towards a decision weeks away, gives way: the newer
+    candidate trained on more data."""
+    decided = reading.wins + reading.losses
+    if reading.evidence <= 0 or not decided:
+        return False
+    return decided_to_cross(reading.wins / decided, alpha) <= patience * decided
 
 
 class EvidenceLog(Protocol):
@@ -190,11 +209,11 @@ class UsersEvidence:
     promoted: str | None = None  # a canary this run promoted
     rolled_back: Rollback | None = None  # the watch's rollback
 
-    def evidence(self, version: str) -> float | None:
-        """The log evidence of canary `version` as judged by this run."""
+    def reading(self, version: str) -> InterleavedComparison | None:
+        """Where canary `version` stood when this run judged it."""
         for c in self.comparisons:
             if c.source == Source.CANARY and c.challenger == version:
                 numbers = c.judgement.verdicts[0].numbers
                 if isinstance(numbers, InterleavedComparison):
-                    return numbers.evidence
+                    return numbers
         return None

@@ -122,3 +122,31 @@ def boundary_curve(max_decided: int, alpha: float, prior_a: float = PRIOR_A,
         if needed is not None:
             out.append((n, 2 * needed - n))
     return out
+
+
+def decided_to_cross(share: float, alpha: float, prior_a: float = PRIOR_A,
+                     limit: int = 10_000_000) -> float:
+    """About how many decided sessions a comparison whose win share stays at `share` needs
+    before its evidence reaches log(1/alpha); infinite when the share is not above 1/2
+    (or the limit would not do)."""
+    if share <= 0.5:
+        return math.inf
+    threshold = math.log(1.0 / alpha)
+
+    def crosses(n: int) -> bool:
+        wins = round(share * n)
+        return log_evidence(wins, n - wins, prior_a) >= threshold
+
+    high = 16
+    while not crosses(high):
+        high *= 2
+        if high > limit:
+            return math.inf
+    low = high // 2
+    while low < high:
+        mid = (low + high) // 2
+        if crosses(mid):
+            high = mid
+        else:
+            low = mid + 1
+    return float(low)

@@ -25,7 +25,7 @@ from embedloop.evidence import (
     compare_offline,
     read_interleaving,
 )
-from embedloop.judge import Action, Judge, Policy
+from embedloop.judge import Action, Judge, Policy, on_track
 from embedloop.ledger import EvidenceLedger
 from embedloop.significance import bootstrap_ci, randomization_p_value
 
@@ -214,6 +214,20 @@ def test_online_verdicts_and_what_they_do(wins: int, losses: int, sessions: int,
     watch = read_interleaving(Source.WATCH, sessions, wins, losses, rule)
     assert judge.watch("4", watch).action == watch_action
     assert [(c, s) for c, s, _ in record.entries] == [("3", "canary"), ("4", "watch")]
+
+
+@pytest.mark.parametrize("wins, losses, keeps", [
+    (60, 30, True),     # a clear lead: it decides within a few times what it has had
+    (197, 172, False),  # 53%: weeks of sessions still to go (the closed loop's day 11)
+    (30, 32, False),    # its evidence does not favour it
+    (0, 0, False),      # no sessions yet: nothing is lost by replacing it
+])
+def test_a_canary_keeps_its_slot_while_it_is_on_track(wins: int, losses: int,
+                                                      keeps: bool) -> None:
+    reading = read_interleaving(Source.CANARY, 3 * (wins + losses), wins, losses,
+                                OnlineRule(alpha=0.025))
+    assert isinstance(reading.numbers, InterleavedComparison)
+    assert on_track(reading.numbers, 0.025) is keeps
 
 
 def test_typed_numbers_are_written_and_read_back_under_the_same_keys() -> None:
