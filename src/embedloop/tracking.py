@@ -284,8 +284,8 @@ def log_history_plot(registry: Registry, run_id: str) -> None:
          edgecolors="gray")
     mark(judged & promoted, "candidate", "candidate, promoted", marker="^", color="#2e7d32",
          s=60)
-    mark(judged & ~promoted, "candidate", "candidate, kept out", marker="x", color="#c62828",
-         s=60)
+    mark(judged & ~promoted, "candidate", "candidate, not promoted offline", marker="x",
+         color="#c62828", s=60)
     mark(history["kind"] == "canary", "candidate",
          "canary, promoted on interleaved clicks (its score when judged)", marker="D",
          color="#2e7d32", s=45)
