@@ -46,6 +46,13 @@ def simulator() -> Any:
     return module
 
 
+def version_label(version: str) -> str:
+    """`v3`, or `v3 of cl14b` for another home's version (HOME@VERSION)."""
+    home, _, number = version.rpartition("@")
+    return f"v{number} of {Path(home).parent.name if Path(home).name == 'home' else home}" \
+        if home else f"v{number}"
+
+
 def rankings(settings: Any, version: str, queries: dict[str, str], cache: Path,
              k: int = 10) -> dict[str, list[str]]:
     """Version's top k for each query id, through its own index (cached on disk).
@@ -201,7 +208,8 @@ def main() -> None:
     for r in results:
         sessions = (f"{r['sessions_median']:.0f} / {r['sessions_p90']:.0f}"
                     if r["sessions_median"] is not None else "-")
-        print(f"| v{r['champion']} → v{r['challenger']} | {r['test_gain']:+.4f} | "
+        print(f"| {version_label(r['champion'])} → {version_label(r['challenger'])} | "
+              f"{r['test_gain']:+.4f} | "
               f"{r['promoted']}/{r['canaries']} ({r['promoted_upper95']:.3f}) | "
               f"{r['stopped']} | {r['expired']} | {sessions} | {r['cost_median']:.1f} |")
 
