@@ -136,6 +136,9 @@ def main() -> None:
                     help="the pipeline's settings (default: bench/protocol.toml)")
     ap.add_argument("--train-side", choices=["query", "full"],
                     help="what each cycle trains (default: train_side of the settings)")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="a setting over the config's, e.g. --set mixing_weights= (the "
+                         "fine-tune unmixed) --set negative_max_similarity=1 (no filter)")
     args = ap.parse_args()
 
     shutil.rmtree(args.out, ignore_errors=True)
@@ -157,7 +160,8 @@ def main() -> None:
     test = read_qrels(args.beir / "qrels" / "test.tsv")
     overrides = {"home": str(home), "logs": str(arrived),
                  "corpus": str(args.beir / "corpus.jsonl"),
-                 **({"train_side": args.train_side} if args.train_side else {})}
+                 **({"train_side": args.train_side} if args.train_side else {}),
+                 **dict(item.split("=", 1) for item in args.set)}
     settings = load_settings(args.config, **overrides)
 
     cycles: list[dict[str, Any]] = []
@@ -194,6 +198,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     results: dict[str, Any] = {"beir": str(args.beir), "config": args.config.read_text(),
+                               "set": args.set,
                                "cycles": cycles}
     if not args.no_ceiling:
         results["ceiling"] = ceiling(args.beir, queries, test, args.out / "ceiling",

@@ -41,7 +41,7 @@ from embedloop.summary import RunResults, RunSummary
 from embedloop.tracking import finish_tracking, mlflow_run_link
 from flows.alerts import notify_failure, refused, send_alert
 from tasks._stage import stage_clock
-from tasks.canary import batch_end, judge_users_stage, start_canary_stage
+from tasks.canary import batch_end, batch_window, judge_users_stage, start_canary_stage
 from tasks.evaluate import candidate_stage, evaluate_stage, incumbent_stage, judge_offline_stage
 from tasks.ingest import (
     commit_batch_stage,
@@ -53,6 +53,7 @@ from tasks.publish import ensure_champion_stage, publish_stage, register_stage
 from tasks.tracking import (
     finish_tracking_stage,
     log_evaluation_stage,
+    log_training_stage,
     log_users_stage,
     log_validation_stage,
     start_tracking_stage,
@@ -132,11 +133,13 @@ def run_retrain(settings: Settings, trigger: str, reason: str,
         incumbent, note = incumbent_stage(settings, production, champion, corpus, runtime)
         got.notes += [note] if note else []
         if settings.hard_negatives and settings.mine_negatives:
-            got.mined_negatives = mine_negatives_stage(settings, data, incumbent, corpus)
+            got.negatives = mine_negatives_stage(settings, data, incumbent, corpus)
         tuned = fine_tune_stage.with_options(timeout_seconds=settings.train_timeout_s)(
-            settings, champion.model_path, data.pairs, work_dir, runtime.device,
+            settings, champion.model_path, data, work_dir, runtime.device,
             incumbent.index)
-        got.train_side = tuned.side
+        got.tuned = tuned
+        log_training_stage(production.registry, run_id, data, tuned, got.negatives,
+                           batch_window(validation.accepted), settings.logs)
 
         candidate = candidate_stage(settings, production.store, tuned, corpus, runtime,
                                     incumbent)

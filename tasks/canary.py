@@ -114,6 +114,12 @@ def batch_end(batch: pd.DataFrame) -> str:
     return str(pd.to_datetime(batch["ts"], utc=True).max()) if len(batch) else ""
 
 
+def batch_window(batch: pd.DataFrame) -> tuple[str, str]:
+    """The first and last log timestamps of a run's batch (ISO strings)."""
+    ts = pd.to_datetime(batch["ts"], utc=True)
+    return (str(ts.min()), str(ts.max())) if len(batch) else ("", "")
+
+
 @stage(name="start canary")
 def start_canary_stage(settings: Settings, production: Production, judgement: Judgement,
                        users: UsersEvidence, index: VectorIndex, version: str,

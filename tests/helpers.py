@@ -19,8 +19,11 @@ FAST = {"max_seq_length": 96, "encode_batch_size": 64, "min_clicks": 10,
 
 
 # A judge any candidate passes offline: for the flow tests that follow promotion, not the
-# judge (no significance test, no harm margin a 3-step fine-tune could cross)
-ANY_CANDIDATE_WINS = {"min_improvement": -1.0, "significance_alpha": 1.0, "harm_margin": 1.0}
+# judge (no significance test, no harm margin a 3-step fine-tune could cross), nor the
+# recipe: a 3-step fine-tune, unmixed (a mix may fall back to the parent on 7 tune
+# queries, leaving nothing to promote; tests/flows/test_recipe.py tests the mix)
+ANY_CANDIDATE_WINS = {"min_improvement": -1.0, "significance_alpha": 1.0, "harm_margin": 1.0,
+                      "mixing_weights": []}
 
 
 def first_week_logs(root: Path, sim_logs: Path, name: str = "1.jsonl") -> Path:

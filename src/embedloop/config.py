@@ -79,6 +79,10 @@ class Settings:
     mine_negatives: bool = True
     negative_relative_margin: float = 0.05
     negative_search_k: int = 50
+    # A mined negative whose document vector is this close (cosine) to the positive's is
+    # a near-duplicate of it, as likely relevant as the positive: it is skipped. Corpora
+    # of short questions are full of such paraphrases (BENCHMARKS.md: the recipe). 1: off.
+    negative_max_similarity: float = 0.9
     weight_by_relevance: bool = True  # each pair's loss weighted by its debiased relevance
     replay_fraction: float = 0.25  # share of earlier batches' pairs trained on again
     # What a cycle trains. "query": the query encoder only, against the document vectors
@@ -87,6 +91,15 @@ class Settings:
     # the corpus is re-encoded for the candidate and its own index goes live on promotion.
     # The usual plan: "query" nightly, "full" on a slower schedule (infra/prefect.yaml).
     train_side: str = "query"
+    # A query-side candidate is a mix of its parent and the fine-tune (WiSE-FT): each
+    # weight of the query encoder is parent + w * (fine-tuned - parent). w is the largest
+    # of `mixing_weights` whose mix does not rank the tune queries credibly worse (at
+    # harm_alpha) than the parent: the tune queries are this share of the training
+    # queries (by a hash; never trained on, never judged on). w = 0 is the parent, and
+    # leaves nothing to judge. An empty list, or fewer than min_holdout_queries tune
+    # queries: the fine-tune as trained.
+    tune_fraction: float = 0.15
+    mixing_weights: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
     # the judge (judge.py): offline evidence screens for harm, users decide
     primary_metric: str = "ndcg@10"
     min_improvement: float = 0.005  # a gain must exceed this (absolute) to count
@@ -214,6 +227,9 @@ def _coerce(name: str, value: Any, target: Any) -> Any:
             return int(value)
         if kind.startswith("float"):
             return float(value)
+        if kind.startswith("tuple"):  # a TOML list, or "0, 0.5, 1" from the command line
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(float(v) for v in items if str(v).strip())
         if kind.startswith("dict"):
             if isinstance(value, dict):
                 return {str(k): str(v) for k, v in value.items()}
@@ -305,6 +321,9 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
     ("max_quarantine_share", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("replay_fraction", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("negative_relative_margin", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("negative_max_similarity", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("tune_fraction", lambda v: 0 <= v < 1, "in [0, 1) (a share of the training queries)"),
+    ("mixing_weights", lambda v: all(0 <= w <= 1 for w in v), "weights in [0, 1]"),
     ("harm_margin", lambda v: v >= 0, "0 or more"),
     ("harm_alpha", lambda v: 0 < v < 1, "in (0, 1)"),
     ("min_click_relevance", lambda v: v >= 0, "0 or more"),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import random
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,6 +49,9 @@ class TrainingData:
     # query key -> every document users were shown for it, for the pool's and the guard
     # set's queries: what their click labels can speak about (evaluation.condensed)
     shown: dict[str, set[str]] = field(default_factory=dict)
+    # the tune queries (training queries never trained on) and their click labels, by
+    # query text: what the recipe chooses its mixing weight on
+    tune_qrels: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def shown_for(self, qrels: dict[str, dict[str, float]]) -> dict[str, set[str]]:
         """`shown`, keyed like `qrels` (by query text)."""
@@ -67,6 +71,12 @@ def in_eval_pool(qkey: str, fraction: float) -> bool:
     machine (a hash of its text, not Python's salted hash())."""
     digest = hashlib.sha256(qkey.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def in_tune_split(qkey: str, fraction: float) -> bool:
+    """Stable like `in_eval_pool`, and independent of it: the hash's next 8 bytes."""
+    digest = hashlib.sha256(qkey.encode("utf-8")).digest()
+    return int.from_bytes(digest[8:16], "big") / 2**64 < fraction
 
 
 def _with_qkey(frame: pd.DataFrame) -> pd.DataFrame:
@@ -117,7 +127,8 @@ def build_training_data(accepted: pd.DataFrame, doc_texts: dict[str, str],
                         pool_fraction: float, never_train: set[str] | None = None, *,
                         history: pd.DataFrame | None = None, min_relevance: float = 0.0,
                         graded_labels: bool = True, hard_negatives: bool = False,
-                        replay_fraction: float = 0.0, seed: int = 0) -> TrainingData:
+                        replay_fraction: float = 0.0, tune_fraction: float = 0.0,
+                        seed: int = 0) -> TrainingData:
     """Pairs from this batch's clicks (plus replayed earlier ones) for in-batch-negative
     training, and the evaluation pool's labels from all history. Pool queries (chosen by
     `in_eval_pool`) and queries in `never_train` (the guard set) are never trained on.
@@ -130,6 +141,8 @@ def build_training_data(accepted: pd.DataFrame, doc_texts: dict[str, str],
         graded_labels: pool labels are the debiased relevance, not 1 per trusted click.
         hard_negatives: add a `negative` column (examined-and-skipped documents).
         replay_fraction: share of earlier batches' pairs to train on again.
+        tune_fraction: share of the other queries kept out of training to tune the recipe
+            on (`tune_qrels`), by a hash: a tune query stays one in every run.
     """
     current = _with_qkey(accepted)
     earlier = _with_qkey(history) if history is not None and len(history) else current.iloc[:0]
@@ -138,7 +151,10 @@ def build_training_data(accepted: pd.DataFrame, doc_texts: dict[str, str],
     all_clicks = everything[everything["clicked"] == True]  # noqa: E712
     # a query never clicked gives no label and no pair: only clicked ones count
     pool_keys = {q for q in all_clicks["qkey"].unique() if in_eval_pool(q, pool_fraction)}
-    banned = pool_keys | {normalize_query(q) for q in never_train or ()}
+    judged = pool_keys | {normalize_query(q) for q in never_train or ()}
+    tune_keys = {q for q in all_clicks["qkey"].unique()
+                 if q not in judged and in_tune_split(q, tune_fraction)}
+    banned = judged | tune_keys
 
     model = None
     gamma: pd.Series | None = None
@@ -164,10 +180,11 @@ def build_training_data(accepted: pd.DataFrame, doc_texts: dict[str, str],
         kept.set_index(["qkey", "doc_id"]).index)]
     replay = old.sample(n=min(len(old), round(replay_fraction * len(old))),
                         random_state=seed) if replay_fraction > 0 and len(old) else old.iloc[:0]
-    pairs = pd.concat([kept, replay], ignore_index=True).sort_values(["qkey", "doc_id"])
+    pairs = pd.concat([kept.assign(replayed=False), replay.assign(replayed=True)],
+                      ignore_index=True).sort_values(["qkey", "doc_id"])
     pairs["anchor"] = pairs["query"].str.strip()
     pairs["positive"] = pairs["doc_id"].map(doc_texts)
-    columns = ["query", "doc_id", "anchor", "positive", "clicks", "relevance"]
+    columns = ["query", "doc_id", "anchor", "positive", "clicks", "relevance", "replayed"]
     clicked_for: dict[str, set[str]] = {}
     for q, d in zip(all_clicks["qkey"], all_clicks["doc_id"], strict=True):
         clicked_for.setdefault(q, set()).add(d)
@@ -197,6 +214,8 @@ def build_training_data(accepted: pd.DataFrame, doc_texts: dict[str, str],
     seen_before = set(earlier.loc[earlier["clicked"] == True, "qkey"])  # noqa: E712
     eval_qrels = pool_labels(all_clicks[all_clicks["qkey"].isin(pool_keys)], gamma,
                              min_relevance, graded_labels)
+    tune_qrels = pool_labels(all_clicks[all_clicks["qkey"].isin(tune_keys)], gamma,
+                             min_relevance, graded_labels)
     asked_now = set(clicks["qkey"])
     recent_qrels = {q: labels for q, labels in eval_qrels.items()
                     if normalize_query(q) in asked_now}
@@ -206,12 +225,19 @@ def build_training_data(accepted: pd.DataFrame, doc_texts: dict[str, str],
                         pool_new=len({normalize_query(q) for q in eval_qrels} - seen_before),
                         replayed=len(replay), dropped_as_noise=dropped,
                         examination=model.examination if model else {},
-                        clicked_for=clicked_for, shown=shown)
+                        clicked_for=clicked_for, shown=shown, tune_qrels=tune_qrels)
+
+
+@dataclass(frozen=True)
+class MinedNegatives:
+    mined: int  # pairs whose negative now comes from the corpus
+    near_duplicates: int  # documents passed over as near-duplicates of the positive
 
 
 def mine_corpus_negatives(pairs: pd.DataFrame, hits: dict[str, list[tuple[str, float]]],
-                          clicked_for: dict[str, set[str]],
-                          relative_margin: float) -> list[str | None]:
+                          clicked_for: dict[str, set[str]], relative_margin: float,
+                          similarity: Callable[[str, str], float] | None = None,
+                          max_similarity: float = 1.0) -> tuple[list[str | None], int]:
     """One hard negative per (query, positive) pair, mined from the whole corpus with the
     champion: the highest-ranked document that users never clicked for the query and that
     scores below the positive by at least `relative_margin` of the positive's score
@@ -222,8 +248,13 @@ def mine_corpus_negatives(pairs: pd.DataFrame, hits: dict[str, list[tuple[str, f
     `hits` maps each query key to the champion's top-k (doc_id, score) over the corpus.
     None where nothing qualifies, including when the positive is not in the top-k: then
     every document shown there ranks above it and fails the margin.
+
+    A document whose `similarity` to the positive (cosine of their vectors) exceeds
+    `max_similarity` is a near-duplicate of it and is passed over too. Returns the
+    negatives and how many near-duplicates were passed over.
     """
     mined: list[str | None] = []
+    passed_over = 0
     for qkey, positive in zip(pairs["qkey"], pairs["doc_id"], strict=True):
         ranked = hits.get(qkey, [])
         scores = dict(ranked)
@@ -232,7 +263,14 @@ def mine_corpus_negatives(pairs: pd.DataFrame, hits: dict[str, list[tuple[str, f
             continue
         ceiling = scores[positive] - abs(scores[positive]) * relative_margin
         clicked = clicked_for.get(qkey, set())
-        mined.append(next((doc for doc, score in ranked
-                           if doc != positive and doc not in clicked and score <= ceiling),
-                          None))
-    return mined
+        found = None
+        for doc, score in ranked:
+            if doc == positive or doc in clicked or score > ceiling:
+                continue
+            if similarity is not None and similarity(positive, doc) > max_similarity:
+                passed_over += 1
+                continue
+            found = doc
+            break
+        mined.append(found)
+    return mined, passed_over

@@ -12,7 +12,8 @@ if TYPE_CHECKING:
     from embedloop.evaluation import EvalReport
     from embedloop.judge import Judgement, UsersEvidence
     from embedloop.logs import Ingested
-    from embedloop.pairs import TrainingData
+    from embedloop.pairs import MinedNegatives, TrainingData
+    from embedloop.training import FineTuneResult
     from embedloop.validation import LogValidation
 
 
@@ -33,7 +34,11 @@ class RunSummary:
     eval_queries: int = 0  # the evaluation pool
     pool_new: int = 0  # pool queries first seen in this batch
     mined_negatives: int = 0
+    near_duplicate_negatives: int = 0  # mined negatives passed over as paraphrases
     train_side: str = ""  # "query" or "full": what the candidate's training moved
+    # the share of the fine-tune the candidate keeps (1 unmixed) and why
+    mixing_weight: float | None = None
+    mixing_why: str = ""
     candidate: dict[str, float] = field(default_factory=dict)  # on the pool
     incumbent: dict[str, float] = field(default_factory=dict)
     offline: str = ""  # the judge's action on this run's candidate (judge.Action)
@@ -75,9 +80,15 @@ class RunSummary:
         if self.pairs:
             side = {"query": "; query side: the document vectors were kept",
                     "full": "; both sides, corpus re-encoded"}.get(self.train_side, "")
+            duplicates = (f", {self.near_duplicate_negatives} near-duplicates of a positive "
+                          f"passed over" if self.near_duplicate_negatives else "")
             out += [("training pairs", f"{self.pairs} ({self.train_queries} queries, "
                                        f"{self.mined_negatives} corpus-mined negatives"
-                                       f"{side})"),
+                                       f"{duplicates}{side})")]
+            if self.mixing_weight is not None:
+                out.append(("mix", f"{self.mixing_weight:g} of the fine-tune: "
+                                   f"{self.mixing_why}"))
+            out += [
                     ("evaluation pool", f"{self.eval_queries} queries never trained on "
                                         f"({self.pool_new} new in this batch)")]
         for metric in self.candidate:
@@ -164,8 +175,8 @@ class RunResults:
     users: UsersEvidence | None = None
     judged_against: str | None = None
     data: TrainingData | None = None
-    mined_negatives: int = 0
-    train_side: str = ""
+    negatives: MinedNegatives | None = None
+    tuned: FineTuneResult | None = None
     candidate: dict[str, float] = field(default_factory=dict)  # means on the pool
     incumbent: dict[str, float] = field(default_factory=dict)
     recent: tuple[EvalReport, EvalReport] | None = None
@@ -178,6 +189,7 @@ class RunResults:
     def summary(self, outcome: str, why: str, *, champion: str | None,
                 live_index: str | None, stage_seconds: dict[str, float]) -> RunSummary:
         new, validation, data, users = self.new, self.validation, self.data, self.users
+        tuned = self.tuned
         recent = {}
         if self.recent is not None and self.recent[0].n_queries:
             cand, inc = self.recent
@@ -192,7 +204,11 @@ class RunResults:
             unreadable_files=new.unreadable if new else {},
             pairs=len(data.pairs) if data else 0, train_queries=data.train_queries if data else 0,
             eval_queries=data.eval_queries if data else 0, pool_new=data.pool_new if data else 0,
-            mined_negatives=self.mined_negatives, train_side=self.train_side,
+            mined_negatives=self.negatives.mined if self.negatives else 0,
+            near_duplicate_negatives=self.negatives.near_duplicates if self.negatives else 0,
+            train_side=tuned.side if tuned else "",
+            mixing_weight=tuned.mixing.weight if tuned and tuned.mixing else None,
+            mixing_why=tuned.mixing.why if tuned and tuned.mixing else "",
             candidate=self.candidate, incumbent=self.incumbent,
             offline=self.judgement.action.value if self.judgement else "",
             evidence=self.judgement.metrics() if self.judgement else {}, recent=recent,

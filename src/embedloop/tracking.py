@@ -9,9 +9,10 @@ import math
 import subprocess
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
 from embedloop.config import Settings
 from embedloop.encoding import Runtime
@@ -22,6 +23,10 @@ from embedloop.registry import Registry, is_tracking_server
 from embedloop.sequential import boundary_curve
 from embedloop.summary import RunSummary
 from embedloop.validation import LogValidation, SuiteOutcome
+
+if TYPE_CHECKING:
+    from embedloop.pairs import MinedNegatives, TrainingData
+    from embedloop.training import FineTuneResult
 
 
 def code_version() -> str:
@@ -165,6 +170,56 @@ def log_evaluation(registry: Registry, run_id: str, evaluation: Any,
     fig.tight_layout()
     client.log_figure(run_id, fig, "eval/comparison.png")
     plt.close(fig)
+
+
+def log_training(registry: Registry, run_id: str, data: TrainingData, tuned: FineTuneResult,
+                 negatives: MinedNegatives | None, window: tuple[str, str],
+                 logs: str) -> None:
+    """What the recipe chose for the candidate and why (side, mixing weight and the tune
+    queries' score at every weight, negatives mined and passed over), and what it learned
+    from, as MLflow datasets: the batch window's pairs, the replayed ones, the tune
+    queries and the pool, so the run page shows the candidate's lineage."""
+    import mlflow.data
+    from mlflow.entities import DatasetInput, InputTag
+
+    client = registry.client
+    mixing = tuned.mixing
+    params = {"recipe.side": tuned.side, "recipe.steps": tuned.steps,
+              "recipe.mixing_weight": mixing.weight if mixing else 1.0,
+              "recipe.tune_queries": mixing.tune_queries if mixing else len(data.tune_qrels),
+              "recipe.negatives_mined": negatives.mined if negatives else 0,
+              "recipe.negatives_near_duplicates": negatives.near_duplicates if negatives else 0}
+    for key, value in params.items():
+        client.log_param(run_id, key, value)
+    client.set_tag(run_id, "recipe.why", mixing.why if mixing else
+                   ("full side: the candidate is the fine-tune as trained (a mix would "
+                    "re-encode the corpus at every weight)" if tuned.side == "full" else
+                    f"the fine-tune as trained: {len(data.tune_qrels)} tune queries are too "
+                    f"few to choose a mix on"))
+    if mixing:  # the tune score against the weight: a curve in the run's metric charts
+        for weight, score in mixing.scores.items():
+            client.log_metric(run_id, "recipe.tune_ndcg_at_10", score, step=round(weight * 100))
+
+    def labels(qrels: dict[str, dict[str, float]]) -> pd.DataFrame:
+        return pd.DataFrame([(q, d, g) for q, docs in sorted(qrels.items())
+                             for d, g in sorted(docs.items())],
+                            columns=["query", "doc_id", "gain"])
+
+    columns = [c for c in ("query", "doc_id", "negative_id", "clicks", "relevance")
+               if c in data.pairs.columns]
+    replayed = (data.pairs["replayed"] if "replayed" in data.pairs.columns
+                else pd.Series(False, index=data.pairs.index))
+    start, end = window
+    inputs = [(data.pairs[~replayed][columns], f"clicks {start[:10]} to {end[:10]}", "training"),
+              (data.pairs[replayed][columns], "replayed clicks (earlier batches)", "replay"),
+              (labels(data.tune_qrels), "tune queries", "tuning"),
+              (labels(data.eval_qrels), "evaluation pool", "evaluation")]
+    client.log_inputs(run_id, datasets=[
+        DatasetInput(mlflow.data.from_pandas(frame.reset_index(drop=True), source=logs,
+                                             name=name)._to_mlflow_entity(),
+                     tags=[InputTag("mlflow.data.context", context),
+                           InputTag("window", f"{start} .. {end}")])
+        for frame, name, context in inputs if len(frame)])
 
 
 def log_users_evidence(registry: Registry, run_id: str, users: UsersEvidence) -> None:

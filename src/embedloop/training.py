@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,7 @@ class FineTuneResult:
     precision: str
     device: str
     side: str = "full"  # "full": both encoders trained; "query": the query encoder only
+    mixing: Mixing | None = None  # how much of the fine-tune the candidate keeps
 
 
 def weighted_ranking_loss(model: SentenceTransformer) -> Any:
@@ -335,3 +337,80 @@ def fine_tune_query_side(base_model: str, pairs: pd.DataFrame, doc_ids: list[str
     candidate.save(str(path))
     return FineTuneResult(model=candidate, path=path, steps=steps, train_loss=mean_loss,
                           seconds=seconds, precision=precision, device=device, side="query")
+
+
+# -- the recipe's fall-back: a mix of the parent and the fine-tune (WiSE-FT) ----------
+
+
+@dataclass(frozen=True)
+class Mixing:
+    """What the recipe chose for a candidate, and why."""
+
+    weight: float  # 0: the parent; 1: the fine-tune as trained
+    scores: dict[float, float]  # mixing weight -> mean NDCG@10 on the tune queries
+    p_worse: dict[float, float]  # mixing weight -> p that it ranks worse than the parent
+    tune_queries: int
+    why: str
+
+
+def mix_query_side(parent: SentenceTransformer, tuned: SentenceTransformer,
+                   weight: float) -> SentenceTransformer:
+    """`tuned` with every weight of its query route moved to parent + weight * (tuned -
+    parent) (Wortsman et al. 2022, WiSE-FT); the document route is both models' own, so
+    the mix searches the same index. `parent`'s query pipeline must have `tuned`'s shape:
+    `tuned` came from it by `fine_tune_query_side`."""
+    import copy
+
+    import torch
+
+    source, target = Towers.of(parent), Towers.of(tuned)
+    mixed = copy.deepcopy(target.query)
+    for before, after, into in zip(source.query, target.query, mixed, strict=True):
+        old, new = before.state_dict(), after.state_dict()
+        into.load_state_dict({
+            name: (old[name] + weight * (value - old[name])).to(value.dtype)
+            if torch.is_floating_point(value) else value for name, value in new.items()})
+    return asymmetric(mixed, target.document, target.shared_tail, str(tuned.device),
+                      prompts=model_prompts(tuned))
+
+
+def choose_mixing_weight(per_query: dict[float, np.ndarray], alpha: float = 0.05) -> Mixing:
+    """The largest share of the fine-tune that does not rank the tune queries credibly
+    worse than the parent (weight 0; one-sided paired sign-flip test at `alpha`).
+
+    Not the best-scoring weight: click labels on a hundred queries cannot resolve the
+    one-to-two-point gains a cycle makes (BENCHMARKS.md: the recipe), and chasing their
+    noise threw those gains away. They do show a fine-tune that drifts, which is what
+    the mix is for."""
+    from embedloop.significance import randomization_p_value
+
+    parent = per_query[0.0]
+    means = {w: float(np.mean(v)) for w, v in sorted(per_query.items())}
+    p_worse = {w: 1.0 if w == 0.0 else randomization_p_value(parent - v)
+               for w, v in sorted(per_query.items())}
+    weight = max(w for w in means if p_worse[w] >= alpha)
+    n, top = len(parent), max(means)
+    as_trained = (f"the fine-tune as trained {means[top]:.4f} against the parent's "
+                  f"{means[0.0]:.4f} on {n} tune queries (p worse {p_worse[top]:.3f})")
+    if weight == top:
+        why = f"all of it: {as_trained}, not credibly worse"
+    elif weight == 0.0:
+        why = f"none of it, every mix is credibly worse: {as_trained}; the candidate is the parent"
+    else:
+        why = (f"{weight:g} of it, the largest share not credibly worse ({means[weight]:.4f}, "
+               f"p worse {p_worse[weight]:.3f}): {as_trained}")
+    return Mixing(weight, means, p_worse, n, why)
+
+
+def mix_by_score(parent: SentenceTransformer, tuned: SentenceTransformer,
+                 weights: Sequence[float],
+                 score: Callable[[SentenceTransformer], np.ndarray],
+                 alpha: float = 0.05) -> tuple[SentenceTransformer, Mixing]:
+    """Score the mix at every weight (`score`: per tune query, higher is better; the
+    parent, weight 0, always among them) and keep the share `choose_mixing_weight` picks."""
+    from tqdm.auto import tqdm
+
+    scores = {float(w): score(mix_query_side(parent, tuned, w))
+              for w in tqdm(sorted({0.0, *weights}), desc="mixing weights", leave=False)}
+    mixing = choose_mixing_weight(scores, alpha)
+    return mix_query_side(parent, tuned, mixing.weight), mixing

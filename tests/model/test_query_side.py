@@ -100,3 +100,38 @@ def test_clicked_documents_missing_from_the_index_are_refused(
     with pytest.raises(TrainingFailed, match="not in the index"):
         fine_tune_query_side(base_model_path, clicks, ["elsewhere"],
                              np.zeros((1, 384), np.float32), tmp_path, CFG, device="cpu")
+
+
+def test_a_mix_moves_the_query_encoder_part_way_and_leaves_documents_alone(
+        trained: tuple, clicks: pd.DataFrame, base_model_path: str) -> None:
+    """WiSE-FT on the query route: weight 0 is the parent, 1 the fine-tune, and between
+    them the query vectors lie between; documents encode as the index holds them."""
+    from embedloop.training import mix_by_score, mix_query_side
+
+    candidate, ids, vectors = trained
+    parent = load_model(base_model_path, "cpu", max_seq_length=64)
+    texts = dict(zip(clicks["doc_id"], clicks["positive"], strict=True))
+    queries = list(clicks["anchor"][:8])
+
+    def queries_of(model: object) -> np.ndarray:
+        return encode(model, queries, role="query")
+
+    np.testing.assert_allclose(queries_of(mix_query_side(parent, candidate, 0.0)),
+                               queries_of(parent), atol=1e-5)
+    np.testing.assert_allclose(queries_of(mix_query_side(parent, candidate, 1.0)),
+                               queries_of(candidate), atol=1e-5)
+    half = mix_query_side(parent, candidate, 0.5)
+    moved = np.linalg.norm(queries_of(candidate) - queries_of(parent), axis=1)
+    part = np.linalg.norm(queries_of(half) - queries_of(parent), axis=1)
+    assert (part < moved).all() and (part > 0.2 * moved).all()
+    np.testing.assert_allclose(encode(half, [texts[d] for d in ids], role="document"),
+                               vectors, atol=1e-6)
+
+    # the tune queries' scores pick the share: here the further from the parent, the
+    # worse every query ranks, so the mix falls back to the parent itself
+    def score(model: object) -> np.ndarray:
+        return -np.linalg.norm(queries_of(model) - queries_of(parent), axis=1)
+
+    mixed, mixing = mix_by_score(parent, candidate, [0.5, 1.0], score)
+    assert list(mixing.scores) == [0.0, 0.5, 1.0] and mixing.weight == 0.0
+    np.testing.assert_allclose(queries_of(mixed), queries_of(parent), atol=1e-5)

@@ -131,11 +131,42 @@ def test_corpus_mined_negative_keeps_the_margin_and_skips_clicked_documents() ->
     hits = {"q": [("p1", 0.90), ("near", 0.88), ("clicked", 0.80), ("far", 0.70),
                   ("p2", 0.60), ("farther", 0.50)],
             "r": [("x", 0.9), ("y", 0.8)]}  # r's positive is not in its top-k
-    mined = mine_corpus_negatives(pairs, hits, {"q": {"p1", "p2", "clicked"}},
-                                  relative_margin=0.05)
+    mined, passed_over = mine_corpus_negatives(pairs, hits, {"q": {"p1", "p2", "clicked"}},
+                                               relative_margin=0.05)
     # p1 (0.90): "near" is within 5% of it (0.855), "clicked" was clicked for q -> "far"
     # p2 (0.60): everything above it fails the margin -> "farther"
-    assert mined == ["far", "farther", None]
+    assert mined == ["far", "farther", None] and passed_over == 0
+
+
+def test_a_near_duplicate_of_the_positive_is_never_its_negative() -> None:
+    """In a corpus of paraphrases the best-ranked unclicked document is often the
+    positive's twin: passed over when their vectors are closer than max_similarity."""
+    pairs = pd.DataFrame({"qkey": ["q"], "doc_id": ["p"]})
+    hits = {"q": [("p", 0.90), ("twin", 0.80), ("other", 0.70)]}
+    twins = {frozenset({"p", "twin"}): 0.97}
+
+    def similarity(a: str, b: str) -> float:
+        return twins.get(frozenset({a, b}), 0.3)
+
+    assert mine_corpus_negatives(pairs, hits, {}, 0.05) == (["twin"], 0)
+    assert mine_corpus_negatives(pairs, hits, {}, 0.05, similarity, 0.9) == (["other"], 1)
+    assert mine_corpus_negatives(pairs, hits, {}, 0.05, similarity, 0.99) == (["twin"], 0)
+
+
+def test_tune_queries_are_never_trained_on_and_stay_tune_queries() -> None:
+    """The tune split is stable (by hash) and apart from the pool: its queries give
+    labels, never pairs, in every run."""
+    rows = [("2026-01-01", f"query {i}", f"d{i % 6}", True) for i in range(60)]
+    accepted = clicks(rows).assign(position=1)
+    texts = {f"d{i}": f"text {i}" for i in range(6)}
+    data = build_training_data(accepted, texts, pool_fraction=0.2, tune_fraction=0.3)
+    again = build_training_data(accepted, texts, pool_fraction=0.2, tune_fraction=0.3)
+    tune, pool = set(data.tune_qrels), set(data.eval_qrels)
+    assert 5 < len(tune) < 35 and not tune & pool and tune == set(again.tune_qrels)
+    assert not tune & set(data.pairs["query"])
+    assert len(tune) + len(pool) + data.train_queries == 60
+    assert all(data.shown_for(data.tune_qrels).values())  # condensed lists can be scored
+    assert build_training_data(accepted, texts, pool_fraction=0.2).tune_qrels == {}
 
 
 def test_cjk_queries_that_differ_only_in_width_or_spacing_are_one_query() -> None:
