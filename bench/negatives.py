@@ -37,7 +37,7 @@ def main() -> None:
     import pandas as pd
 
     from embedloop.config import load_settings
-    from embedloop.pairs import mine_corpus_negatives
+    from embedloop.pairs import above_chance, chance_similarity, mine_corpus_negatives
     from embedloop.production import Production
 
     settings = load_settings(args.config, home=str(args.out / "home"))
@@ -55,16 +55,21 @@ def main() -> None:
     vectors = retriever.index.vectors(ids).astype(np.float32)
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     row = {d: i for i, d in enumerate(ids)}
+    index = retriever.index  # chance: as the pipeline measures it (tasks/train.py)
+    sample = np.random.default_rng(0).choice(len(index.doc_ids), min(1000, len(index.doc_ids)),
+                                             replace=False)
+    chance = chance_similarity(index.vectors([index.doc_ids[i] for i in sample]))
 
     def similarity(a: str, b: str) -> float:
-        return float(vectors[row[a]] @ vectors[row[b]])
+        return above_chance(float(vectors[row[a]] @ vectors[row[b]]), chance)
 
     def twin(a: str, b: str) -> bool:
         return a.removesuffix("-twin") == b.removesuffix("-twin")
 
-    print(f"{args.beir.name}: {len(pairs)} judged train pairs, {len(qids)} queries")
-    print("| max similarity | negatives mined | judged relevant | twin of a judged document |"
-          " passed over |")
+    print(f"{args.beir.name}: {len(pairs)} judged train pairs, {len(qids)} queries; two random "
+          f"documents share a cosine of {chance:.3f} (chance)")
+    print("| max similarity above chance | negatives mined | judged relevant | twin of a "
+          "judged document | passed over |")
     print("|---|---|---|---|---|")
     for threshold in args.thresholds:
         mined, passed_over = mine_corpus_negatives(

@@ -17,7 +17,9 @@ from embedloop.index import VectorIndex
 from embedloop.pairs import (
     MinedNegatives,
     TrainingData,
+    above_chance,
     build_training_data,
+    chance_similarity,
     mine_corpus_negatives,
 )
 from embedloop.retrieval import Retriever, evaluate_retrieval
@@ -66,13 +68,17 @@ def mine_negatives_stage(settings: Settings, data: TrainingData, champion: Retri
             for qkey, found in zip(first_text.index, found_hits, strict=True)}
     similarity = None
     if settings.negative_max_similarity < 1:
+        index = champion.index
+        sample = np.random.default_rng(0).choice(len(index.doc_ids),
+                                                 min(1000, len(index.doc_ids)), replace=False)
+        chance = chance_similarity(index.vectors([index.doc_ids[i] for i in sample]))
         ids = sorted(set(pairs["doc_id"]) | {d for found in hits.values() for d, _ in found})
-        vectors = champion.index.vectors(ids).astype(np.float32)
+        vectors = index.vectors(ids).astype(np.float32)
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         row = {doc_id: i for i, doc_id in enumerate(ids)}
 
         def similarity(a: str, b: str) -> float:
-            return float(vectors[row[a]] @ vectors[row[b]])
+            return above_chance(float(vectors[row[a]] @ vectors[row[b]]), chance)
 
     mined, near_duplicates = mine_corpus_negatives(
         pairs, hits, data.clicked_for, settings.negative_relative_margin, similarity,
@@ -84,7 +90,8 @@ def mine_negatives_stage(settings: Settings, data: TrainingData, champion: Retri
     pairs.loc[found.index, "negative"] = found.map(texts)
     get_run_logger().info("hard negatives: %d of %d pairs mined from the corpus with the "
                           "champion (relative margin %.2f; %d near-duplicates of a positive "
-                          "passed over, cosine above %.2f); the rest keep a skipped or "
+                          "passed over, similarity above %.2f of the way from chance to "
+                          "identical); the rest keep a skipped or "
                           "random document", len(found), len(pairs),
                           settings.negative_relative_margin, near_duplicates,
                           settings.negative_max_similarity)
@@ -97,7 +104,8 @@ def fine_tune_stage(settings: Settings, base_model: str, data: TrainingData,
     """`train_side` "full": both encoders, from `base_model`. "query": its query encoder
     only, against the vectors `documents` (the champion's index) holds for the pairs'
     documents, so no document is encoded; then the candidate keeps the largest share of
-    the fine-tune (`mixing_weights`) that ranks the tune queries no worse than its parent."""
+    the fine-tune (`mixing_weights`) that ranks the tune queries no worse than its parent
+    (a loss within `harm_margin`, not credible at `harm_alpha`)."""
     pairs = data.pairs
     if settings.train_side == "query":
         needed = sorted(set(pairs["doc_id"]) | set(pairs.get("negative_id", pd.Series())
@@ -132,7 +140,7 @@ def _mixed(settings: Settings, base_model: str, tuned: FineTuneResult, data: Tra
 
     parent = load_model(base_model, device=tuned.device, max_seq_length=settings.max_seq_length)
     model, mixing = mix_by_score(parent, tuned.model, settings.mixing_weights, score,
-                                 settings.harm_alpha)
+                                 settings.harm_alpha, settings.harm_margin)
     shutil.rmtree(tuned.path)
     model.save(str(tuned.path))
     return dataclasses.replace(tuned, model=model, mixing=mixing)

@@ -199,6 +199,8 @@ def log_training(registry: Registry, run_id: str, data: TrainingData, tuned: Fin
     if mixing:  # the tune score against the weight: a curve in the run's metric charts
         for weight, score in mixing.scores.items():
             client.log_metric(run_id, "recipe.tune_ndcg_at_10", score, step=round(weight * 100))
+            client.log_metric(run_id, "recipe.tune_p_worse", mixing.p_worse[weight],
+                              step=round(weight * 100))
 
     def labels(qrels: dict[str, dict[str, float]]) -> pd.DataFrame:
         return pd.DataFrame([(q, d, g) for q, docs in sorted(qrels.items())

@@ -374,9 +374,11 @@ def mix_query_side(parent: SentenceTransformer, tuned: SentenceTransformer,
                       prompts=model_prompts(tuned))
 
 
-def choose_mixing_weight(per_query: dict[float, np.ndarray], alpha: float = 0.05) -> Mixing:
-    """The largest share of the fine-tune that does not rank the tune queries credibly
-    worse than the parent (weight 0; one-sided paired sign-flip test at `alpha`).
+def choose_mixing_weight(per_query: dict[float, np.ndarray], alpha: float = 0.05,
+                         margin: float = 0.01) -> Mixing:
+    """The largest share of the fine-tune whose mix ranks the tune queries no worse than
+    the parent (weight 0): its mean loss at most `margin` (the judge's harm margin), and
+    not credibly worse (one-sided paired sign-flip test at `alpha`).
 
     Not the best-scoring weight: click labels on a hundred queries cannot resolve the
     one-to-two-point gains a cycle makes (BENCHMARKS.md: the recipe), and chasing their
@@ -388,29 +390,31 @@ def choose_mixing_weight(per_query: dict[float, np.ndarray], alpha: float = 0.05
     means = {w: float(np.mean(v)) for w, v in sorted(per_query.items())}
     p_worse = {w: 1.0 if w == 0.0 else randomization_p_value(parent - v)
                for w, v in sorted(per_query.items())}
-    weight = max(w for w in means if p_worse[w] >= alpha)
+    weight = max(w for w in means
+                 if p_worse[w] >= alpha and means[0.0] - means[w] <= margin + 1e-12)
     n, top = len(parent), max(means)
     as_trained = (f"the fine-tune as trained {means[top]:.4f} against the parent's "
                   f"{means[0.0]:.4f} on {n} tune queries (p worse {p_worse[top]:.3f})")
     if weight == top:
-        why = f"all of it: {as_trained}, not credibly worse"
+        why = f"all of it: {as_trained}, no worse (loss within {margin:g}, not credible)"
     elif weight == 0.0:
-        why = f"none of it, every mix is credibly worse: {as_trained}; the candidate is the parent"
+        why = (f"none of it, every mix is worse (loss beyond {margin:g}, or credible): "
+               f"{as_trained}; the candidate is the parent")
     else:
-        why = (f"{weight:g} of it, the largest share not credibly worse ({means[weight]:.4f}, "
-               f"p worse {p_worse[weight]:.3f}): {as_trained}")
+        why = (f"{weight:g} of it, the largest share no worse than the parent "
+               f"({means[weight]:.4f}, p worse {p_worse[weight]:.3f}): {as_trained}")
     return Mixing(weight, means, p_worse, n, why)
 
 
 def mix_by_score(parent: SentenceTransformer, tuned: SentenceTransformer,
                  weights: Sequence[float],
                  score: Callable[[SentenceTransformer], np.ndarray],
-                 alpha: float = 0.05) -> tuple[SentenceTransformer, Mixing]:
+                 alpha: float = 0.05, margin: float = 0.01) -> tuple[SentenceTransformer, Mixing]:
     """Score the mix at every weight (`score`: per tune query, higher is better; the
     parent, weight 0, always among them) and keep the share `choose_mixing_weight` picks."""
     from tqdm.auto import tqdm
 
     scores = {float(w): score(mix_query_side(parent, tuned, w))
               for w in tqdm(sorted({0.0, *weights}), desc="mixing weights", leave=False)}
-    mixing = choose_mixing_weight(scores, alpha)
+    mixing = choose_mixing_weight(scores, alpha, margin)
     return mix_query_side(parent, tuned, mixing.weight), mixing

@@ -40,9 +40,17 @@ def test_a_wrecked_fine_tune_is_mixed_back_and_the_run_shows_why(
     curve = client.get_metric_history(run.info.run_id, "recipe.tune_ndcg_at_10")
     by_weight = {m.step: m.value for m in curve}
     assert sorted(by_weight) == [0, 20, 40, 60, 80, 100]
-    # the wrecked fine-tune ranks worst; the chosen mix is the best of all
+    p_worse = {m.step: m.value for m in client.get_metric_history(run.info.run_id,
+                                                                   "recipe.tune_p_worse")}
+    # the wrecked fine-tune ranks far worse than the parent; the candidate keeps the
+    # largest share that ranks no worse (a loss within the 0.01 margin, not credible)
     assert by_weight[100] < by_weight[0] - 0.1
-    assert by_weight[round(summary["mixing_weight"] * 100)] == max(by_weight.values())
+    chosen = round(summary["mixing_weight"] * 100)
+
+    def holds(step: int) -> bool:
+        return by_weight[step] >= by_weight[0] - 0.01 and p_worse[step] >= 0.05
+
+    assert holds(chosen) and not any(holds(step) for step in by_weight if step > chosen)
     # ... and the candidate holds its ground on the pool, which it never saw
     assert summary["candidate"]["ndcg@10"] >= summary["incumbent"]["ndcg@10"] - 0.05
 

@@ -33,3 +33,12 @@ def test_a_fine_tune_that_is_worse_at_every_share_leaves_the_parent() -> None:
     chosen = choose_mixing_weight({0.0: PARENT, 0.5: PARENT - 0.05, 1.0: PARENT - 0.1})
     assert chosen.weight == 0.0 and "the candidate is the parent" in chosen.why
     assert list(chosen.scores) == [0.0, 0.5, 1.0]
+
+
+def test_a_loss_beyond_the_harm_margin_is_not_kept_even_when_noise_hides_it() -> None:
+    """Too few tune queries to make a 2-point loss credible: the margin still holds it."""
+    noisy = PARENT[:12] + RNG.normal(0, 0.3, size=12)
+    shift = noisy.mean() - PARENT[:12].mean() + 0.02  # the mix loses 0.02 on average
+    chosen = choose_mixing_weight({0.0: PARENT[:12], 0.5: PARENT[:12] + RNG.normal(0, 0.01, 12),
+                                   1.0: noisy - shift}, alpha=0.05, margin=0.01)
+    assert chosen.p_worse[1.0] >= 0.05 and chosen.weight == 0.5

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from embedloop.pairs import (
+    above_chance,
     build_training_data,
+    chance_similarity,
     in_eval_pool,
     mine_corpus_negatives,
     normalize_query,
@@ -183,3 +186,19 @@ def test_cjk_queries_that_differ_only_in_width_or_spacing_are_one_query() -> Non
     assert data.pairs["qkey"].nunique() == 1
     # what users typed is what the model trains on
     assert set(data.pairs["anchor"]) <= {"ＧＰＵ　价格", "gpu 价格", "Gpu  价格"}
+
+
+def test_near_duplicate_similarity_is_measured_from_chance_so_it_means_the_same_per_model() -> None:
+    """e5's documents all share a cosine of about 0.85; MiniLM's about 0.1. Rescaled from
+    chance to identical, a twin is a twin under both, and a stranger is not."""
+    rng = np.random.default_rng(0)
+    for offset in (0.0, 2.0):  # a shared direction lifts every cosine, as e5's does
+        common = np.full(64, offset / 8)
+        corpus = rng.normal(size=(200, 64)) / 8 + common
+        chance = chance_similarity(corpus)
+        unit = corpus / np.linalg.norm(corpus, axis=1, keepdims=True)
+        twin = corpus[0] + rng.normal(size=64) / 80
+        twin /= np.linalg.norm(twin)
+        assert above_chance(float(unit[0] @ twin), chance) > 0.9
+        assert abs(above_chance(float(unit[0] @ unit[1]), chance)) < 0.3
+    assert chance_similarity(np.eye(3)) == 0.0 and above_chance(1.0, 0.85) == 1.0
