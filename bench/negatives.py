@@ -33,11 +33,10 @@ def main() -> None:
     ap.add_argument("--thresholds", type=float, nargs="+", default=[1.0, 0.95, 0.9, 0.85])
     args = ap.parse_args()
 
-    import numpy as np
     import pandas as pd
 
     from embedloop.config import load_settings
-    from embedloop.pairs import above_chance, chance_similarity, mine_corpus_negatives
+    from embedloop.pairs import mine_corpus_negatives, similarity_above_chance
     from embedloop.production import Production
 
     settings = load_settings(args.config, home=str(args.out / "home"))
@@ -51,17 +50,8 @@ def main() -> None:
     hits = {q: [(h.doc_id, h.score) for h in hs] for q, hs in zip(qids, found, strict=True)}
     pairs = pd.DataFrame([(q, d) for q in qids for d in sorted(train[q])],
                          columns=["qkey", "doc_id"])
-    ids = sorted(set(pairs["doc_id"]) | {d for hs in hits.values() for d, _ in hs})
-    vectors = retriever.index.vectors(ids).astype(np.float32)
-    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    row = {d: i for i, d in enumerate(ids)}
-    index = retriever.index  # chance: as the pipeline measures it (tasks/train.py)
-    sample = np.random.default_rng(0).choice(len(index.doc_ids), min(1000, len(index.doc_ids)),
-                                             replace=False)
-    chance = chance_similarity(index.vectors([index.doc_ids[i] for i in sample]))
-
-    def similarity(a: str, b: str) -> float:
-        return above_chance(float(vectors[row[a]] @ vectors[row[b]]), chance)
+    ids = set(pairs["doc_id"]) | {d for hs in hits.values() for d, _ in hs}
+    chance, similarity = similarity_above_chance(retriever.index, ids)  # as the pipeline does
 
     def twin(a: str, b: str) -> bool:
         return a.removesuffix("-twin") == b.removesuffix("-twin")

@@ -138,7 +138,8 @@ def main() -> None:
                     help="what each cycle trains (default: train_side of the settings)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="a setting over the config's, e.g. --set mixing_weights= (the "
-                         "fine-tune unmixed) --set negative_max_similarity=1 (no filter)")
+                         "fine-tune unmixed) --set negative_max_similarity=1 (no filter) --set "
+                         "training.query_learning_rate=3e-5")
     args = ap.parse_args()
 
     shutil.rmtree(args.out, ignore_errors=True)
@@ -158,10 +159,13 @@ def main() -> None:
                      "--seed", str(args.seed + 1000), "--start", "2026-06-01")
     queries = {q["_id"]: q["text"] for q in read_jsonl(args.beir / "queries.jsonl")}
     test = read_qrels(args.beir / "qrels" / "test.tsv")
-    overrides = {"home": str(home), "logs": str(arrived),
-                 "corpus": str(args.beir / "corpus.jsonl"),
-                 **({"train_side": args.train_side} if args.train_side else {}),
-                 **dict(item.split("=", 1) for item in args.set)}
+    chosen = dict(item.split("=", 1) for item in args.set)
+    overrides: dict[str, Any] = {
+        "home": str(home), "logs": str(arrived), "corpus": str(args.beir / "corpus.jsonl"),
+        **({"train_side": args.train_side} if args.train_side else {}),
+        **{k: v for k, v in chosen.items() if not k.startswith("training.")},
+        "training": {k.removeprefix("training."): v for k, v in chosen.items()
+                     if k.startswith("training.")}}
     settings = load_settings(args.config, **overrides)
 
     cycles: list[dict[str, Any]] = []

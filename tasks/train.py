@@ -17,10 +17,9 @@ from embedloop.index import VectorIndex
 from embedloop.pairs import (
     MinedNegatives,
     TrainingData,
-    above_chance,
     build_training_data,
-    chance_similarity,
     mine_corpus_negatives,
+    similarity_above_chance,
 )
 from embedloop.retrieval import Retriever, evaluate_retrieval
 from embedloop.training import FineTuneResult, fine_tune, fine_tune_query_side, mix_by_score
@@ -66,20 +65,10 @@ def mine_negatives_stage(settings: Settings, data: TrainingData, champion: Retri
     found_hits = champion.search(list(first_text), settings.negative_search_k)
     hits = {qkey: [(hit.doc_id, hit.score) for hit in found]
             for qkey, found in zip(first_text.index, found_hits, strict=True)}
-    similarity = None
+    similarity, chance = None, float("nan")
     if settings.negative_max_similarity < 1:
-        index = champion.index
-        sample = np.random.default_rng(0).choice(len(index.doc_ids),
-                                                 min(1000, len(index.doc_ids)), replace=False)
-        chance = chance_similarity(index.vectors([index.doc_ids[i] for i in sample]))
-        ids = sorted(set(pairs["doc_id"]) | {d for found in hits.values() for d, _ in found})
-        vectors = index.vectors(ids).astype(np.float32)
-        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        row = {doc_id: i for i, doc_id in enumerate(ids)}
-
-        def similarity(a: str, b: str) -> float:
-            return above_chance(float(vectors[row[a]] @ vectors[row[b]]), chance)
-
+        chance, similarity = similarity_above_chance(
+            champion.index, set(pairs["doc_id"]) | {d for found in hits.values() for d, _ in found})
     mined, near_duplicates = mine_corpus_negatives(
         pairs, hits, data.clicked_for, settings.negative_relative_margin, similarity,
         settings.negative_max_similarity)
@@ -90,11 +79,10 @@ def mine_negatives_stage(settings: Settings, data: TrainingData, champion: Retri
     pairs.loc[found.index, "negative"] = found.map(texts)
     get_run_logger().info("hard negatives: %d of %d pairs mined from the corpus with the "
                           "champion (relative margin %.2f; %d near-duplicates of a positive "
-                          "passed over, similarity above %.2f of the way from chance to "
-                          "identical); the rest keep a skipped or "
-                          "random document", len(found), len(pairs),
-                          settings.negative_relative_margin, near_duplicates,
-                          settings.negative_max_similarity)
+                          "passed over, similarity above %.2f of the way from chance, cosine %.3f, "
+                          "to identical); the rest keep a skipped or random document",
+                          len(found), len(pairs), settings.negative_relative_margin,
+                          near_duplicates, settings.negative_max_similarity, chance)
     return MinedNegatives(len(found), near_duplicates)
 
 

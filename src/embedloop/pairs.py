@@ -21,6 +21,7 @@ import random
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -244,6 +245,34 @@ def above_chance(cosine: float, chance: float) -> float:
     """`cosine` on a scale where 0 is `chance_similarity` and 1 is identical, so one
     near-duplicate threshold means the same under every model."""
     return (cosine - chance) / max(1.0 - chance, 1e-6)
+
+
+class StoredVectors(Protocol):
+    doc_ids: list[str]
+
+    def vectors(self, doc_ids: list[str]) -> np.ndarray: ...
+
+
+def similarity_above_chance(index: StoredVectors, doc_ids: set[str],
+                            sample_size: int = 1000
+                            ) -> tuple[float, Callable[[str, str], float]]:
+    """How alike two of `doc_ids` are under the model that built `index`, read from
+    its stored vectors (no encoding): 0 is what two random documents share
+    (`chance_similarity` over a fixed sample of the index, returned first), 1 is
+    identical."""
+    sample = np.random.default_rng(0).choice(len(index.doc_ids),
+                                             min(sample_size, len(index.doc_ids)),
+                                             replace=False)
+    chance = chance_similarity(index.vectors([index.doc_ids[i] for i in sample]))
+    ids = sorted(doc_ids)
+    vectors = index.vectors(ids).astype(np.float32)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    row = {doc_id: i for i, doc_id in enumerate(ids)}
+
+    def similarity(a: str, b: str) -> float:
+        return above_chance(float(vectors[row[a]] @ vectors[row[b]]), chance)
+
+    return chance, similarity
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
+import pytest
 
 from embedloop.pairs import (
     above_chance,
@@ -10,6 +13,7 @@ from embedloop.pairs import (
     in_eval_pool,
     mine_corpus_negatives,
     normalize_query,
+    similarity_above_chance,
 )
 
 
@@ -188,6 +192,15 @@ def test_cjk_queries_that_differ_only_in_width_or_spacing_are_one_query() -> Non
     assert set(data.pairs["anchor"]) <= {"ＧＰＵ　价格", "gpu 价格", "Gpu  价格"}
 
 
+@dataclass
+class StoredIndex:
+    """Vectors as an index stores them (a fake of VectorIndex's two members)."""
+    doc_ids: list[str]
+    matrix: np.ndarray
+
+    def vectors(self, doc_ids: list[str]) -> np.ndarray:
+        return self.matrix[[self.doc_ids.index(d) for d in doc_ids]]
+
 def test_near_duplicate_similarity_is_measured_from_chance_so_it_means_the_same_per_model() -> None:
     """e5's documents all share a cosine of about 0.85; MiniLM's about 0.1. Rescaled from
     chance to identical, a twin is a twin under both, and a stranger is not."""
@@ -195,10 +208,12 @@ def test_near_duplicate_similarity_is_measured_from_chance_so_it_means_the_same_
     for offset in (0.0, 2.0):  # a shared direction lifts every cosine, as e5's does
         common = np.full(64, offset / 8)
         corpus = rng.normal(size=(200, 64)) / 8 + common
-        chance = chance_similarity(corpus)
-        unit = corpus / np.linalg.norm(corpus, axis=1, keepdims=True)
         twin = corpus[0] + rng.normal(size=64) / 80
-        twin /= np.linalg.norm(twin)
-        assert above_chance(float(unit[0] @ twin), chance) > 0.9
-        assert abs(above_chance(float(unit[0] @ unit[1]), chance)) < 0.3
+        stored = StoredIndex([f"d{i}" for i in range(200)] + ["twin"],
+                             np.vstack([corpus, twin]))
+        chance, similarity = similarity_above_chance(stored, {"d0", "d1", "twin"})
+        assert chance == pytest.approx(chance_similarity(stored.matrix), abs=0.02)
+        assert (offset > 0) == (chance > 0.5)
+        assert similarity("d0", "twin") > 0.9
+        assert abs(similarity("d0", "d1")) < 0.3
     assert chance_similarity(np.eye(3)) == 0.0 and above_chance(1.0, 0.85) == 1.0
