@@ -294,13 +294,16 @@ def _ask_the_service(settings: Settings, text: str, k: int) -> dict[str, Any] | 
             answer = json.load(response)
     except (OSError, ValueError):  # nothing listening, refused, not ours, or not JSON
         return None
-    from embedloop.index import open_index_store
+    from embedloop.production import Production
 
-    store = open_index_store(settings)  # the live pointer and its manifest: no weights
-    live = store.live_version()
-    ours = (settings.model_name, store.manifest(live).model_version, live) if live else None
+    try:  # the registry's champion and the index it searches: no weights loaded
+        champion, index = Production.from_settings(settings).champion_pair()
+    except EmbedloopError:  # nothing to serve here: the local path says why
+        return None
+    # The champion's version, not the live index's builder: after a query-side promotion
+    # the index was built by an earlier version's document encoder.
     theirs = (answer.get("model"), answer.get("model_version"), answer.get("index_version"))
-    return answer if theirs == ours else None
+    return answer if theirs == (settings.model_name, champion, index) else None
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -105,7 +105,7 @@ def incumbent_stage(settings: Settings, production: Production, champion: Champi
     """The champion searching the index it built, which already holds its vectors;
     re-encoded only if the corpus changed since that index was built (a note says so)."""
     model = load_model(champion.model_path, runtime.device, settings.max_seq_length)
-    built = production.champion_index()
+    built = production.store.as_built(production.champion_index())  # scored as candidates are
     if built.manifest is not None and built.manifest.corpus_fingerprint == corpus_fingerprint(
             corpus):
         return Retriever(model, built, settings.encode_batch_size), None

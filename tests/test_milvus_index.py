@@ -93,6 +93,23 @@ def saved_by(child: subprocess.CompletedProcess[str]) -> list[str]:
     return [json.loads(line)["saved"] for line in child.stdout.splitlines()]
 
 
+def test_the_incumbent_is_scored_on_an_index_built_as_a_candidates_is(tmp_path: Path) -> None:
+    """The judge scores a candidate on `build`'s exact in-memory index; the stored live
+    version (HNSW on a Milvus server) is read back the same way, so neither side gets the
+    approximate one."""
+    store = MilvusIndexStore(str(tmp_path / "milvus.db"), "m")
+    vectors = unit_vectors(300, seed=4)
+    store.set_live(save(store, "1", vectors))
+    live = store.load()
+    judged = store.as_built(live)
+    candidate = store.build(vectors, [f"d{i}" for i in range(300)], precision="fp32")
+    assert (type(judged), judged.kind) == (type(candidate), candidate.kind) == (FaissIndex,
+                                                                                 "flat-ip")
+    assert judged.manifest == live.manifest and judged.titles == live.titles
+    queries = unit_vectors(10, seed=5)
+    assert judged.search(queries, 5) == candidate.search(queries, 5)
+
+
 def test_a_save_killed_midway_is_never_listed_and_its_number_is_reused(tmp_path: Path) -> None:
     db = str(tmp_path / "milvus.db")
     # Milvus Lite holds its file for one process: the child saves and is killed, then

@@ -203,6 +203,32 @@ def test_the_cli_asks_the_service_of_its_own_deployment(service: Service, tmp_pa
     assert _ask_the_service(other, QUERY, 3) is None
 
 
+def test_the_cli_still_asks_the_service_after_a_query_side_promotion(
+        service: Service, base_model_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A query-side champion searches the index an earlier version's document encoder
+    built, so the live index's builder is not the champion: the service is still ours."""
+    monkeypatch.setenv("EMBEDLOOP_API_TOKEN", TOKEN)
+    registry = service.production.registry
+    run_id = registry.start_run("test", {})
+    version = str(registry.client.create_model_version(
+        "svc", source=f"runs:/{run_id}/model", run_id=run_id).version)
+    registry.tag_version(version, document_encoder="1")  # trained query-side from v1
+    copy = service.home / ".embedloop" / "models" / f"v{version}"
+    shutil.copytree(base_model_path, copy / "model")
+    seal(copy)
+    service.production.promote(version)
+    try:
+        service.wait_for((version, "v0001"))
+        ours = load_settings(None, home=str(service.home), model_name="svc",
+                             api_port=service.port)
+        answer = _ask_the_service(ours, QUERY, 3)
+        assert answer is not None and (answer["model_version"], answer["index_version"]) == (
+            version, "v0001")
+    finally:
+        service.production.rollback()
+        service.wait_for(("1", "v0001"))
+
+
 def test_promotions_and_rollbacks_swap_under_load_without_mixing(service: Service) -> None:
     answers: list[tuple[int, Any]] = []
     stop = threading.Event()

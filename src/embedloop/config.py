@@ -203,10 +203,6 @@ class Settings:
 
         return resolve_base_model(self.base_model, tuple(sorted(self.prompts.items())))
 
-    @property
-    def experiment_name(self) -> str:
-        return self.model_name
-
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _TRAINING_FIELDS = {f.name: f for f in dataclasses.fields(TrainingConfig)}

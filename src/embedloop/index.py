@@ -145,6 +145,13 @@ class IndexStore(ABC):
               titles: list[str] | None = None) -> VectorIndex:
         """An index over `vectors`, in memory, of the kind this store picks for its size."""
 
+    def as_built(self, index: VectorIndex) -> VectorIndex:
+        """`index`, a stored version, searching as `build` would build it from the same
+        vectors: the judge scores a candidate on a built index, so the incumbent must
+        be scored on one too. A store whose stored versions search as their build did
+        (FAISS files) returns `index` itself."""
+        return index
+
     @abstractmethod
     def save_version(self, index: VectorIndex, *, model_name: str, model_version: str,
                      corpus_fingerprint: str) -> IndexManifest:

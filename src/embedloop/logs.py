@@ -116,13 +116,6 @@ def _fingerprint(path: Path, kind: str, consumed: int) -> str:
         return _sha256(f.read(min(consumed, HEAD_BYTES)))
 
 
-def read_new_rows(files: list[Path], cursors: dict[str, Cursor],
-                  column_map: dict[str, str] | None = None) -> NewRows:
-    """Everything `iter_new_rows` reads, in one frame (small batches, and tests)."""
-    [whole] = iter_new_rows(files, cursors, column_map, chunk_rows=None)  # one chunk
-    return whole
-
-
 CHUNK_ROWS = 200_000  # rows gathered (from as many files) before a chunk is handed on
 
 

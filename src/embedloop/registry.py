@@ -65,11 +65,14 @@ def seal(folder: Path) -> None:
 
 
 def is_intact(folder: Path) -> bool:
+    """The folder holds exactly the files its seal lists, unchanged. An empty seal (a
+    write cut off) lists nothing and proves nothing: not intact, so the copy is fetched
+    again."""
     try:
-        expected = json.loads((folder / SEAL).read_text() or "{}")
+        expected = json.loads((folder / SEAL).read_text())
     except (OSError, ValueError):
         return False
-    return not expected or _checksums(folder) == expected  # {}: sealed before checksums
+    return bool(expected) and _checksums(folder) == expected
 
 
 def is_tracking_server(tracking_uri: str) -> bool:
