@@ -12,8 +12,9 @@ dropped by the next save. `milvus_uri` names the server (Milvus standalone or a 
 `http://host:19530`; the token comes from EMBEDLOOP_MILVUS_TOKEN) or, by default, a
 Milvus Lite file under the state directory, embedded, as the tests run it.
 
-A candidate is evaluated on an exact in-memory FAISS index (`build`); only a published
-or canaried index is uploaded. Document ids and titles are read into memory when a
+A candidate is evaluated on an exact in-memory FAISS index (`build`), and the incumbent
+on its live version read back into one (`as_built`); only a published or canaried index
+is uploaded. Document ids and titles are read into memory when a
 version is loaded (search answers with them); the vectors stay in Milvus.
 """
 
