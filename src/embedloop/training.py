@@ -130,6 +130,9 @@ def fine_tune(base_model: str, pairs: pd.DataFrame, output_dir: Path, cfg: Train
         logging_steps=max(1, math.ceil(len(pairs) / batch_size / 5)),
         disable_tqdm=not show_progress,
     )
+    # Widget examples are for a Hugging Face Hub model card, which no version publishes:
+    # skipping them saves a pass over 1,000 pairs and a progress bar on every fine-tune.
+    model.model_card_data.set_widget_examples = lambda dataset: None
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
                                          loss=(weighted_ranking_loss(model) if weighted
                                                else MultipleNegativesRankingLoss(model)),

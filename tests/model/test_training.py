@@ -34,7 +34,7 @@ def weights(model: object) -> torch.Tensor:
 @pytest.mark.parametrize("learning_rate, changed", [(5e-5, True), (0.0, False)])
 def test_training_changes_weights_only_when_it_should(
         pairs: pd.DataFrame, base_model_path: str, tmp_path: Path,
-        learning_rate: float, changed: bool) -> None:
+        learning_rate: float, changed: bool, capfd: pytest.CaptureFixture[str]) -> None:
     before = weights(load_model(base_model_path, "cpu"))
     result = fine_tune(base_model_path, pairs, tmp_path,
                        TrainingConfig(max_steps=3, batch_size=8, learning_rate=learning_rate,
@@ -43,6 +43,7 @@ def test_training_changes_weights_only_when_it_should(
     after = weights(load_model(str(result.path), "cpu"))
     assert result.steps == 3 and np.isfinite(result.train_loss)
     assert (not torch.equal(before, after)) is changed
+    assert "widget" not in capfd.readouterr().err  # the Hub's model card: not ours to print
 
 
 def test_fine_tuning_pulls_queries_towards_clicked_documents(
