@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from embedloop.logs import Cursor, NewRows, iter_new_rows
+
 # The shared simulator's user: (shown doc ids, relevant docs, noise only, rng) -> clicks
 Clicks = Callable[[list[str], dict[str, int], bool, random.Random], list[bool]]
 
@@ -73,3 +75,10 @@ def shared_clicks() -> Clicks:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.clicks_for
+
+
+def read_new_rows(files: list[Path], cursors: dict[str, Cursor],
+                  column_map: dict[str, str] | None = None) -> NewRows:
+    """Everything `iter_new_rows` reads, in one chunk (small batches in tests)."""
+    [whole] = iter_new_rows(files, cursors, column_map, chunk_rows=None)
+    return whole

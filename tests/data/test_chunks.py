@@ -14,8 +14,9 @@ import pyarrow as pa
 import pytest
 
 from embedloop.corpus import load_corpus
-from embedloop.logs import iter_new_rows, read_new_rows
+from embedloop.logs import iter_new_rows
 from embedloop.validation import ACCEPTED_SCHEMA, EarlierIds, validate_in_chunks, validate_logs
+from tests.helpers import read_new_rows
 
 LIMITS = {"max_query_chars": 1000, "max_position": 1000}
 NOW = pd.Timestamp("2027-01-01", tz="UTC").to_pydatetime()

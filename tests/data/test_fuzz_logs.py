@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from embedloop import log_schema
 from embedloop.log_readers import read_csv, read_ndjson
 from embedloop.log_schema import LOG_FIELDS
-from embedloop.logs import read_new_rows
 from embedloop.validation import validate_logs
+from tests.helpers import read_new_rows
 
 DOC_IDS = {"d1", "d2", "d3"}
 GOOD = {"event_id": "e", "ts": "2026-03-01T12:00:05Z", "session_id": "s", "query": "heart attack",

@@ -11,8 +11,9 @@ import pytest
 from embedloop.corpus import load_corpus
 from embedloop.demo import simulate_logs
 from embedloop.errors import CorpusInvalid
-from embedloop.logs import discover_log_files, read_new_rows
+from embedloop.logs import discover_log_files
 from embedloop.validation import check_batch, quarantine_whole_batch, validate_logs
+from tests.helpers import read_new_rows
 
 LIMITS = {"max_query_chars": 1000, "max_position": 1000}
 

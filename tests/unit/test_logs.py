@@ -8,17 +8,12 @@ import pytest
 
 from embedloop.errors import InputError
 from embedloop.log_schema import to_typed_frame
-from embedloop.logs import Cursor, NewRows, discover_log_files, iter_new_rows
+from embedloop.logs import discover_log_files
+from tests.helpers import read_new_rows
 
 ROW = {"event_id": "e1", "ts": "2026-03-01T12:00:05Z", "session_id": "s1", "query": "q",
        "doc_id": "d1", "position": 1, "clicked": True, "dwell_ms": 4000}
 
-
-def read_new_rows(files: list[Path], cursors: dict[str, Cursor],
-                  column_map: dict[str, str] | None = None) -> NewRows:
-    """Everything `iter_new_rows` reads, in one chunk."""
-    [whole] = iter_new_rows(files, cursors, column_map, chunk_rows=None)
-    return whole
 
 
 def rows(n: int, start: int = 0) -> list[dict]:
