@@ -69,7 +69,7 @@ def rankings(settings: Any, version: str, queries: dict[str, str], cache: Path,
     path = cache / f"{tag}-v{version}-top{k}.json"
     if path.exists():
         return json.loads(path.read_text())
-    from embedloop.production import Production
+    from embedloop.production.champion import Production
 
     retriever = Production.from_settings(settings).retriever(
         version, max_seq_length=settings.max_seq_length)
@@ -81,7 +81,7 @@ def rankings(settings: Any, version: str, queries: dict[str, str], cache: Path,
 
 
 def ndcg10(ranked: list[str], relevant: dict[str, int]) -> float:
-    from embedloop.evaluation import ndcg_at_k
+    from embedloop.judge.evaluation import ndcg_at_k
 
     return ndcg_at_k(ranked, relevant, 10)
 
@@ -99,8 +99,8 @@ def run_canary(champion: dict[str, list[str]], challenger: dict[str, list[str]],
                truth: dict[str, dict[str, int]], clicks_for: Any, rng: random.Random,
                rule: Any, teams: tuple[str, str] = ("c", "x")) -> dict[str, Any]:
     """One canary: sessions until a decision or the limit."""
-    from embedloop.evidence import Finding, Source, read_interleaving
-    from embedloop.interleaving import team_draft
+    from embedloop.judge.evidence import Finding, Source, read_interleaving
+    from embedloop.judge.interleaving import team_draft
 
     queries = sorted(truth)
     wins = losses = 0
@@ -149,8 +149,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from embedloop.config import load_settings
-    from embedloop.evidence import Source
-    from embedloop.judge import Policy
+    from embedloop.judge.evidence import Source
+    from embedloop.judge.policy import Policy
 
     settings = load_settings(args.config, home=str(args.home.resolve()),
                              corpus=str((args.beir / "corpus.jsonl").resolve()))
@@ -161,7 +161,7 @@ def main() -> None:
     truth = read_qrels(args.beir / "qrels" / f"{args.split}.tsv")
     truth = {q: rel for q, rel in truth.items() if q in queries}
     if args.subset != "all":
-        from embedloop.pairs import in_eval_pool, normalize_query
+        from embedloop.learn.pairs import in_eval_pool, normalize_query
 
         inside = args.subset == "pool"
         truth = {q: rel for q, rel in truth.items() if in_eval_pool(

@@ -29,9 +29,9 @@ import random
 import statistics
 from dataclasses import dataclass
 
-from embedloop.evidence import InterleavedComparison, OnlineRule, Source, read_interleaving
-from embedloop.judge import QUEUE_PATIENCE, on_track
-from embedloop.sequential import log_evidence
+from embedloop.judge.evidence import InterleavedComparison, OnlineRule, Source, read_interleaving
+from embedloop.judge.policy import QUEUE_PATIENCE, on_track
+from embedloop.judge.sequential import log_evidence
 
 
 @dataclass

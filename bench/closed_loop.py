@@ -88,8 +88,8 @@ def main() -> None:
     os.environ.setdefault("PREFECT_HOME", str((args.out / "prefect").resolve()))
     (args.out / "prefect").mkdir(parents=True, exist_ok=True)
     from embedloop.config import load_settings
-    from embedloop.production import Production
-    from flows.retrain import retrain
+    from embedloop.flows.retrain import retrain
+    from embedloop.production.champion import Production
 
     home, arrived = (args.out / "home").resolve(), (args.out / "arrived").resolve()
     arrived.mkdir(parents=True)

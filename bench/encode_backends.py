@@ -26,10 +26,10 @@ CONFIGS = (("torch", "fp32"), ("torch", "bf16"), ("onnx", "fp32"), ("onnx-int8",
 
 def main() -> None:
     from embedloop.config import default_base_model
-    from embedloop.encoding import encode, load_model
-    from embedloop.exported import load_exported
-    from embedloop.faiss_index import FaissIndex
-    from embedloop.retrieval import Retriever
+    from embedloop.index.faiss_index import FaissIndex
+    from embedloop.models.encoding import encode, load_model
+    from embedloop.models.exported import load_exported
+    from embedloop.search.retrieval import Retriever
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--beir", type=Path,

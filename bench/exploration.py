@@ -78,10 +78,10 @@ def main() -> None:
     args = ap.parse_args()
 
     from embedloop.config import load_settings
-    from embedloop.evaluation import condensed, evaluate_rankings, ndcg_at_k
-    from embedloop.evidence import OfflineRule, Source, compare_offline
-    from embedloop.pairs import build_training_data, in_eval_pool, normalize_query
-    from embedloop.production import Production
+    from embedloop.judge.evaluation import condensed, evaluate_rankings, ndcg_at_k
+    from embedloop.judge.evidence import OfflineRule, Source, compare_offline
+    from embedloop.learn.pairs import build_training_data, in_eval_pool, normalize_query
+    from embedloop.production.champion import Production
 
     settings = load_settings(args.config, home=str(args.home.resolve()),
                              corpus=str((args.beir / "corpus.jsonl").resolve()))

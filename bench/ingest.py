@@ -32,15 +32,15 @@ from typing import Any
 
 import pandas as pd
 
-from embedloop.corpus import load_corpus
-from embedloop.ledger import (
+from embedloop.ingest.corpus import load_corpus
+from embedloop.ingest.ledger import (
     commit_ledger,
     load_ledger,
     save_batch,
     seen_event_ids,
 )
-from embedloop.logs import Ingested, discover_log_files, iter_new_rows
-from embedloop.validation import check_batch, validate_in_chunks
+from embedloop.ingest.logs import Ingested, discover_log_files, iter_new_rows
+from embedloop.ingest.validation import check_batch, validate_in_chunks
 
 REPO = Path(__file__).resolve().parents[1]
 

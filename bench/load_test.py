@@ -104,9 +104,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from embedloop.config import load_settings
-    from embedloop.encoding import encode
-    from embedloop.production import Production
-    from embedloop.retrieval import Retriever
+    from embedloop.models.encoding import encode
+    from embedloop.production.champion import Production
+    from embedloop.search.retrieval import Retriever
 
     settings = load_settings(args.config, home=str(args.home))
     production = Production.from_settings(settings)

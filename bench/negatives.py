@@ -36,8 +36,8 @@ def main() -> None:
     import pandas as pd
 
     from embedloop.config import load_settings
-    from embedloop.pairs import mine_corpus_negatives, similarity_above_chance
-    from embedloop.production import Production
+    from embedloop.learn.pairs import mine_corpus_negatives, similarity_above_chance
+    from embedloop.production.champion import Production
 
     settings = load_settings(args.config, home=str(args.out / "home"))
     retriever = Production.from_settings(settings).retriever(

@@ -26,8 +26,8 @@ def main() -> None:
     import torch
 
     from embedloop.config import default_base_model
-    from embedloop.corpus import document_texts, load_corpus
-    from embedloop.encoding import choose_precision, encode, load_model
+    from embedloop.ingest.corpus import document_texts, load_corpus
+    from embedloop.models.encoding import choose_precision, encode, load_model
 
     chosen, why = choose_precision("auto", "cpu")
     print(f"CPU {platform.processor() or platform.machine()}, torch {torch.__version__}, "

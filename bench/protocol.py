@@ -63,9 +63,9 @@ def simulate(beir: Path, out: Path, *extra: str) -> dict[str, Any]:
 def index_texts(model: Any, texts: dict[str, str], precision: str,
                 batch_size: int = 64) -> Any:
     """A Retriever: `model` searching an in-memory index of `texts` ({doc_id: text})."""
-    from embedloop.encoding import encode
-    from embedloop.faiss_index import FaissIndex
-    from embedloop.retrieval import Retriever
+    from embedloop.index.faiss_index import FaissIndex
+    from embedloop.models.encoding import encode
+    from embedloop.search.retrieval import Retriever
 
     vectors = encode(model, list(texts.values()), role="document", batch_size=batch_size,
                      precision=precision, show_progress=True)
@@ -75,7 +75,7 @@ def index_texts(model: Any, texts: dict[str, str], precision: str,
 def score_index(retriever: Any, queries: dict[str, str],
                 qrels: dict[str, dict[str, int]]) -> dict[str, float]:
     """TEST_METRICS of `retriever` on the judged queries; `queries`: id -> text."""
-    from embedloop.retrieval import evaluate_retrieval
+    from embedloop.search.retrieval import evaluate_retrieval
 
     means = evaluate_retrieval(retriever, qrels, texts=queries).means
     return {m: means[m] for m in TEST_METRICS}
@@ -84,7 +84,7 @@ def score_index(retriever: Any, queries: dict[str, str],
 def score_version(settings: Any, version: str, queries: dict[str, str],
                   qrels: dict[str, dict[str, int]]) -> dict[str, float]:
     """The test score of a registered version, through the index it built."""
-    from embedloop.production import Production
+    from embedloop.production.champion import Production
 
     retriever = Production.from_settings(settings).retriever(
         version, max_seq_length=settings.max_seq_length)
@@ -97,8 +97,8 @@ def ceiling(beir: Path, queries: dict[str, str], test: dict[str, dict[str, int]]
     import pandas as pd
 
     from embedloop.config import TrainingConfig
-    from embedloop.encoding import pick_device, resolve_precision
-    from embedloop.training import fine_tune
+    from embedloop.learn.training import fine_tune
+    from embedloop.models.encoding import pick_device, resolve_precision
 
     corpus = read_jsonl(beir / "corpus.jsonl")
     texts = {d["_id"]: f"{d.get('title', '')} {d.get('text', '')}".strip() for d in corpus}
@@ -148,7 +148,7 @@ def main() -> None:
     (args.out / "prefect").mkdir(parents=True, exist_ok=True)
 
     from embedloop.config import load_settings
-    from flows.retrain import retrain
+    from embedloop.flows.retrain import retrain
 
     home, arrived = args.out / "home", args.out / "arrived"
     arrived.mkdir(parents=True)

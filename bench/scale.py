@@ -46,7 +46,7 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 def measure(backend: str, n: int, work: Path) -> dict[str, Any]:
     """One backend at one size, in this process."""
-    from embedloop.faiss_index import FaissIndexStore
+    from embedloop.index.faiss_index import FaissIndexStore
 
     vectors = clustered_unit_vectors(n)
     ids = [f"doc-{i}" for i in range(n)]
@@ -54,7 +54,7 @@ def measure(backend: str, n: int, work: Path) -> dict[str, Any]:
     if backend == "faiss":
         store: Any = FaissIndexStore(work / "indexes")
     else:
-        from embedloop.milvus_index import MilvusIndexStore
+        from embedloop.index.milvus_index import MilvusIndexStore
 
         store = MilvusIndexStore(str(work / "milvus.db"), "scale")
     row: dict[str, Any] = {"backend": backend, "docs": n}

@@ -37,11 +37,11 @@ def main() -> None:
     args = ap.parse_args()
 
     from embedloop.config import load_settings
-    from embedloop.corpus import document_texts, load_corpus
-    from embedloop.encoding import load_model, pick_device, resolve_precision
     from embedloop.errors import IndexUnavailable
-    from embedloop.production import Production
-    from embedloop.registry import Registry
+    from embedloop.ingest.corpus import document_texts, load_corpus
+    from embedloop.models.encoding import load_model, pick_device, resolve_precision
+    from embedloop.production.champion import Production
+    from embedloop.production.registry import Registry
 
     settings = load_settings(args.config, home=str(args.out / "home"))
     registry = Registry(settings.resolved_tracking_uri, settings.model_name,
@@ -77,9 +77,9 @@ def paired(ours: object, home_out: Path, version: str, config: Path,
     import numpy as np
 
     from embedloop.config import load_settings
-    from embedloop.production import Production
-    from embedloop.retrieval import evaluate_retrieval
-    from embedloop.significance import bootstrap_ci
+    from embedloop.judge.significance import bootstrap_ci
+    from embedloop.production.champion import Production
+    from embedloop.search.retrieval import evaluate_retrieval
 
     settings = load_settings(config, home=str(home_out / "home"))
     theirs = Production.from_settings(settings).retriever(

@@ -50,11 +50,17 @@ def main() -> None:
     from prefect.testing.utilities import prefect_test_harness
 
     from embedloop.config import load_settings
-    from embedloop.corpus import document_texts, load_corpus
-    from embedloop.encoding import autocast, encode, load_model, pick_device, resolve_precision
-    from embedloop.faiss_index import build_faiss_index, choose_index
-    from embedloop.production import Production
-    from flows.retrain import retrain
+    from embedloop.flows.retrain import retrain
+    from embedloop.index.faiss_index import build_faiss_index, choose_index
+    from embedloop.ingest.corpus import document_texts, load_corpus
+    from embedloop.models.encoding import (
+        autocast,
+        encode,
+        load_model,
+        pick_device,
+        resolve_precision,
+    )
+    from embedloop.production.champion import Production
 
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)

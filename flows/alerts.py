@@ -19,7 +19,7 @@ from prefect.states import Completed, State
 
 from embedloop.config import load_settings
 from embedloop.errors import Refused
-from embedloop.production import Production
+from embedloop.production.champion import Production
 
 WEBHOOK_ENV = "EMBEDLOOP_ALERT_WEBHOOK"
 logger = logging.getLogger("embedloop.alerts")

@@ -89,14 +89,14 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    from embedloop.lock import refuse_if_held
+    from embedloop.production.lock import refuse_if_held
 
     # the same words the flow would use, without first importing Prefect and starting
     # a temporary server for a run that could only be refused
     refuse_if_held(_settings(args).state_dir, f"retrain ({args.trigger}: {args.reason})")
 
-    from embedloop.summary import RunSummary
-    from flows.retrain import retrain
+    from embedloop.flows.retrain import retrain
+    from embedloop.report.summary import RunSummary
     result = retrain(reason=args.reason, trigger=args.trigger, config_file=args.config,
                      overrides=_overrides(args))
     if result.get("outcome") == "refused":
@@ -132,8 +132,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from embedloop.ledger import EvidenceLedger
-    from embedloop.production import Production
+    from embedloop.ingest.ledger import EvidenceLedger
+    from embedloop.production.champion import Production
 
     settings = _settings(args)
     production = Production.from_settings(settings)
@@ -191,7 +191,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _evidence_line(reading: dict[str, Any] | None, source: str) -> str:
     """Where an interleaved comparison stood at its last reading (the judge's record)."""
-    from embedloop.evidence import InterleavedComparison
+    from embedloop.judge.evidence import InterleavedComparison
 
     numbers = InterleavedComparison.from_metrics(source, reading or {})
     if reading is None or numbers is None:
@@ -215,7 +215,7 @@ def _judged_as_incumbent(registry: Any, version: str, metric: str) -> str | None
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from flows.rollback import rollback, rollback_now
+    from embedloop.flows.rollback import rollback, rollback_now
 
     if os.environ.get("PREFECT_API_URL"):  # a server to record it in: run it as a flow
         result = rollback(reason=args.reason, config_file=args.config,
@@ -231,7 +231,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_stop_canary(args: argparse.Namespace) -> int:
-    from embedloop.production import Production
+    from embedloop.production.champion import Production
 
     production = Production.from_settings(_settings(args))
     running = production.state().canaries
@@ -257,7 +257,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise EmbedloopError("the query is empty")
     answer = None if args.local else _ask_the_service(settings, args.text, args.k)
     if answer is None:  # no service running for this deployment: load the pair here
-        from embedloop.production import Production
+        from embedloop.production.champion import Production
 
         retriever = Production.from_settings(settings).retriever(
             max_seq_length=settings.max_seq_length)
@@ -294,7 +294,7 @@ def _ask_the_service(settings: Settings, text: str, k: int) -> dict[str, Any] | 
             answer = json.load(response)
     except (OSError, ValueError):  # nothing listening, refused, not ours, or not JSON
         return None
-    from embedloop.production import Production
+    from embedloop.production.champion import Production
 
     try:  # the registry's champion and the index it searches: no weights loaded
         champion, index = Production.from_settings(settings).champion_pair()
@@ -307,11 +307,11 @@ def _ask_the_service(settings: Settings, text: str, k: int) -> dict[str, Any] | 
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from embedloop.corpus import load_corpus
-    from embedloop.ledger import load_ledger, seen_event_ids
-    from embedloop.log_readers import FORMATS
-    from embedloop.logs import Ingested, discover_log_files, files_not_read, iter_new_rows
-    from embedloop.validation import check_batch, first_of_each_reason, validate_in_chunks
+    from embedloop.ingest.corpus import load_corpus
+    from embedloop.ingest.ledger import load_ledger, seen_event_ids
+    from embedloop.ingest.logs import Ingested, discover_log_files, files_not_read, iter_new_rows
+    from embedloop.ingest.readers import FORMATS
+    from embedloop.ingest.validation import check_batch, first_of_each_reason, validate_in_chunks
 
     settings = _settings(args)
     if not settings.corpus:
@@ -375,10 +375,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from embedloop.api import TOKEN_ENV, create_app
-    from embedloop.production import Production
-    from embedloop.serving import LiveSearch
-    from flows.alerts import send_alert
+    from embedloop.flows.alerts import send_alert
+    from embedloop.production.champion import Production
+    from embedloop.serve.api import TOKEN_ENV, create_app
+    from embedloop.serve.service import LiveSearch
 
     settings = _settings(args)
     host, port = args.host or settings.api_host, args.port or settings.api_port
@@ -416,7 +416,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from flows.deployments import serve_deployments
+    from embedloop.flows.deployments import serve_deployments
 
     _settings(args)  # a broken config fails now, not at 2 a.m.
     api = os.environ.get("PREFECT_API_URL")

@@ -16,8 +16,8 @@ from typing import Any
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.schedules import Cron
 
-from flows.retrain import retrain
-from flows.rollback import rollback
+from embedloop.flows.retrain import retrain
+from embedloop.flows.rollback import rollback
 
 NIGHTLY_CRON = "0 2 * * 1-6"
 WEEKLY_FULL_CRON = "0 2 * * 0"  # the seventh night: in place of the nightly run, not beside it

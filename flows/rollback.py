@@ -12,9 +12,9 @@ from prefect.states import State
 
 from embedloop.config import load_settings
 from embedloop.errors import Refused
-from embedloop.lock import exclusive
-from embedloop.production import Production
-from flows.alerts import notify_failure, refused
+from embedloop.flows.alerts import notify_failure, refused
+from embedloop.production.champion import Production
+from embedloop.production.lock import exclusive
 
 
 @flow(name="rollback", flow_run_name="rollback", on_failure=[notify_failure],

@@ -1,163 +1,39 @@
-"""Users' evidence in a run (judge.py): the interleaved comparisons judged on all their
-sessions so far, and a new candidate started as a canary.
-
-The watch comes first: a champion that users credibly prefer less than the one it
-replaced is rolled back, and the canaries judged against it end with it. Then each
-canary: one that users credibly prefer is promoted (the commit point), one they
-credibly like less, or one undecided at its session limit, ends.
-"""
+"""Users' evidence in a run: the watch and the canaries judged, and a new candidate
+started as a canary (embedloop.judge.users)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 from prefect import get_run_logger
 
-from embedloop.config import Settings
-from embedloop.corpus import corpus_fingerprint
-from embedloop.evidence import Source, read_interleaving
-from embedloop.index import VectorIndex
-from embedloop.interleaving import credit, session_votes
-from embedloop.judge import (
-    Action,
-    Comparison,
-    Judge,
-    Judgement,
-    Policy,
-    UsersEvidence,
-    on_track,
-)
-from embedloop.ledger import EvidenceLedger
-from embedloop.pairs import in_eval_pool, normalize_query
-from embedloop.production import Production
-from tasks._stage import stage
-
-
-def interleaved_rows(frames: list[pd.DataFrame | None], pool_fraction: float,
-                     ) -> tuple[list[tuple[str, str | None, bool]], dict[str, pd.Timestamp]]:
-    """The shown results of interleaved sessions, as (session, team, clicked), and when
-    each session of a pool query began (the sessions that can count)."""
-    parts = [f[["session_id", "ts", "query", "team", "clicked"]] for f in frames
-             if f is not None and "team" in f.columns]
-    if not parts:
-        return [], {}
-    rows = pd.concat(parts, ignore_index=True)
-    rows = rows[rows["team"].notna()]
-    began = rows.assign(ts=pd.to_datetime(rows["ts"], utc=True)).groupby(
-        "session_id", sort=False).agg(ts=("ts", "min"), query=("query", "first"))
-    pool = {s: ts for s, ts, q in zip(began.index, began["ts"], began["query"], strict=True)
-            if in_eval_pool(normalize_query(str(q)), pool_fraction)}
-    return list(zip(rows["session_id"], rows["team"], rows["clicked"], strict=True)), pool
-
-
-def counts_after(pool: dict[str, pd.Timestamp], after: str) -> Callable[[str], bool]:
-    """Which sessions count for a comparison started once the logs up to `after` had
-    been read: pool-query sessions that began later (all of them if `after` is empty)."""
-    if not after:
-        return pool.__contains__
-    start = pd.Timestamp(after)
-    start = start.tz_localize("UTC") if start.tzinfo is None else start
-    return lambda session: session in pool and pool[session] > start
+from embedloop.index.base import VectorIndex
+from embedloop.ingest.batches import batch_end
+from embedloop.ingest.ledger import EvidenceLedger
+from embedloop.judge.policy import Action, Judge, Judgement, Policy, UsersEvidence
+from embedloop.judge.users import judge_users, start_canary
+from embedloop.production.champion import Production
+from embedloop.tasks._stage import stage
 
 
 @stage(name="judge users")
-def judge_users_stage(settings: Settings, production: Production, champion: str,
-                      batch: pd.DataFrame, history: pd.DataFrame | None) -> UsersEvidence:
+def judge_users_stage(production: Production, policy: Policy, state_dir: Path, champion: str,
+                      batch: pd.DataFrame, history: pd.DataFrame | None,
+                      pool_fraction: float) -> UsersEvidence:
     """The watch of `champion`, then its canaries, each on all its sessions so far."""
-    rows, pool = interleaved_rows([history, batch], settings.holdout_fraction)
-    after = batch_end(batch)
-    policy = Policy.from_settings(settings)
-    judge = Judge(policy, EvidenceLedger(settings.state_dir))
-    logger = get_run_logger()
-    comparisons: list[Comparison] = []
-
-    def read(source: Source, challenger: str, opponent: str) -> Comparison:
-        tags = production.registry.version_info(challenger).tags
-        counted = counts_after(pool, tags.get(f"{source}_after", ""))
-        tally = credit(rows, champion=opponent, candidate=challenger, counted=counted)
-        verdict = read_interleaving(source, tally.sessions, tally.candidate_wins,
-                                    tally.champion_wins, policy.online_rule(source),
-                                    tally.uncounted)
-        judged = (judge.watch if source == Source.WATCH else judge.canary)(challenger, verdict)
-        votes = [v for s, v in session_votes(rows, opponent, challenger).items()
-                 if counted(s)]
-        logger.info("%s v%s against v%s: %s - %s", source, challenger, opponent,
-                    judged.action, judged.reason)
-        comparisons.append(Comparison(source, challenger, opponent, judged, votes))
-        return comparisons[-1]
-
-    rolled_back = None
-    previous = production.registry.watched_against(champion)
-    if previous is not None:
-        watch = read(Source.WATCH, champion, previous).judgement
-        if watch.action == Action.ROLLBACK:
-            rolled_back = production.rollback()  # ends the watch and its canaries
-            champion = rolled_back.champion
-        elif watch.action == Action.PASS:
-            production.end_watch(champion, f"held: {watch.reason}")
-    promoted = None
-    for version in production.state().canaries:  # those judged against `champion`
-        canary = read(Source.CANARY, version, champion).judgement
-        if canary.action == Action.PROMOTE:
-            production.promote(version, after)  # the commit point; the other canaries end
-            promoted = version
-            break
-        if canary.action == Action.STOP:
-            production.end_canary(version, canary.reason)
-    return UsersEvidence(comparisons, promoted, rolled_back)
-
-
-def batch_end(batch: pd.DataFrame) -> str:
-    """The latest log timestamp of a run's batch: sessions served after anything this run
-    starts are logged later than this."""
-    return str(pd.to_datetime(batch["ts"], utc=True).max()) if len(batch) else ""
-
-
-def batch_window(batch: pd.DataFrame) -> tuple[str, str]:
-    """The first and last log timestamps of a run's batch (ISO strings)."""
-    ts = pd.to_datetime(batch["ts"], utc=True)
-    return (str(ts.min()), str(ts.max())) if len(batch) else ("", "")
+    return judge_users(production, Judge(policy, EvidenceLedger(state_dir)), champion,
+                       [history, batch], pool_fraction, batch_end(batch), get_run_logger())
 
 
 @stage(name="start canary")
-def start_canary_stage(settings: Settings, production: Production, judgement: Judgement,
+def start_canary_stage(production: Production, policy: Policy, judgement: Judgement,
                        users: UsersEvidence, index: VectorIndex, version: str,
-                       corpus: pd.DataFrame, batch: pd.DataFrame) -> tuple[bool, str]:
-    """A candidate the offline screen let through becomes a canary, with the index it
-    was evaluated on. The queue: it takes a free slot (`canary_slots`); when none is
-    free, it replaces the running canary with the weakest evidence unless that one is on
-    track (judge.on_track: users are warming to it, and at its win share so far it would
-    decide soon). Returns whether it started, and why, in words."""
+                       corpus_fingerprint: str, batch: pd.DataFrame, slots: int,
+                       share: float) -> tuple[bool, str]:
+    """A candidate the offline screen sent to the users becomes a canary, if the queue
+    lets it (embedloop.judge.users.start_canary). Returns whether it started, and why."""
     if judgement.action != Action.CANARY:
         return False, ""
-    running = list(production.state().canaries)
-    alpha = Policy.from_settings(settings).online_alpha
-    if len(running) >= settings.canary_slots:
-        readings = {v: users.reading(v) for v in running}
-
-        def strength(v: str) -> float:
-            reading = readings[v]
-            return reading.evidence if reading else 0.0
-
-        weakest = min(running, key=strength)
-        reading = readings[weakest]
-        if reading is not None and on_track(reading, alpha):
-            why = ("not started: the canary slot(s) hold candidates users are warming to ("
-                   + ", ".join(f"v{v} evidence {strength(v):.2f}" for v in running)
-                   + "); it waits for one to end")
-            get_run_logger().info("canary v%s %s", version, why)
-            return False, why
-        production.end_canary(weakest, f"replaced by v{version}: not on track (evidence "
-                                       f"{strength(weakest):.2f}"
-                                       + (f", {reading.wins}-{reading.losses} in "
-                                          f"{reading.sessions} sessions)" if reading else ")"))
-    production.ensure_saved(index, version, corpus_fingerprint(corpus))
-    production.start_canary(version, settings.canary_slots, after=batch_end(batch))
-    share = min(settings.canary_share, settings.holdout_fraction)
-    why = (f"interleaved with the champion in up to {share:.0%} of search sessions (those "
-           f"of pool queries) until users' clicks decide (at most "
-           f"{settings.canary_max_sessions} sessions)")
-    get_run_logger().info("canary v%s started: %s", version, why)
-    return True, why
-
+    return start_canary(production, policy, users, index, version, corpus_fingerprint, slots,
+                        share, batch_end(batch), get_run_logger())

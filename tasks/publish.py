@@ -1,47 +1,39 @@
 """Production's side of a run: the champion (bootstrapped or repaired), the candidate
-registered, and, on promotion only, its index saved and made live with it."""
+registered, and, on promotion only, its index saved and made live with it
+(embedloop.production)."""
 
 from __future__ import annotations
 
 import functools
 
-import pandas as pd
 from prefect import get_run_logger
 
-from embedloop.config import Settings
-from embedloop.corpus import corpus_fingerprint
-from embedloop.encoding import Runtime, load_model
-from embedloop.evidence import OfflineComparison, Source
 from embedloop.faults import crash_point, pause_point
-from embedloop.index import VectorIndex
-from embedloop.judge import Action, Judgement
-from embedloop.production import Champion, Production
-from embedloop.registry import DOCUMENT_ENCODER
-from embedloop.training import FineTuneResult
-from tasks._stage import stage
-from tasks.evaluate import index_corpus
+from embedloop.index.base import VectorIndex
+from embedloop.index.build import CorpusIndexer
+from embedloop.ingest.corpus import corpus_fingerprint
+from embedloop.judge.offline import candidate_record
+from embedloop.judge.policy import Judgement
+from embedloop.learn.training import FineTuneResult
+from embedloop.models.encoding import load_model
+from embedloop.production.champion import Champion, Production
+from embedloop.production.registry import DOCUMENT_ENCODER
+from embedloop.tasks._stage import stage
 
 
 @stage(name="champion")
-def ensure_champion_stage(settings: Settings, production: Production, corpus: pd.DataFrame,
-                          runtime: Runtime) -> Champion:
+def ensure_champion_stage(production: Production, base_model: str,
+                          index_corpus: CorpusIndexer, device: str,
+                          max_seq_length: int | None) -> Champion:
     """The first run registers the base model as champion v1 and builds its live index;
     later runs repair a live pointer left behind by a crash between alias and swap."""
     champion = production.ensure_champion(
-        settings.resolved_base_model,
-        load=functools.partial(load_model, device=runtime.device,
-                               max_seq_length=settings.max_seq_length),
-        index_corpus=functools.partial(index_corpus, settings, production.store, corpus,
-                                       runtime.encoder),
-        corpus_fingerprint=corpus_fingerprint(corpus))
+        base_model, load=functools.partial(load_model, device=device,
+                                           max_seq_length=max_seq_length),
+        index_corpus=index_corpus, corpus_fingerprint=corpus_fingerprint(index_corpus.corpus))
     for note in production.notes:
         get_run_logger().warning(note)
     return champion
-
-
-# What the registry's `decision` tag says for each offline judgement.
-DECISIONS = {Action.PROMOTE: "promoted", Action.CANARY: "to the canary",
-             Action.KEEP: "not promoted", Action.REJECT: "rejected"}
 
 
 @stage(name="register")
@@ -52,28 +44,21 @@ def register_stage(production: Production, run_id: str, tuned: FineTuneResult,
     and why. A query-side candidate is tagged with the document encoder it shares (the
     champion's), which is how production finds the index it searches."""
     pause_point("register")
-    verdict = DECISIONS[judgement.action]
-    tags = {"decision": verdict, "parent_version": champion.version, "batch": batch_id,
-            "train_side": tuned.side}
-    pool = judgement.verdict(Source.POOL)
-    if pool is not None and isinstance(pool.numbers, OfflineComparison):
-        tags[metric.replace("@", "_at_")] = f"{pool.numbers.candidate:.4f}"
+    description, tags = candidate_record(judgement, tuned.side, champion.version, batch_id,
+                                         pairs, metric)
     if tuned.side == "query":
         tags[DOCUMENT_ENCODER] = production.document_encoder(champion.version)
-    return production.register(
-        run_id, tuned.model, tuned.path,
-        description=(f"Fine-tuned ({tuned.side} side) from v{champion.version} on batch "
-                     f"{batch_id} ({pairs} pairs). Decision: {verdict} - {judgement.reason}"),
-        tags=tags)
+    return production.register(run_id, tuned.model, tuned.path, description=description,
+                               tags=tags)
 
 
 @stage(name="publish")
 def publish_stage(production: Production, index: VectorIndex, version: str,
-                  corpus: pd.DataFrame, after: str = "") -> str:
+                  fingerprint: str, after: str = "") -> str:
     """The commit point: the candidate's index saved as a new version (not live) unless
     it is one already (a query-side candidate searches the champion's), then `champion`
     moved and the live index swapped (Production.promote). Returns the live index."""
-    manifest = production.ensure_saved(index, version, corpus_fingerprint(corpus))
+    manifest = production.ensure_saved(index, version, fingerprint)
     crash_point("publish")  # a new index version on disk, not live
     pause_point("publish")
     old = production.promote(version, after or None)  # on watch from then on

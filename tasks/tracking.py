@@ -1,10 +1,10 @@
 """MLflow writes as tasks: a tracking server is a network service, so each write retries
-(twice, after 2 s and 10 s) before it fails the run. What is written: embedloop.tracking."""
+(twice, after 2 s and 10 s) before it fails the run. What is written: embedloop.report.tracking."""
 
 from __future__ import annotations
 
-from embedloop import tracking
-from tasks._stage import io_stage
+from embedloop.report import tracking
+from embedloop.tasks._stage import io_stage
 
 start_tracking_stage = io_stage(name="start tracking")(tracking.start_tracking)
 log_validation_stage = io_stage(name="log validation")(tracking.log_validation)

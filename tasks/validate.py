@@ -1,47 +1,27 @@
+"""Validate: whether the batch can be trained on, and, when it cannot, the batch stopped
+with the reason (embedloop.ingest.validation, embedloop.ingest.batches)."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
-from embedloop.config import Settings
-from embedloop.errors import BatchRejected
-from embedloop.ledger import Ledger, batch_dir
-from embedloop.logs import Cursor
-from embedloop.validation import (
-    ACCEPTED_SCHEMA,
-    QUARANTINE_SCHEMA,
-    BatchVerdict,
-    LogValidation,
-    check_batch,
-    quarantine_whole_batch,
-    write_rows,
-)
-from tasks._stage import stage
-from tasks.ingest import commit_batch_stage
+from embedloop.ingest.batches import reject_batch
+from embedloop.ingest.ledger import Ledger
+from embedloop.ingest.logs import Cursor
+from embedloop.ingest.validation import BatchVerdict, LogValidation, check_batch
+from embedloop.tasks._stage import stage
 
 
 @stage(name="check batch")
-def check_batch_stage(settings: Settings, result: LogValidation) -> BatchVerdict:
-    return check_batch(result, max_quarantine_share=settings.max_quarantine_share,
-                       min_clicks=settings.min_clicks)
+def check_batch_stage(result: LogValidation, max_quarantine_share: float,
+                      min_clicks: int) -> BatchVerdict:
+    return check_batch(result, max_quarantine_share=max_quarantine_share, min_clicks=min_clicks)
 
 
 @stage(name="reject batch")
-def reject_batch_stage(settings: Settings, ledger: Ledger, cursors: dict[str, Cursor],
+def reject_batch_stage(state_dir: Path, ledger: Ledger, cursors: dict[str, Cursor],
                        batch_id: str, result: LogValidation, verdict: BatchVerdict,
-                       work_dir: Path) -> None:
-    """Stop before training, saying why. A mostly broken batch (a broken tracker) is kept
-    whole in quarantine and the ledger moves past it, so the next run is not blocked by
-    the same rows; any other failed check leaves the rows unread, for the next run."""
-    why = "; ".join(verdict.problems)
-    if result.quarantined_share > settings.max_quarantine_share:
-        work_dir.mkdir(parents=True, exist_ok=True)
-        kept = work_dir / "rejected.parquet"
-        total = write_rows(quarantine_whole_batch(result, why), kept, QUARANTINE_SCHEMA)
-        assert total == result.input_rows, f"row accounting broke: {total} != {result.input_rows}"
-        commit_batch_stage(settings, ledger, cursors, batch_id,
-                           ACCEPTED_SCHEMA.empty_table().to_pandas(), kept)
-        where = batch_dir(settings.state_dir, batch_id) / "quarantine.parquet"
-        raise BatchRejected(f"batch rejected before training: {why}. All "
-                            f"{result.input_rows} rows are kept in {where}")
-    raise BatchRejected(f"batch not trained on yet: {why}. Its rows stay unread and are "
-                        f"read again, with newer ones, by the next run")
+                       max_quarantine_share: float, work_dir: Path) -> None:
+    """Stop before training, saying why (embedloop.ingest.batches.reject_batch)."""
+    raise reject_batch(state_dir, ledger, cursors, batch_id, result, verdict,
+                       max_quarantine_share, work_dir)

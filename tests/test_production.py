@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from embedloop.errors import IndexUnavailable, NothingToRollBack, RegistryError
-from embedloop.faiss_index import FaissIndex, FaissIndexStore
-from embedloop.production import Opponent, Production
-from embedloop.registry import CHAMPION, Registry
+from embedloop.index.faiss_index import FaissIndex, FaissIndexStore
+from embedloop.production.champion import Opponent, Production
+from embedloop.production.registry import CHAMPION, Registry
 
 MODEL = "embedloop-test"
 

@@ -21,17 +21,17 @@ import numpy as np
 import pytest
 import torch
 
-from embedloop.api import create_app
 from embedloop.config import load_settings
-from embedloop.corpus import document_texts, load_corpus
-from embedloop.encoding import encode, load_model
-from embedloop.faiss_index import FaissIndex, FaissIndexStore
-from embedloop.pairs import in_eval_pool, normalize_query
-from embedloop.production import Production
-from embedloop.registry import Registry, seal
-from embedloop.retrieval import Retriever
-from embedloop.serving import LiveSearch
-from flows.cli import _ask_the_service
+from embedloop.flows.cli import _ask_the_service
+from embedloop.index.faiss_index import FaissIndex, FaissIndexStore
+from embedloop.ingest.corpus import document_texts, load_corpus
+from embedloop.learn.pairs import in_eval_pool, normalize_query
+from embedloop.models.encoding import encode, load_model
+from embedloop.production.champion import Production
+from embedloop.production.registry import Registry, seal
+from embedloop.search.retrieval import Retriever
+from embedloop.serve.api import create_app
+from embedloop.serve.service import LiveSearch
 
 TOKEN = "test-token"
 QUERY = "protein folding in cancer cells"

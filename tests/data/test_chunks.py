@@ -13,9 +13,14 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from embedloop.corpus import load_corpus
-from embedloop.logs import iter_new_rows
-from embedloop.validation import ACCEPTED_SCHEMA, EarlierIds, validate_in_chunks, validate_logs
+from embedloop.ingest.corpus import load_corpus
+from embedloop.ingest.logs import iter_new_rows
+from embedloop.ingest.validation import (
+    ACCEPTED_SCHEMA,
+    EarlierIds,
+    validate_in_chunks,
+    validate_logs,
+)
 from tests.helpers import read_new_rows
 
 LIMITS = {"max_query_chars": 1000, "max_position": 1000}
@@ -95,7 +100,7 @@ def test_a_csv_that_turns_irregular_part_way_is_read_alike_in_chunks(tmp_path: P
     path = tmp_path / "logs.csv"
     path.write_text(header + "".join(rows))
     for skip in (0, 120):
-        from embedloop.log_readers import csv_chunks, read_csv
+        from embedloop.ingest.readers import csv_chunks, read_csv
 
         whole = read_csv(path, skip, 0, {})
         parts = list(csv_chunks(path, skip, 0, {}, chunk_bytes=1500))

@@ -14,10 +14,10 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from embedloop import log_schema
-from embedloop.log_readers import read_csv, read_ndjson
-from embedloop.log_schema import LOG_FIELDS
-from embedloop.validation import validate_logs
+from embedloop.ingest import schema as log_schema
+from embedloop.ingest.readers import read_csv, read_ndjson
+from embedloop.ingest.schema import LOG_FIELDS
+from embedloop.ingest.validation import validate_logs
 from tests.helpers import read_new_rows
 
 DOC_IDS = {"d1", "d2", "d3"}
@@ -100,7 +100,7 @@ def test_ndjson_lines_of_any_shape(lines: list[str]) -> None:
 
 
 def same_rows_natively(path: Path, column_map: dict[str, str] | None = None) -> None:
-    """The rows Arrow reads (native_logs.py) come out exactly as the Python reader, which
+    """The rows Arrow reads (native.py) come out exactly as the Python reader, which
     is the definition, reads them: same values, same types, same line numbers."""
     read = read_csv if path.suffix == ".csv" else read_ndjson
     native = read(path, 0, 0, column_map or {})

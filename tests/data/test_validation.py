@@ -8,11 +8,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from embedloop.corpus import load_corpus
 from embedloop.demo import simulate_logs
 from embedloop.errors import CorpusInvalid
-from embedloop.logs import discover_log_files
-from embedloop.validation import check_batch, quarantine_whole_batch, validate_logs
+from embedloop.ingest.corpus import load_corpus
+from embedloop.ingest.logs import discover_log_files
+from embedloop.ingest.validation import check_batch, quarantine_whole_batch, validate_logs
 from tests.helpers import read_new_rows
 
 LIMITS = {"max_query_chars": 1000, "max_position": 1000}

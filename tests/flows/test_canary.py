@@ -28,12 +28,12 @@ from typing import Any
 
 import pytest
 
-from embedloop.api import create_app
 from embedloop.config import Settings, load_settings
-from embedloop.pairs import in_eval_pool, normalize_query
-from embedloop.production import Production
-from embedloop.serving import LiveSearch
-from flows.cli import main
+from embedloop.flows.cli import main
+from embedloop.learn.pairs import in_eval_pool, normalize_query
+from embedloop.production.champion import Production
+from embedloop.serve.api import create_app
+from embedloop.serve.service import LiveSearch
 from tests.flows.test_retrain import run
 from tests.helpers import Clicks, first_week_logs, make_home, shared_clicks
 

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 from embedloop.config import load_settings
-from embedloop.faiss_index import FaissIndexStore
-from embedloop.ledger import load_ledger
-from embedloop.registry import CHAMPION, Registry
+from embedloop.index.faiss_index import FaissIndexStore
+from embedloop.ingest.ledger import load_ledger
+from embedloop.production.registry import CHAMPION, Registry
 from tests.helpers import make_home
 
 BIN = Path(sys.executable).parent

@@ -17,11 +17,11 @@ import pandas as pd
 import pytest
 
 from embedloop.config import load_settings
-from embedloop.faiss_index import FaissIndexStore
 from embedloop.faults import CRASH_AT, POINTS
-from embedloop.ledger import batch_dir, load_ledger
-from embedloop.production import Production
-from embedloop.registry import CHAMPION, Registry
+from embedloop.index.faiss_index import FaissIndexStore
+from embedloop.ingest.ledger import batch_dir, load_ledger
+from embedloop.production.champion import Production
+from embedloop.production.registry import CHAMPION, Registry
 from tests.helpers import ANY_CANDIDATE_WINS, first_week_logs, make_home, search
 from tests.integration.servers import free_port, server
 
@@ -232,7 +232,7 @@ def test_a_corrupt_registered_checkpoint_fails_the_run_in_one_line(
 def test_nan_loss_is_a_failed_training_not_a_candidate(base_model_path: str,
                                                        tmp_path: Path) -> None:
     from embedloop.config import TrainingConfig
-    from embedloop.training import TrainingFailed, fine_tune
+    from embedloop.learn.training import TrainingFailed, fine_tune
 
     pairs = pd.DataFrame({"anchor": [f"query {i}" for i in range(8)],
                           "positive": [f"document about topic {i}" for i in range(8)]})

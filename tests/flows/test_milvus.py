@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from embedloop.config import load_settings
-from embedloop.production import Production
+from embedloop.production.champion import Production
 from tests.helpers import ANY_CANDIDATE_WINS, first_week_logs, make_home, search
 
 pytest.importorskip("pymilvus")
@@ -19,14 +19,14 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def run(config: Path, **overrides: Any) -> dict[str, Any]:
-    from flows.retrain import retrain
+    from embedloop.flows.retrain import retrain
 
     return retrain(reason="test", config_file=str(config), overrides=overrides)
 
 
 def test_promotion_rollback_and_a_cut_off_swap_on_milvus(tmp_path: Path, sim_logs: Path,
                                                         tiny_beir: Path) -> None:
-    from flows.rollback import rollback
+    from embedloop.flows.rollback import rollback
 
     logs = first_week_logs(tmp_path, sim_logs)
     config = make_home(tmp_path / "home", logs, tiny_beir / "corpus.jsonl",

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from embedloop.config import load_settings
-from embedloop.faiss_index import FaissIndexStore
-from embedloop.production import Production
-from embedloop.registry import CHAMPION, DOCUMENT_ENCODER
-from flows.cli import main
+from embedloop.flows.cli import main
+from embedloop.index.faiss_index import FaissIndexStore
+from embedloop.production.champion import Production
+from embedloop.production.registry import CHAMPION, DOCUMENT_ENCODER
 from tests.helpers import ANY_CANDIDATE_WINS, first_week_logs, make_home, search
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -25,7 +25,7 @@ E5_PROMPTS = {"query": "query: ", "document": "passage: "}
 
 
 def run(config: Path, **overrides: Any) -> dict[str, Any]:
-    from flows.retrain import retrain
+    from embedloop.flows.retrain import retrain
 
     return retrain(reason="test", config_file=str(config), overrides=overrides)
 
@@ -91,7 +91,7 @@ def test_query_side_cycles_keep_the_index_and_full_cycles_rebuild_it(
     assert all(store.manifest(v).prompts == E5_PROMPTS for v in store.versions())
 
     # 4. rollback: v3 comes back with the index its document encoder built
-    from flows.rollback import rollback
+    from embedloop.flows.rollback import rollback
 
     back = rollback(reason="test", config_file=str(config))
     assert (back["from"], back["to"], back["live_index"]) == ("4", "3", "v0002")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from embedloop.config import load_settings
-from embedloop.production import Production
+from embedloop.production.champion import Production
 from tests.helpers import first_week_logs, make_home
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -19,7 +19,7 @@ WEIGHTS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
 
 def test_a_wrecked_fine_tune_is_mixed_back_and_the_run_shows_why(
         tmp_path: Path, sim_logs: Path, tiny_beir: Path) -> None:
-    from flows.retrain import retrain
+    from embedloop.flows.retrain import retrain
 
     logs = first_week_logs(tmp_path, sim_logs)
     # A learning rate 500 times the default: three steps leave the query encoder useless.

@@ -12,17 +12,17 @@ import pytest
 
 from embedloop.config import load_settings
 from embedloop.errors import BatchRejected
-from embedloop.exported import backend_available
-from embedloop.faiss_index import FaissIndexStore
-from embedloop.index import open_index_store
-from embedloop.ledger import load_ledger
-from embedloop.registry import CHAMPION, PREVIOUS, Registry
+from embedloop.index.base import open_index_store
+from embedloop.index.faiss_index import FaissIndexStore
+from embedloop.ingest.ledger import load_ledger
+from embedloop.models.exported import backend_available
+from embedloop.production.registry import CHAMPION, PREVIOUS, Registry
 from tests.helpers import FAST, make_home, search
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 def run(config: Path, reason: str = "test", trigger: str = "manual") -> dict[str, Any]:
-    from flows.retrain import retrain
+    from embedloop.flows.retrain import retrain
 
     return retrain(reason=reason, trigger=trigger, config_file=str(config))
 
@@ -135,7 +135,7 @@ def test_search_uses_the_live_index_with_the_champion(promoted: tuple[Path, dict
     assert hits[0].doc_id == first_doc["_id"]  # a document's own title finds it
     # encode_backend "auto" on a CPU: both indexes were encoded through OpenVINO, and say
     # so, so that queries against them are encoded the same way
-    manifests = [open_index_store(settings).manifest(v) for v in ("v0001", "v0002")]
+    manifests = [open_index_store(settings.index_place).manifest(v) for v in ("v0001", "v0002")]
     want = {"openvino"} if backend_available("openvino") else {"bf16", "fp32"}
     assert {m.precision for m in manifests} <= want, [m.precision for m in manifests]
 
@@ -151,7 +151,7 @@ def test_rerun_on_the_same_input_ingests_nothing(promoted: tuple[Path, dict]) ->
 
 
 def test_rollback_restores_previous_champion_and_its_index(promoted: tuple[Path, dict]) -> None:
-    from flows.rollback import rollback
+    from embedloop.flows.rollback import rollback
 
     config, _ = promoted
     result = rollback(reason="test rollback", config_file=str(config))
@@ -235,8 +235,8 @@ def test_a_retrain_refused_by_the_lock_ends_refused_not_failed(tmp_path: Path, s
                                                                tiny_beir: Path) -> None:
     """Through Prefect (a deployment's route): the run ends in a Completed state named
     Refused, so the failure hook and its alert do not fire."""
-    from embedloop.lock import exclusive
-    from flows.retrain import retrain
+    from embedloop.flows.retrain import retrain
+    from embedloop.production.lock import exclusive
 
     config = make_home(tmp_path / "home", sim_logs / "batch-001.jsonl",
                        tiny_beir / "corpus.jsonl")

@@ -9,9 +9,10 @@ import pytest
 from prefect import flow
 
 from embedloop.config import load_settings
-from embedloop.corpus import document_texts, load_corpus
-from embedloop.encoding import encode, load_model
-from tasks.evaluate import encode_corpus
+from embedloop.index.build import CorpusEncoding, encode_corpus
+from embedloop.ingest.corpus import document_texts, load_corpus
+from embedloop.models.encoding import encode, load_model
+from embedloop.tasks._encode import chunks_on_runner
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -26,7 +27,10 @@ def test_chunks_over_a_task_runner_match_a_single_pass(tiny_beir: Path, base_mod
 
     @flow
     def reindex() -> np.ndarray:
-        return encode_corpus(settings, model, base_model_path, corpus, "fp32")
+        on_runner = chunks_on_runner(settings.task_runner, settings.dask_address,
+                                     settings.encode_workers, settings.encode_timeout_s)
+        return encode_corpus(corpus, model, base_model_path, "fp32",
+                             CorpusEncoding.from_settings(settings), on_runner)
 
     chunked = reindex()  # 3 chunks: 12 + 12 + 6 documents
     single = encode(model, document_texts(corpus), role="document", precision="fp32")

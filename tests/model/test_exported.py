@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedloop.encoding import encode, load_model
+from embedloop.models.encoding import encode, load_model
 
 pytest.importorskip("onnxruntime")
 
-from embedloop.exported import load_exported  # noqa: E402
-from embedloop.training import Towers, asymmetric  # noqa: E402
+from embedloop.learn.training import Towers, asymmetric  # noqa: E402
+from embedloop.models.exported import load_exported  # noqa: E402
 
 TEXTS = ["protein folding in the cell", "Aspirin lowers the risk of a second heart attack.",
          "a", "Mitochondria " * 60]

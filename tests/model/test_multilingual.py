@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from embedloop.encoding import encode, load_model
-from embedloop.multilingual import PROMPTS, dequantize_q4_0
+from embedloop.models.encoding import encode, load_model
+from embedloop.models.multilingual import PROMPTS, dequantize_q4_0
 
 TEXTS = [
     "How much protein should a female eat per day?",

@@ -10,14 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from embedloop.base_models import model_prompts, resolve_base_model, role_prompt
 from embedloop.config import TrainingConfig
-from embedloop.encoding import encode, load_model
 from embedloop.errors import IndexUnavailable
-from embedloop.exported import export_refusal
-from embedloop.faiss_index import FaissIndexStore
-from embedloop.retrieval import Retriever
-from embedloop.training import embed_queries, fine_tune, fine_tune_query_side
+from embedloop.index.faiss_index import FaissIndexStore
+from embedloop.learn.training import embed_queries, fine_tune, fine_tune_query_side
+from embedloop.models.base_models import model_prompts, resolve_base_model, role_prompt
+from embedloop.models.encoding import encode, load_model
+from embedloop.models.exported import export_refusal
+from embedloop.search.retrieval import Retriever
 
 E5 = {"query": "query: ", "document": "passage: "}
 DOCS = {"d1": "Proteins are chains of amino acids.", "d2": "北京是中国的首都。",

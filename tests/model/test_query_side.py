@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from embedloop.config import TrainingConfig
-from embedloop.encoding import encode, load_model
-from embedloop.training import Towers, TrainingFailed, fine_tune, fine_tune_query_side
+from embedloop.learn.training import Towers, TrainingFailed, fine_tune, fine_tune_query_side
+from embedloop.models.encoding import encode, load_model
 
 CFG = TrainingConfig(max_steps=24, batch_size=8, learning_rate=1e-4, precision="fp32")
 
@@ -106,7 +106,7 @@ def test_a_mix_moves_the_query_encoder_part_way_and_leaves_documents_alone(
         trained: tuple, clicks: pd.DataFrame, base_model_path: str) -> None:
     """WiSE-FT on the query route: weight 0 is the parent, 1 the fine-tune, and between
     them the query vectors lie between; documents encode as the index holds them."""
-    from embedloop.training import mix_by_score, mix_query_side
+    from embedloop.learn.training import mix_by_score, mix_query_side
 
     candidate, ids, vectors = trained
     parent = load_model(base_model_path, "cpu", max_seq_length=64)

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from embedloop.config import TrainingConfig
-from embedloop.encoding import encode, load_model
-from embedloop.training import TrainingFailed, fine_tune
+from embedloop.learn.training import TrainingFailed, fine_tune
+from embedloop.models.encoding import encode, load_model
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +75,8 @@ def test_pickle_format_weights_are_refused(base_model_path: str, tmp_path: Path)
     import torch
     from safetensors.torch import load_file
 
-    from embedloop.encoding import load_model
     from embedloop.errors import CheckpointError
+    from embedloop.models.encoding import load_model
 
     folder = tmp_path / "model"
     shutil.copytree(base_model_path, folder)
@@ -91,7 +91,7 @@ def test_relevance_weighted_loss_is_the_stock_loss_with_equal_weights(
         base_model_path: str) -> None:
     from sentence_transformers.losses import MultipleNegativesRankingLoss
 
-    from embedloop.training import weighted_ranking_loss
+    from embedloop.learn.training import weighted_ranking_loss
 
     model = load_model(base_model_path, "cpu")
     weighted, stock = weighted_ranking_loss(model), MultipleNegativesRankingLoss(model)

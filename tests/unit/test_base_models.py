@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from embedloop.base_models import check_prompts, minilm, resolve_base_model
 from embedloop.config import load_settings
 from embedloop.errors import ConfigError
+from embedloop.models.base_models import check_prompts, minilm, resolve_base_model
 
 E5_PROMPTS = (("document", "passage: "), ("query", "query: "))
 
@@ -34,7 +34,7 @@ def test_a_hub_id_offline_and_not_cached_says_why(monkeypatch: pytest.MonkeyPatc
 
 
 def test_prompts_are_written_into_a_copy_of_the_folder() -> None:
-    from embedloop.encoding import load_model
+    from embedloop.models.encoding import load_model
 
     prompted = resolve_base_model("", E5_PROMPTS)
     assert prompted != minilm() and resolve_base_model("", E5_PROMPTS) == prompted

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from embedloop.registry import SEAL, is_intact, seal
+from embedloop.production.registry import SEAL, is_intact, seal
 
 
 def test_model_copies_are_sealed_with_checksums(tmp_path: Path) -> None:

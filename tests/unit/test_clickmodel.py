@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from embedloop.clickmodel import fit_position_based_model
+from embedloop.learn.clickmodel import fit_position_based_model
 
 
 def simulate_pbm(theta: dict[int, float], gamma: dict[tuple[str, str], float],

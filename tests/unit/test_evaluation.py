@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from embedloop.evaluation import (
+from embedloop.judge.evaluation import (
     average_precision_at_k,
     evaluate_rankings,
     mrr_at_k,
@@ -69,7 +69,7 @@ def test_condensed_lists_keep_only_what_users_were_shown() -> None:
     """Clicks label only shown documents: a document nobody was shown (here d9, lifted to
     the top by the candidate) is neither credited nor blamed; a shown one the ranking
     placed below its depth follows in id order."""
-    from embedloop.evaluation import condensed, evaluate_rankings
+    from embedloop.judge.evaluation import condensed, evaluate_rankings
 
     qrels = {"q": {"d1": 1.0}}
     shown = {"q": {"d1", "d2", "d3"}}

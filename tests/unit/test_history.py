@@ -1,7 +1,7 @@
 import math
 
-from embedloop.evidence import OfflineComparison, Source
-from embedloop.history import champion_history
+from embedloop.judge.evidence import OfflineComparison, Source
+from embedloop.report.history import champion_history
 
 
 def run(started: int, decision: str, cand: float, inc: float, **extra: float) -> dict:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from embedloop.errors import IndexUnavailable
-from embedloop.faiss_index import (
+from embedloop.index.faiss_index import (
     FaissIndex,
     FaissIndexStore,
     IndexSpec,

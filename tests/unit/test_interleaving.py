@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from embedloop.interleaving import (
+from embedloop.judge.interleaving import (
     CANDIDATE,
     CHAMPION,
     credit,
@@ -16,7 +16,7 @@ from embedloop.interleaving import (
     session_votes,
     team_draft,
 )
-from embedloop.pairs import in_eval_pool, normalize_query
+from embedloop.learn.pairs import in_eval_pool, normalize_query
 
 DOCS = [f"d{i}" for i in range(20)]
 

@@ -1,4 +1,4 @@
-"""The evidence contract (evidence.py) and the judge (judge.py): what each source can
+"""The evidence contract (evidence.py) and the judge (judge/policy.py): what each source can
 say, what the judge does with it, the error budget, and the record it keeps."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from embedloop.evaluation import METRICS, EvalReport
-from embedloop.evidence import (
+from embedloop.ingest.ledger import EvidenceLedger
+from embedloop.judge.evaluation import METRICS, EvalReport
+from embedloop.judge.evidence import (
     Finding,
     InterleavedComparison,
     OfflineComparison,
@@ -25,9 +26,8 @@ from embedloop.evidence import (
     compare_offline,
     read_interleaving,
 )
-from embedloop.judge import Action, Judge, Policy, on_track
-from embedloop.ledger import EvidenceLedger
-from embedloop.significance import bootstrap_ci, randomization_p_value
+from embedloop.judge.policy import Action, Judge, Policy, on_track
+from embedloop.judge.significance import bootstrap_ci, randomization_p_value
 
 
 def report(scores: list[float]) -> EvalReport:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from embedloop.ledger import (
+from embedloop.ingest.ledger import (
     SEEN_DB,
     commit_ledger,
     load_ledger,

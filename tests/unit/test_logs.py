@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from embedloop.errors import InputError
-from embedloop.log_schema import to_typed_frame
-from embedloop.logs import discover_log_files
+from embedloop.ingest.logs import discover_log_files
+from embedloop.ingest.schema import to_typed_frame
 from tests.helpers import read_new_rows
 
 ROW = {"event_id": "e1", "ts": "2026-03-01T12:00:05Z", "session_id": "s1", "query": "q",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from embedloop.training import choose_mixing_weight
+from embedloop.learn.training import choose_mixing_weight
 
 RNG = np.random.default_rng(0)
 PARENT = RNG.uniform(0.3, 1.0, size=80)

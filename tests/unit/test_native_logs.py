@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from embedloop.log_schema import LOG_FIELDS
-from embedloop.native_logs import native_csv_rows, native_ndjson_rows, ndjson_keys, split_lines
+from embedloop.ingest.native import native_csv_rows, native_ndjson_rows, ndjson_keys, split_lines
+from embedloop.ingest.schema import LOG_FIELDS
 
 ROW = {"event_id": "e1", "ts": "2026-03-01T12:00:05Z", "session_id": "s1",
        "query": "heart attack, aspirin \"low dose\" é 心脏", "doc_id": "d1", "position": 3,

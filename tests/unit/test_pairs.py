@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from embedloop.pairs import (
+from embedloop.learn.pairs import (
     above_chance,
     build_training_data,
     chance_similarity,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from embedloop.encoding import bf16_verdict, choose_encoder, choose_precision, cpu_flags
+from embedloop.models.encoding import bf16_verdict, choose_encoder, choose_precision, cpu_flags
 
 XEON_AMX = "processor : 0\nflags : fpu sse avx512f avx512_bf16 amx_bf16 amx_tile\n"
 AVX512_NO_BF16 = "processor : 0\nflags : fpu sse avx2 avx512f avx512bw avx512vl\n"
@@ -37,14 +37,14 @@ def test_a_configured_precision_wins_and_nonsense_is_refused() -> None:
 
 def test_the_encoder_is_openvino_on_a_cpu_that_has_it_and_torch_on_a_gpu(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import embedloop.exported
+    import embedloop.models.exported
 
-    monkeypatch.setattr(embedloop.exported, "backend_available", lambda b: True)
+    monkeypatch.setattr(embedloop.models.exported, "backend_available", lambda b: True)
     assert choose_encoder("auto", "cpu", "bf16")[0] == "openvino"
     assert choose_encoder("auto", "cuda:0", "bf16")[0] == "bf16"
     assert choose_encoder("torch", "cpu", "fp32")[0] == "fp32"
     assert choose_encoder("onnx-int8", "cpu", "fp32")[0] == "onnx-int8"
-    monkeypatch.setattr(embedloop.exported, "backend_available", lambda b: b == "torch")
+    monkeypatch.setattr(embedloop.models.exported, "backend_available", lambda b: b == "torch")
     encoder, why = choose_encoder("auto", "cpu", "fp32")
     assert (encoder, why) == ("fp32", "OpenVINO not installed: torch")
     with pytest.raises(ValueError, match="not installed"):
@@ -59,7 +59,7 @@ def test_the_export_cache_keeps_the_recently_used_and_drops_the_rest(tmp_path: P
     import os
     import time
 
-    from embedloop.exported import prune_exports
+    from embedloop.models.exported import prune_exports
 
     now = time.time()
     for i in range(12):  # e0 used 12 days ago ... e11 an hour ago

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from embedloop.training import exclusions, query_side_loss
+from embedloop.learn.training import exclusions, query_side_loss
 
 
 def test_the_same_document_and_other_clicks_of_the_query_are_not_negatives() -> None:

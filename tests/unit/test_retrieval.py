@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from embedloop.faiss_index import FaissIndex
-from embedloop.retrieval import Retriever, evaluate_retrieval
+from embedloop.index.faiss_index import FaissIndex
+from embedloop.search.retrieval import Retriever, evaluate_retrieval
 
 ANGLES = {"north": 90, "east": 0, "north-east": 45, "west": 180}
 

@@ -11,9 +11,9 @@ import statistics
 
 import pytest
 
-from embedloop.evidence import Finding, OnlineRule, Source, read_interleaving
-from embedloop.interleaving import team_draft
-from embedloop.sequential import SequentialReading, boundary_curve, log_evidence, wins_needed
+from embedloop.judge.evidence import Finding, OnlineRule, Source, read_interleaving
+from embedloop.judge.interleaving import team_draft
+from embedloop.judge.sequential import SequentialReading, boundary_curve, log_evidence, wins_needed
 from tests.helpers import Clicks, shared_clicks
 
 

@@ -1,0 +1,2 @@
+"""Judge: candidate against incumbent, offline (metrics, significance) and online
+(interleaving, sequential tests), and the promotion policy."""

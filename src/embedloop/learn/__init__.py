@@ -1,0 +1,2 @@
+"""Learn: clicks turned into training pairs (position bias, hard negatives) and the
+fine-tune."""

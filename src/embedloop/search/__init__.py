@@ -1,0 +1,1 @@
+"""Search: a model and an index answering queries, and scoring rankings against judgements."""

@@ -1,0 +1,1 @@
+"""Serve: the search service over HTTP and its interleaved sessions."""
