@@ -14,9 +14,12 @@ from embedloop.ingest.logs import Cursor, NewRows, iter_new_rows
 # The shared simulator's user: (shown doc ids, relevant docs, noise only, rng) -> clicks
 Clicks = Callable[[list[str], dict[str, int], bool, random.Random], list[bool]]
 
-# min_holdout_queries: a 60-query slice has about 10 evaluation-pool queries
+# min_holdout_queries: a 60-query slice has about 10 evaluation-pool queries.
+# encode_backend "torch": an OpenVINO export per new model costs seconds that a 200-document
+# corpus never wins back; the flow test that exercises "auto" (the default) says so
+# (tests/flows/test_retrain.py: promoted), and tests/model/test_exported.py tests exports.
 FAST = {"max_seq_length": 96, "encode_batch_size": 64, "min_clicks": 10,
-        "min_holdout_queries": 5,
+        "min_holdout_queries": 5, "encode_backend": "torch",
         "training": {"max_steps": 3, "batch_size": 8, "precision": "fp32"}}
 
 

@@ -54,7 +54,8 @@ def promoted(tmp_path_factory: pytest.TempPathFactory, sim_logs: Path,
         f"c2,2026-03-01T12:00:06Z,cs1,aspirin,{doc},1,true,3000,oops,oops\n")
     (logs / "export.parquet").write_bytes(b"PAR1 truncated upload")
     config = make_home(root / "home", logs, tiny_beir / "corpus.jsonl", min_improvement=-1.0,
-                       significance_alpha=1.0, harm_margin=1.0, train_side="full")
+                       significance_alpha=1.0, harm_margin=1.0, train_side="full",
+                       encode_backend="auto")  # the default: exported where it pays
     return config, run(config, reason="first week")
 
 
