@@ -188,15 +188,14 @@ def learn(settings: Settings, production: Production, champion: Champion,
         recipe, champion.model_path, data, work_dir, runtime.device, incumbent.index)
     log_training_stage(production.registry, run_id, data, tuned, negatives,
                        batch_window(validation.accepted), settings.logs)
-    return Learned(champion.version, data, negatives, tuned, (note,) if note else (),
-                   incumbent)
+    return Learned(champion.version, data, negatives, tuned, incumbent,
+                   (note,) if note else ())
 
 
 def judge(settings: Settings, production: Production, champion: Champion, learned: Learned,
           indexer: CorpusIndexer, guard_qrels: dict[str, dict[str, float]] | None,
           run_id: str, batch_id: str) -> Judged:
     """The candidate beside the incumbent on the same queries, judged, and registered."""
-    assert learned.incumbent is not None
     candidate = candidate_stage(learned.tuned, indexer, learned.incumbent,
                                 settings.encode_batch_size)
     evaluation = evaluate_stage(candidate, learned.incumbent, learned.data, guard_qrels,
@@ -215,7 +214,6 @@ def ship(settings: Settings, production: Production, judged: Judged, learned: Le
     """Promotion (the commit point: champion and index move), or a canary, or nothing:
     production stays as it is and the registered candidate says why."""
     fingerprint, judgement = corpus_fingerprint(corpus), judged.judgement
-    assert judged.index is not None
     if judgement.action == Action.PROMOTE:
         return Shipped(judgement, publish_stage(production, judged.index,
                                                 judged.candidate_version, fingerprint,

@@ -217,3 +217,30 @@ def test_near_duplicate_similarity_is_measured_from_chance_so_it_means_the_same_
         assert similarity("d0", "twin") > 0.9
         assert abs(similarity("d0", "d1")) < 0.3
     assert chance_similarity(np.eye(3)) == 0.0 and above_chance(1.0, 0.85) == 1.0
+
+
+def test_mining_returns_new_pairs_and_leaves_its_input_as_it_was() -> None:
+    """The recipe's mining step: the champion's hits become negatives in a copy; the data
+    it was given (logged, replayed, summarized elsewhere) is not rewritten."""
+    from embedloop.learn.pairs import TrainingData
+    from embedloop.learn.recipe import Recipe, mine_negatives
+    from embedloop.search.retrieval import Hit
+
+    class Champion:  # the champion's ranking, as its index would return it
+        index = None
+
+        def search(self, texts: list[str], k: int) -> list[list[Hit]]:
+            return [[Hit("p", 0.9), Hit("clicked", 0.8), Hit("hard", 0.7)] for _ in texts]
+
+    pairs = pd.DataFrame({"qkey": ["q"], "query": ["q"], "doc_id": ["p"], "anchor": ["q"],
+                          "positive": ["P"], "negative": ["skipped text"],
+                          "negative_id": ["skipped"]})
+    data = TrainingData(pairs, {}, 1, 0, clicked_for={"q": {"p", "clicked"}})
+    corpus = pd.DataFrame({"doc_id": ["p", "clicked", "hard"], "title": ["", "", ""],
+                           "text": ["P", "C", "H"]})
+    mined, counts = mine_negatives(Recipe(negative_max_similarity=1.0), data, Champion(),
+                                   corpus)
+    assert (counts.mined, counts.near_duplicates) == (1, 0)
+    assert mined.pairs.loc[0, "negative_id"] == "hard" and mined.pairs.loc[0, "negative"] == "H"
+    assert data.pairs.loc[0, "negative_id"] == "skipped"  # the input as it was
+    assert data.pairs.loc[0, "negative"] == "skipped text"

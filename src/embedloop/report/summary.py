@@ -184,8 +184,8 @@ class Learned:
     data: TrainingData
     negatives: MinedNegatives | None  # None: not mined (mine_negatives off)
     tuned: FineTuneResult
+    incumbent: Retriever  # the champion searching its index (the candidate's opponent)
     notes: tuple[str, ...] = ()
-    incumbent: Retriever | None = None  # the champion searching its index (not summarized)
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,7 @@ class Judged:
     evaluation: Evaluation
     judgement: Judgement
     candidate_version: str
-    index: VectorIndex | None = None  # what the candidate searched: live on promotion
+    index: VectorIndex  # what the candidate searched: saved and made live on promotion
 
 
 @dataclass(frozen=True)
