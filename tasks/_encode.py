@@ -67,10 +67,18 @@ def chunks_on_runner(task_runner: str, dask_address: str, workers: int,
     return run
 
 
+class RunLogger:
+    """The logger of whichever Prefect run is running when a line is logged, so a line
+    logged inside a stage belongs to that stage's task run."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(get_run_logger(), name)
+
+
 def corpus_indexer(settings: Settings, store: IndexStore, corpus: pd.DataFrame,
                    precision: str) -> CorpusIndexer:
     """The library's indexer, its chunks on this run's task runner, logging to Prefect."""
     return CorpusIndexer(store, corpus, precision, CorpusEncoding.from_settings(settings),
                          chunks_on_runner(settings.task_runner, settings.dask_address,
                                           settings.encode_workers, settings.encode_timeout_s),
-                         get_run_logger())
+                         RunLogger(), settings.task_runner)  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from prefect import get_run_logger
 
 from embedloop.index.base import VectorIndex
 from embedloop.ingest.batches import batch_end
+from embedloop.ingest.corpus import corpus_fingerprint
 from embedloop.ingest.ledger import EvidenceLedger
 from embedloop.judge.policy import Action, Judge, Judgement, Policy, UsersEvidence
 from embedloop.judge.users import judge_users, start_canary
@@ -29,11 +30,11 @@ def judge_users_stage(production: Production, policy: Policy, state_dir: Path, c
 @stage(name="start canary")
 def start_canary_stage(production: Production, policy: Policy, judgement: Judgement,
                        users: UsersEvidence, index: VectorIndex, version: str,
-                       corpus_fingerprint: str, batch: pd.DataFrame, slots: int,
+                       corpus: pd.DataFrame, batch: pd.DataFrame, slots: int,
                        share: float) -> tuple[bool, str]:
     """A candidate the offline screen sent to the users becomes a canary, if the queue
     lets it (embedloop.judge.users.start_canary). Returns whether it started, and why."""
     if judgement.action != Action.CANARY:
         return False, ""
-    return start_canary(production, policy, users, index, version, corpus_fingerprint, slots,
-                        share, batch_end(batch), get_run_logger())
+    return start_canary(production, policy, users, index, version, corpus_fingerprint(corpus),
+                        slots, share, batch_end(batch), get_run_logger())

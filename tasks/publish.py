@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 
+import pandas as pd
 from prefect import get_run_logger
 
 from embedloop.faults import crash_point, pause_point
@@ -54,11 +55,11 @@ def register_stage(production: Production, run_id: str, tuned: FineTuneResult,
 
 @stage(name="publish")
 def publish_stage(production: Production, index: VectorIndex, version: str,
-                  fingerprint: str, after: str = "") -> str:
+                  corpus: pd.DataFrame, after: str = "") -> str:
     """The commit point: the candidate's index saved as a new version (not live) unless
     it is one already (a query-side candidate searches the champion's), then `champion`
     moved and the live index swapped (Production.promote). Returns the live index."""
-    manifest = production.ensure_saved(index, version, fingerprint)
+    manifest = production.ensure_saved(index, version, corpus_fingerprint(corpus))
     crash_point("publish")  # a new index version on disk, not live
     pause_point("publish")
     old = production.promote(version, after or None)  # on watch from then on

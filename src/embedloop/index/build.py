@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 # (model, its folder, chunks of texts, encode options) -> one array of vectors per chunk
 EncodeChunks = Callable[[Any, str, list[list[str]], dict[str, Any]], list[np.ndarray]]
+Log = logging.Logger | logging.LoggerAdapter[Any]
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def encode_one_by_one(model: Any, model_path: str, chunks: list[list[str]],
 
 def encode_corpus(corpus: pd.DataFrame, model: Any, model_path: str, precision: str,
                   encoding: CorpusEncoding, encode_chunks: EncodeChunks = encode_one_by_one,
-                  log: logging.Logger | logging.LoggerAdapter[Any] | None = None) -> np.ndarray:
+                  log: Log | None = None, runner: str = "in-process") -> np.ndarray:
     """The corpus's vectors, encoded in chunks of `encoding.chunk_docs` documents."""
     texts = document_texts(corpus)
     size = encoding.chunk_docs
@@ -63,15 +64,15 @@ def encode_corpus(corpus: pd.DataFrame, model: Any, model_path: str, precision: 
     options = {"batch_size": encoding.batch_size, "precision": precision,
                "max_seq_length": encoding.max_seq_length}
     vectors = np.vstack(encode_chunks(model, model_path, chunks, options))
-    (log or logging.getLogger(__name__)).info("encoded %d documents in %d chunk(s) (%s)",
-                                              len(vectors), len(chunks), precision)
+    (log or logging.getLogger(__name__)).info("encoded %d documents in %d chunk(s) (%s, %s runner)",
+                                              len(vectors), len(chunks), precision, runner)
     return vectors
 
 
 def index_corpus(store: IndexStore, corpus: pd.DataFrame, model: Any, model_path: str,
                  precision: str, encoding: CorpusEncoding,
-                 encode_chunks: EncodeChunks = encode_one_by_one,
-                 log: logging.Logger | logging.LoggerAdapter[Any] | None = None) -> VectorIndex:
+                 encode_chunks: EncodeChunks = encode_one_by_one, log: Log | None = None,
+                 runner: str = "in-process") -> VectorIndex:
     """The corpus encoded by `model` (at `model_path`), in an index of the kind the live
     one would be, in memory, holding the model's prompts."""
     log = log or logging.getLogger(__name__)
@@ -80,7 +81,8 @@ def index_corpus(store: IndexStore, corpus: pd.DataFrame, model: Any, model_path
         if refusal:  # "auto" asked for the fastest way that works: this one does not
             precision = resolve_precision(encoding.precision, pick_device())
             log.warning("%s; encoding with torch (%s) instead", refusal, precision)
-    vectors = encode_corpus(corpus, model, model_path, precision, encoding, encode_chunks, log)
+    vectors = encode_corpus(corpus, model, model_path, precision, encoding, encode_chunks, log,
+                            runner)
     built = store.build(vectors, list(corpus["doc_id"]), precision=precision,
                         titles=list(corpus["title"]))
     built.prompts = model_prompts(model)
@@ -97,8 +99,9 @@ class CorpusIndexer:
     precision: str
     encoding: CorpusEncoding
     encode_chunks: EncodeChunks = encode_one_by_one
-    log: logging.Logger | logging.LoggerAdapter[Any] | None = None
+    log: Log | None = None
+    runner: str = "in-process"  # where the chunks are encoded, for the log
 
     def __call__(self, model: Any, model_path: str) -> VectorIndex:
         return index_corpus(self.store, self.corpus, model, model_path, self.precision,
-                            self.encoding, self.encode_chunks, self.log)
+                            self.encoding, self.encode_chunks, self.log, self.runner)

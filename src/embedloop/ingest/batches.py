@@ -3,6 +3,7 @@ or rejected before training; and the time window its logs cover."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -43,19 +44,20 @@ def commit_batch(state_dir: Path, ledger: Ledger, cursors: dict[str, Cursor], ba
 
 def reject_batch(state_dir: Path, ledger: Ledger, cursors: dict[str, Cursor], batch_id: str,
                  result: LogValidation, verdict: BatchVerdict, max_quarantine_share: float,
-                 work_dir: Path) -> BatchRejected:
+                 work_dir: Path, commit: Callable[..., Ledger] = commit_batch) -> BatchRejected:
     """Stop before training, saying why (the error to raise). A mostly broken batch (a
-    broken tracker) is kept whole in quarantine and the ledger moves past it, so the next
-    run is not blocked by the same rows; any other failed check leaves the rows unread,
-    for the next run."""
+    broken tracker) is kept whole in quarantine and the ledger moves past it (`commit`:
+    `commit_batch`, or the pipeline's retried stage of it), so the next run is not
+    blocked by the same rows; any other failed check leaves the rows unread, for the next
+    run."""
     why = "; ".join(verdict.problems)
     if result.quarantined_share > max_quarantine_share:
         work_dir.mkdir(parents=True, exist_ok=True)
         kept = work_dir / "rejected.parquet"
         total = write_rows(quarantine_whole_batch(result, why), kept, QUARANTINE_SCHEMA)
         assert total == result.input_rows, f"row accounting broke: {total} != {result.input_rows}"
-        commit_batch(state_dir, ledger, cursors, batch_id,
-                     ACCEPTED_SCHEMA.empty_table().to_pandas(), kept)
+        commit(state_dir, ledger, cursors, batch_id, ACCEPTED_SCHEMA.empty_table().to_pandas(),
+               kept)
         where = batch_dir(state_dir, batch_id) / "quarantine.parquet"
         return BatchRejected(f"batch rejected before training: {why}. All "
                              f"{result.input_rows} rows are kept in {where}")

@@ -72,7 +72,9 @@ def evaluate_both(candidate: Retriever, incumbent: Retriever, data: TrainingData
 
     pool = both("the pool", data.eval_qrels)
     guard = both("the guard set", guard_qrels) if guard_qrels else None
-    judged = both("judged queries", judged_qrels) if judged_qrels else None  # whole rankings
+    # the team's judged queries (whole rankings, not condensed); an empty set is judged
+    # too, and found too small
+    judged = both("judged queries", judged_qrels) if judged_qrels is not None else None
     queries = sorted(data.eval_qrels)[:SANITY_QUERIES] or ["a query", "another query"]
     vectors = [encode(r.model, queries, role="query", batch_size=batch_size,
                       precision=r.index.precision) for r in (candidate, incumbent)]

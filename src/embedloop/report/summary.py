@@ -5,19 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from embedloop.ingest.logs import Ingested
 from embedloop.ingest.validation import LogValidation
 from embedloop.judge.evidence import InterleavedComparison, OfflineComparison, SanityCheck, Source
 from embedloop.judge.policy import Judgement, UsersEvidence
-
-if TYPE_CHECKING:
-    from embedloop.index.base import VectorIndex
-    from embedloop.judge.offline import Evaluation
-    from embedloop.learn.pairs import MinedNegatives, TrainingData
-    from embedloop.learn.training import FineTuneResult
-    from embedloop.search.retrieval import Retriever
 
 
 @dataclass
@@ -176,27 +169,18 @@ class RunStart:
 
 
 @dataclass(frozen=True)
-class Learned:
-    """The learn phase: the pairs, the negatives mined, the fine-tune, and the champion
-    the candidate was trained from and is judged against."""
+class JudgedAgainst:
+    """The champion this run's candidate is trained from and judged against (after users'
+    evidence may have moved it)."""
 
-    judged_against: str
-    data: TrainingData
-    negatives: MinedNegatives | None  # None: not mined (mine_negatives off)
-    tuned: FineTuneResult
-    incumbent: Retriever  # the champion searching its index (the candidate's opponent)
-    notes: tuple[str, ...] = ()
+    version: str
 
 
 @dataclass(frozen=True)
-class Judged:
-    """The offline phase: both models on the same queries, the judgement, the candidate's
-    registered version."""
+class Registered:
+    """The candidate's version in the registry."""
 
-    evaluation: Evaluation
-    judgement: Judgement
-    candidate_version: str
-    index: VectorIndex  # what the candidate searched: saved and made live on promotion
+    version: str
 
 
 @dataclass(frozen=True)
@@ -209,30 +193,44 @@ class Shipped:
     canary_started: str | None = None
 
 
-# What a run's stages return, in the order they ran; the summary is made from them.
-StageResult = Ingested | LogValidation | UsersEvidence | Learned | Judged | Shipped
+# What a run's stages return: Ingested, LogValidation, UsersEvidence, JudgedAgainst,
+# TrainingData, MinedNegatives, FineTuneResult, Evaluation, Judgement, Registered, Shipped.
+StageResult = Any
+R = TypeVar("R")
+K = TypeVar("K")
 
 
-T = TypeVar("T")
+class StageResults(list[StageResult]):
+    """What the stages returned, in the order they ran, as far as the run got: the
+    summary is made from these, whether the run finished or failed."""
+
+    def keep(self, result: R) -> R:
+        self.append(result)
+        return result
+
+    def latest(self, kind: type[K]) -> K | None:
+        return next((r for r in reversed(self) if isinstance(r, kind)), None)
 
 
-def latest(results: Sequence[StageResult], kind: type[T]) -> T | None:
-    return next((r for r in reversed(results) if isinstance(r, kind)), None)
-
-
-def summarize(start: RunStart, results: Sequence[StageResult], outcome: str, why: str, *,
+def summarize(start: RunStart, results: StageResults, outcome: str, why: str, *,
               champion: str | None, live_index: str | None, stage_seconds: dict[str, float],
               notes: Sequence[str] = ()) -> RunSummary:
     """The summary of a run from what its stages returned, as far as it got."""
-    new, validation = latest(results, Ingested), latest(results, LogValidation)
-    users, learned = latest(results, UsersEvidence), latest(results, Learned)
-    judged, shipped = latest(results, Judged), latest(results, Shipped)
-    data, tuned = (learned.data, learned.tuned) if learned else (None, None)
-    judgement = shipped.judgement if shipped else judged.judgement if judged else None
+    # here, not at the top: these load torch, which the CLI's quick commands never need
+    from embedloop.judge.offline import Evaluation
+    from embedloop.learn.pairs import MinedNegatives, TrainingData
+    from embedloop.learn.training import FineTuneResult
+
+    new, validation = results.latest(Ingested), results.latest(LogValidation)
+    users, data = results.latest(UsersEvidence), results.latest(TrainingData)
+    negatives, tuned = results.latest(MinedNegatives), results.latest(FineTuneResult)
+    evaluation, judgement = results.latest(Evaluation), results.latest(Judgement)
+    shipped, against = results.latest(Shipped), results.latest(JudgedAgainst)
+    registered = results.latest(Registered)
     recent, candidate, incumbent = {}, {}, {}
-    if judged is not None:
-        candidate, incumbent = judged.evaluation.candidate.means, judged.evaluation.incumbent.means
-        cand, inc = judged.evaluation.recent
+    if evaluation is not None:
+        candidate, incumbent = evaluation.candidate.means, evaluation.incumbent.means
+        cand, inc = evaluation.recent
         if cand.n_queries:
             recent = {"delta": cand.primary - inc.primary, "queries": float(cand.n_queries)}
     rolled = users.rolled_back if users else None
@@ -245,9 +243,8 @@ def summarize(start: RunStart, results: Sequence[StageResult], outcome: str, why
         unreadable_files=new.unreadable if new else {},
         pairs=len(data.pairs) if data else 0, train_queries=data.train_queries if data else 0,
         eval_queries=data.eval_queries if data else 0, pool_new=data.pool_new if data else 0,
-        mined_negatives=learned.negatives.mined if learned and learned.negatives else 0,
-        near_duplicate_negatives=(learned.negatives.near_duplicates
-                                  if learned and learned.negatives else 0),
+        mined_negatives=negatives.mined if negatives else 0,
+        near_duplicate_negatives=negatives.near_duplicates if negatives else 0,
         train_side=tuned.side if tuned else "",
         mixing_weight=tuned.mixing.weight if tuned and tuned.mixing else None,
         mixing_why=tuned.mixing.why if tuned and tuned.mixing else "",
@@ -262,8 +259,7 @@ def summarize(start: RunStart, results: Sequence[StageResult], outcome: str, why
         canary_promoted=users.promoted if users else None,
         rolled_back=[rolled.rolled_back, rolled.champion] if rolled else [],
         incumbent_version=start.incumbent_version,
-        judged_against=learned.judged_against if learned else None,
-        candidate_version=judged.candidate_version if judged else None,
+        judged_against=against.version if against else None,
+        candidate_version=registered.version if registered else None,
         champion_version=champion, live_index=live_index, mlflow_run_id=start.mlflow_run_id,
-        stage_seconds=dict(stage_seconds),
-        notes=[*notes, *(learned.notes if learned else ()), *(new.notes if new else [])])
+        stage_seconds=dict(stage_seconds), notes=[*notes, *(new.notes if new else [])])
