@@ -39,12 +39,9 @@ demo-zh: setup
 # take minutes less than one after the other. Each has its own temp dir (kept when a test
 # failed); the integration report is printed after the other one's. The Milvus tests
 # join the integration process to even out the two (they too wait on a database), and so
-# do the multilingual model's conversion and fidelity check, the canary test (it waits on
-# its search service) and the concurrency test (it waits on a second process): measured,
-# the integration process ended 450 s before the other.
+# does the multilingual model's conversion and fidelity check.
 BESIDE = tests/integration tests/flows/test_milvus.py tests/test_milvus_index.py \
-	tests/model/test_multilingual.py tests/flows/test_canary.py \
-	tests/flows/test_concurrency.py
+	tests/model/test_multilingual.py
 test: setup
 	@tmp=$$(mktemp -d -t embedloop-tests-XXXXXX); \
 	$(BIN)/python -m pytest $(BESIDE) --basetemp=$$tmp/integration \
