@@ -5,16 +5,26 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from tests.zygote import Zygote
+
 for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                    "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
-                   "TOKENIZERS_PARALLELISM": "false"}.items():
+                   "TOKENIZERS_PARALLELISM": "false",
+                   # Two pytest processes, their `embedloop` runs and servers share two
+                   # cores. OpenMP threads busy-wait after each parallel region by default,
+                   # burning the CPU another process needs: two tiny retrains side by side
+                   # took 42 s each, 25 s with waiting threads asleep (set before torch
+                   # loads OpenMP; every process the tests start inherits it).
+                   "OMP_WAIT_POLICY": "PASSIVE"}.items():
     os.environ.setdefault(key, value)
 
 @pytest.fixture(autouse=True, scope="session")
@@ -85,6 +95,30 @@ def prefect_harness() -> object:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+_forks: list[Zygote] = []
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Start the zygote (tests/zygote.py) as soon as a collected test will need it: it
+    imports the heavy libraries in the background while the tests before it run."""
+    if any("zygote" in getattr(item, "fixturenames", ()) for item in items):
+        _forks.append(Zygote(Path(tempfile.mkdtemp(prefix="embedloop-zygote-"))))
+
+
+def pytest_sessionfinish() -> None:
+    for forks in _forks:
+        forks.close()
+        shutil.rmtree(forks.workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def zygote() -> Zygote:
+    """Where the process tests fork their `embedloop` runs from."""
+    if not _forks:  # asked for by name (`-k`, a plugin) after collection
+        _forks.append(Zygote(Path(tempfile.mkdtemp(prefix="embedloop-zygote-"))))
+    return _forks[0]
 
 
 @pytest.fixture(scope="session")

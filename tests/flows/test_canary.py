@@ -45,7 +45,7 @@ def service(settings: Settings) -> Iterator[tuple[str, LiveSearch]]:
     import uvicorn
 
     live = LiveSearch(Production.from_settings(settings), device="cpu",
-                      max_seq_length=settings.max_seq_length, poll_s=0.1,
+                      max_seq_length=settings.max_seq_length, poll_s=1.0,
                       canary_share=settings.canary_share,
                       pool_fraction=settings.holdout_fraction)
     live.refresh()

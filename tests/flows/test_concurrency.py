@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,18 +13,16 @@ from embedloop.index.faiss_index import FaissIndexStore
 from embedloop.ingest.ledger import load_ledger
 from embedloop.production.registry import CHAMPION, Registry
 from tests.helpers import make_home
+from tests.zygote import Forked, Zygote
 
-BIN = Path(sys.executable).parent
 
-
-def start(config: Path, reason: str, prefect_home: Path,
-          **extra_env: str) -> subprocess.Popen[str]:
+def start(zygote: Zygote, config: Path, reason: str, prefect_home: Path,
+          **extra_env: str) -> Forked:
+    """`embedloop retrain`, a real process (forked from the session's zygote)."""
     env = {**os.environ, "PREFECT_HOME": str(prefect_home),  # each its own local Prefect
            **extra_env}
     env.pop("PREFECT_API_URL", None)
-    return subprocess.Popen([str(BIN / "embedloop"), "retrain", "--reason", reason,
-                             "--config", str(config)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return zygote.spawn(["retrain", "--reason", reason, "--config", str(config)], env)
 
 
 def children_of(pid: int) -> set[int]:
@@ -51,7 +47,7 @@ def alive(pid: int) -> bool:
 
 
 def test_a_second_retrain_is_refused_and_sigterm_stops_the_first_cleanly(
-        tmp_path: Path, sim_logs: Path, tiny_beir: Path) -> None:
+        tmp_path: Path, sim_logs: Path, tiny_beir: Path, zygote: Zygote) -> None:
     """Two real processes. The first is paused inside its training loop, holding the lock:
     the second is refused at once, in one line, exit 3 (nothing is wrong, so no alert).
     Then the first gets SIGTERM, as systemd or Kubernetes stop a service: it stops within
@@ -61,7 +57,7 @@ def test_a_second_retrain_is_refused_and_sigterm_stops_the_first_cleanly(
                        tiny_beir / "corpus.jsonl")
     settings = load_settings(config)
     paused = tmp_path / "paused"
-    first = start(config, "first", tmp_path / "prefect-1", EMBEDLOOP_PAUSE_AT="train",
+    first = start(zygote, config, "first", tmp_path / "prefect-1", EMBEDLOOP_PAUSE_AT="train",
                   EMBEDLOOP_PAUSE_FILE=str(paused))
     deadline = time.monotonic() + 300
     while not paused.exists():  # after the first training step
@@ -71,7 +67,7 @@ def test_a_second_retrain_is_refused_and_sigterm_stops_the_first_cleanly(
     children = children_of(first.pid)
     assert children, "expected the temporary Prefect server as a child"
 
-    second = start(config, "second", tmp_path / "prefect-2")
+    second = start(zygote, config, "second", tmp_path / "prefect-2")
     out2, err2 = second.communicate(timeout=300)
     assert second.returncode == 3, err2[-2000:]  # refused: nothing is wrong, no alert
     [line] = [x for x in err2.splitlines() if x.startswith("embedloop retrain:")]

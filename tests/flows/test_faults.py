@@ -24,6 +24,7 @@ from embedloop.production.champion import Production
 from embedloop.production.registry import CHAMPION, Registry
 from tests.helpers import ANY_CANDIDATE_WINS, first_week_logs, make_home, search
 from tests.integration.servers import free_port, server
+from tests.zygote import Zygote
 
 BIN = Path(sys.executable).parent
 
@@ -43,15 +44,26 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}/api"
 
 
-def retrain(config: Path, api: str, reason: str, *, crash_at: str | None = None,
-            wrap: list[str] | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PREFECT_API_URL": api}
-    env.pop(CRASH_AT, None)
-    if crash_at:
-        env[CRASH_AT] = crash_at
-    command = [str(BIN / "embedloop"), "retrain", "--reason", reason, "--config", str(config)]
-    return subprocess.run([*(wrap or []), *command], env=env, capture_output=True, text=True,
-                          timeout=600)
+class Runs:
+    """`embedloop retrain` processes recorded in this module's Prefect server, forked from
+    the session's zygote (tests/zygote.py)."""
+
+    def __init__(self, api: str, zygote: Zygote) -> None:
+        self.api, self.zygote = api, zygote
+
+    def retrain(self, config: Path, reason: str, *, crash_at: str | None = None,
+                mounts: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PREFECT_API_URL": self.api}
+        env.pop(CRASH_AT, None)
+        if crash_at:
+            env[CRASH_AT] = crash_at
+        return self.zygote.run(["retrain", "--reason", reason, "--config", str(config)], env,
+                               mounts=mounts)
+
+
+@pytest.fixture(scope="module")
+def runs(prefect_api: str, zygote: Zygote) -> Runs:
+    return Runs(prefect_api, zygote)
 
 
 def production(config: Path) -> tuple[str | None, str | None]:
@@ -92,27 +104,27 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory, sim_logs: Path, tiny_beir: Path,
-         prefect_api: str) -> Path:
+         runs: Runs) -> Path:
     """A deployment after one promoted run; batch 2 has arrived and is not read yet.
     The gate accepts any candidate, so every run reaches publishing."""
     root = tmp_path_factory.mktemp("faults")
     logs = first_week_logs(root, sim_logs, "batch-001.jsonl")
     config = make_home(root / "home", logs, tiny_beir / "corpus.jsonl", **ANY_CANDIDATE_WINS)
-    first = retrain(config, prefect_api, "first week")
+    first = runs.retrain(config, "first week")
     assert first.returncode == 0, first.stderr[-3000:]
     shutil.copy(sim_logs / "batch-002.jsonl", logs)
     return config
 
 
 def test_sigkill_in_every_stage_changes_nothing_and_loses_nothing(
-        home: Path, prefect_api: str) -> None:
+        home: Path, runs: Runs) -> None:
     """Each run is killed one stage later than the one before, so each also proves that
     the previous crash did not stop the stages before its own."""
     logs = load_settings(home).logs
     before = production(home)
     batches_before = load_ledger(load_settings(home).state_dir).batches
     for point in POINTS:
-        result = retrain(home, prefect_api, f"killed in {point}", crash_at=point)
+        result = runs.retrain(home, f"killed in {point}", crash_at=point)
         assert result.returncode == -signal.SIGKILL, (point, result.stderr[-3000:])
         champion, live = production(home)
         if point in ("promote", "commit"):
@@ -128,7 +140,7 @@ def test_sigkill_in_every_stage_changes_nothing_and_loses_nothing(
         # The ledger moves only when a run completes: the new rows are still unread.
         assert load_ledger(load_settings(home).state_dir).batches == batches_before, point
 
-    final = retrain(home, prefect_api, "after the crashes")
+    final = runs.retrain(home, "after the crashes")
     assert final.returncode == 0, final.stderr[-3000:]
     champion, live = production(home)
     s = load_settings(home)
@@ -154,7 +166,7 @@ def _unshare_works() -> bool:
     ("ro", "Read-only file system"),
 ])
 def test_full_or_read_only_artifact_store_fails_clearly_and_promotes_nothing(
-        home: Path, prefect_api: str, sim_logs: Path, mount: str, expected: str) -> None:
+        home: Path, runs: Runs, sim_logs: Path, mount: str, expected: str) -> None:
     """The artifact directory on a real filesystem that is full (8 MB tmpfs: the model
     is 90 MB) or read-only, mounted in a private mount namespace for this one process."""
     if not _unshare_works():
@@ -164,11 +176,9 @@ def test_full_or_read_only_artifact_store_fails_clearly_and_promotes_nothing(
     new = add_batch(home, sim_logs, f"full-{mount}")
     before = production(home)
     batches = load_ledger(s.state_dir).batches
-    mount_cmd = (f"mount -t tmpfs -o {mount} tmpfs {artifacts}" if mount != "ro" else
-                 f"mount --bind {artifacts} {artifacts} && mount -o remount,bind,ro {artifacts}")
-    wrap = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
-            f'{mount_cmd} && exec "$0" "$@"']
-    result = retrain(home, prefect_api, f"artifact store {mount}", wrap=wrap)
+    mounts = (f"mount -t tmpfs -o {mount} tmpfs {artifacts}" if mount != "ro" else
+              f"mount --bind {artifacts} {artifacts} && mount -o remount,bind,ro {artifacts}")
+    result = runs.retrain(home, f"artifact store {mount}", mounts=mounts)
     assert result.returncode == 1, result.stderr[-3000:]
     assert expected in one_line_error(result)
     assert production(home) == before
@@ -200,7 +210,7 @@ def test_a_damaged_local_checkpoint_is_fetched_again(home: Path) -> None:
 
 
 def test_a_corrupt_registered_checkpoint_fails_the_run_in_one_line(
-        home: Path, prefect_api: str, sim_logs: Path) -> None:
+        home: Path, runs: Runs, sim_logs: Path) -> None:
     """Damaged in the registry too: the run fails naming the file, and nothing changes."""
     s = load_settings(home)
     before = production(home)
@@ -216,7 +226,7 @@ def test_a_corrupt_registered_checkpoint_fails_the_run_in_one_line(
     shutil.rmtree(cached)  # as on a fresh worker: only the registry copy exists
     new = add_batch(home, sim_logs, "corrupt")
     try:
-        result = retrain(home, prefect_api, "corrupt champion")
+        result = runs.retrain(home, "corrupt champion")
         assert result.returncode == 1, result.stderr[-3000:]
         line = one_line_error(result)
         assert "cannot load the model" in line and f"v{champion}" in line, line

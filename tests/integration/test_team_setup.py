@@ -31,6 +31,7 @@ from tests.integration.servers import (
     s3_client,
     s3_server,
 )
+from tests.zygote import Zygote
 
 BIN = Path(sys.executable).parent
 MODEL = "embedloop-minilm"
@@ -51,7 +52,7 @@ class Webhook(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def team(tmp_path_factory: pytest.TempPathFactory, sim_logs: Path,
-         tiny_beir: Path) -> Iterator[dict[str, Any]]:
+         tiny_beir: Path, zygote: Zygote) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("team")
     hook = HTTPServer(("127.0.0.1", 0), Webhook)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
@@ -85,7 +86,7 @@ def team(tmp_path_factory: pytest.TempPathFactory, sim_logs: Path,
             yield {"env": env, "tracking": tracking, "api": api, "root": root, "s3": s3,
                    "serve_log": root / "serve.log", "mlflow": mlflow, "config": config,
                    "db": db, "s3_link": s3_link, "api_link": api_link,
-                   "serving": serving}
+                   "serving": serving, "zygote": zygote}
         finally:
             os.killpg(serving.pid, 15)
             serving.wait(timeout=60)
@@ -200,10 +201,9 @@ def retrain_with_outage_at(team: dict[str, Any], point: str, logs: Path,
     env = {**team["env"], "EMBEDLOOP_PAUSE_AT": point, "EMBEDLOOP_PAUSE_FILE": str(flag),
            # MLflow's client retries for minutes by default; an outage test need not wait
            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
-    process = subprocess.Popen([str(BIN / "embedloop"), "retrain", "--reason",
-                                f"outage at {point}", "--config", str(team["config"]),
-                                "--logs", str(logs)], env=env, cwd=team["root"], text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = team["zygote"].spawn(["retrain", "--reason", f"outage at {point}", "--config",
+                                    str(team["config"]), "--logs", str(logs)], env,
+                                   cwd=team["root"])
     deadline = time.monotonic() + 600
     while not flag.exists():
         if process.poll() is not None:  # ended without reaching the point: say how
@@ -214,9 +214,9 @@ def retrain_with_outage_at(team: dict[str, Any], point: str, logs: Path,
         time.sleep(0.2)
     outage()
     flag.unlink()
-    out, err = process.communicate(timeout=600)
+    result = process.completed(timeout=600)
     restore()
-    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    return result
 
 
 def production(team: dict[str, Any]) -> tuple[str, str, str]:
