@@ -37,11 +37,13 @@ demo-zh: setup
 # Two pytest processes side by side: the integration tests mostly wait on their servers
 # (Postgres, S3, MLflow, Prefect) while the others keep the CPU busy, so together they
 # take minutes less than one after the other. Each has its own temp dir (kept when a test
-# failed); the integration report is printed after the other one's. The Milvus tests
-# join the integration process to even out the two (they too wait on a database), and so
-# does the multilingual model's conversion and fidelity check.
+# failed); the integration report is printed after the other one's. Tests join the
+# integration process to even out the two: the Milvus tests (they too wait on a database),
+# the multilingual model's conversion and fidelity check, the concurrency test's
+# processes, the query-side flow cycles and the Dask re-index.
 BESIDE = tests/integration tests/flows/test_milvus.py tests/test_milvus_index.py \
-	tests/model/test_multilingual.py
+	tests/model/test_multilingual.py tests/flows/test_concurrency.py \
+	tests/flows/test_query_side.py tests/model/test_chunked_encoding.py
 test: setup
 	@tmp=$$(mktemp -d -t embedloop-tests-XXXXXX); \
 	$(BIN)/python -m pytest $(BESIDE) --basetemp=$$tmp/integration \

@@ -121,27 +121,31 @@ def what_users_like(settings: Settings, better: str, worse: str,
 def users(base: str, liked: dict[str, str], sessions: int, day: str, seed: int,
           clicks_for: Clicks) -> list[dict[str, Any]]:
     """Simulated users searching through the service and clicking what they like, position
-    bias and noise clicks included; logged with each shown result's team."""
+    bias and noise clicks included; logged with each shown result's team. Eight search
+    at a time, as users do (the service batches their queries); each session draws from
+    its own seed, so the log is the same whatever order the answers come in."""
     import urllib.parse
     import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
 
-    rng = random.Random(seed)
-    rows: list[dict[str, Any]] = []
     queries = sorted(liked)
-    for s in range(sessions):
+
+    def one(s: int) -> list[dict[str, Any]]:
+        rng = random.Random(f"{seed}:{s}")
         query, session = rng.choice(queries), f"{day}-s{s}"
         params = urllib.parse.urlencode({"q": query, "k": 10, "session": session})
         with urllib.request.urlopen(f"{base}/search?{params}", timeout=60) as response:
             results = json.load(response)["results"]
         shown = [r["doc_id"] for r in results]
-        for p, (result, clicked) in enumerate(zip(results, clicks_for(
-                shown, {liked[query]: 1}, False, rng), strict=True), start=1):
-            rows.append({"event_id": f"{session}-{p}", "ts": f"{day}T{s // 3600:02d}:"
-                         f"{s // 60 % 60:02d}:{s % 60:02d}Z", "session_id": session,
-                         "query": query, "doc_id": result["doc_id"], "position": p,
-                         "clicked": clicked, **({"team": result["team"]}
-                                                if "team" in result else {})})
-    return rows
+        return [{"event_id": f"{session}-{p}", "ts": f"{day}T{s // 3600:02d}:"
+                 f"{s // 60 % 60:02d}:{s % 60:02d}Z", "session_id": session,
+                 "query": query, "doc_id": result["doc_id"], "position": p,
+                 "clicked": clicked, **({"team": result["team"]} if "team" in result else {})}
+                for p, (result, clicked) in enumerate(zip(results, clicks_for(
+                    shown, {liked[query]: 1}, False, rng), strict=True), start=1)]
+
+    with ThreadPoolExecutor(8) as pool:
+        return [row for rows in pool.map(one, range(sessions)) for row in rows]
 
 
 def test_users_promote_a_better_candidate_and_the_watch_rolls_back_a_worse_one(
