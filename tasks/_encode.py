@@ -71,8 +71,11 @@ class RunLogger:
     """The logger of whichever Prefect run is running when a line is logged, so a line
     logged inside a stage belongs to that stage's task run."""
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(get_run_logger(), name)
+    def info(self, msg: str, /, *args: object) -> None:
+        get_run_logger().info(msg, *args)
+
+    def warning(self, msg: str, /, *args: object) -> None:
+        get_run_logger().warning(msg, *args)
 
 
 def corpus_indexer(settings: Settings, store: IndexStore, corpus: pd.DataFrame,
@@ -81,4 +84,4 @@ def corpus_indexer(settings: Settings, store: IndexStore, corpus: pd.DataFrame,
     return CorpusIndexer(store, corpus, precision, CorpusEncoding.from_settings(settings),
                          chunks_on_runner(settings.task_runner, settings.dask_address,
                                           settings.encode_workers, settings.encode_timeout_s),
-                         RunLogger(), settings.task_runner)  # type: ignore[arg-type]
+                         RunLogger(), settings.task_runner)

@@ -21,13 +21,13 @@ from embedloop.ingest.corpus import document_texts
 from embedloop.models.base_models import model_prompts
 from embedloop.models.encoding import encode, pick_device, resolve_precision
 from embedloop.models.exported import EXPORTED, export_refusal
+from embedloop.report.log import Log
 
 if TYPE_CHECKING:
     from embedloop.config import Settings
 
 # (model, its folder, chunks of texts, encode options) -> one array of vectors per chunk
 EncodeChunks = Callable[[Any, str, list[list[str]], dict[str, Any]], list[np.ndarray]]
-Log = logging.Logger | logging.LoggerAdapter[Any]
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import pandas as pd
 
@@ -29,8 +28,7 @@ from embedloop.judge.policy import (
 )
 from embedloop.learn.pairs import in_eval_pool, normalize_query
 from embedloop.production.champion import Production
-
-Log = logging.Logger | logging.LoggerAdapter[Any]
+from embedloop.report.log import Log
 
 
 def interleaved_rows(frames: list[pd.DataFrame | None], pool_fraction: float,

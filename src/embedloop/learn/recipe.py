@@ -38,12 +38,11 @@ from embedloop.learn.training import (
     mix_by_score,
 )
 from embedloop.models.encoding import load_model
+from embedloop.report.log import Log
 from embedloop.search.retrieval import Retriever, evaluate_retrieval
 
 if TYPE_CHECKING:
     from embedloop.config import Settings
-
-Log = logging.Logger | logging.LoggerAdapter[Any]
 
 
 @dataclass(frozen=True)
