@@ -78,10 +78,8 @@ class Analyzer:
     def _stopwords(self) -> frozenset[str]:
         from bm25s import stopwords
 
-        words = getattr(stopwords, f"STOPWORDS_{self.language.upper()}", None)
-        if self.language == "english":
-            words = stopwords.STOPWORDS_EN
-        return frozenset(words or ())
+        name = "EN" if self.language == "english" else self.language.upper()
+        return frozenset(getattr(stopwords, f"STOPWORDS_{name}", ()))
 
 
 def _jieba_cut(text: str) -> list[str]:
