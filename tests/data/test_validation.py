@@ -12,7 +12,13 @@ from embedloop.demo import simulate_logs
 from embedloop.errors import CorpusInvalid
 from embedloop.ingest.corpus import load_corpus
 from embedloop.ingest.logs import discover_log_files
-from embedloop.ingest.validation import check_batch, quarantine_whole_batch, validate_logs
+from embedloop.ingest.validation import (
+    check_batch,
+    load_suite_json,
+    quarantine_whole_batch,
+    validate_logs,
+    with_parameters,
+)
 from tests.helpers import read_new_rows
 
 LIMITS = {"max_query_chars": 1000, "max_position": 1000}
@@ -138,6 +144,17 @@ def test_too_few_clicks_is_a_batch_problem() -> None:
     verdict = check_batch(validate_logs(raw, {"d1"}, set(), **LIMITS),
                           max_quarantine_share=0.2, min_clicks=3)
     assert verdict.problems == ["only 0 valid clicks, fewer than the 3 needed to train"]
+
+
+def test_a_suites_thresholds_come_from_the_settings_and_an_unknown_one_is_named() -> None:
+    suite = load_suite_json("interaction_batch")
+    resolved = with_parameters(suite["expectations"], {"max_quarantine_share": 0.2,
+                                                       "min_clicks": 3}, suite["name"])
+    assert [e["kwargs"] for e in resolved] == [
+        {"column": "quarantined_share", "max_value": 0.2},
+        {"column": "accepted_clicks", "min_value": 3}]
+    with pytest.raises(KeyError, match="'min_clicks', which is not one of"):
+        with_parameters(suite["expectations"], {"max_quarantine_share": 0.2}, suite["name"])
 
 
 @pytest.mark.parametrize("lines, message", [
