@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,11 +137,12 @@ def s3_server(bucket: str, env: dict[str, str], log: Path) -> Iterator[str]:
 
 @contextlib.contextmanager
 def mlflow_server(db: str, s3_endpoint: str, bucket: str, env: dict[str, str],
-                  log: Path, port: int | None = None) -> Iterator[str]:
+                  log: Path) -> Iterator[str]:
     """Runs in Postgres, artifacts in S3 behind the server's artifact proxy (as in
     docker-compose.yml). Yields the tracking URI."""
-    port = port or free_port()
-    env = {**env, **S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
+    port = free_port()
+    env = {**env, **S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # as infra/docker-compose.yml
     with server([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
                  "--backend-store-uri", f"postgresql+psycopg2://{db}/mlflow",
                  "--artifacts-destination", f"s3://{bucket}/artifacts", "--serve-artifacts",
@@ -160,24 +161,6 @@ def prefect_server(db: str, home: Path, env: dict[str, str], log: Path) -> Itera
                  str(port)],
                 env, f"http://127.0.0.1:{port}/api/health", "Prefect server", log):
         yield f"http://127.0.0.1:{port}/api"
-
-
-class Restartable:
-    """A server an outage test can stop and start again at the same address."""
-
-    def __init__(self, make: Callable[[], contextlib.AbstractContextManager[str]]) -> None:
-        self._make = make
-        self._running: contextlib.AbstractContextManager[str] | None = None
-
-    def start(self) -> str:
-        assert self._running is None, "already running"
-        self._running = self._make()
-        return self._running.__enter__()
-
-    def stop(self) -> None:
-        if self._running is not None:
-            running, self._running = self._running, None
-            running.__exit__(None, None, None)
 
 
 class Partition:

@@ -4,6 +4,7 @@ a manual retrain requested through Prefect, and a failing run that alerts a webh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,8 +23,6 @@ from tests.conftest import simulate
 from tests.helpers import make_home
 from tests.integration.servers import (
     Partition,
-    Restartable,
-    free_port,
     mlflow_server,
     postgres,
     prefect_server,
@@ -61,13 +60,15 @@ def team(tmp_path_factory: pytest.TempPathFactory, sim_logs: Path,
                HF_HUB_OFFLINE="1", PREFECT_HOME=str(root / "prefect-client"))
     with (postgres(("mlflow", "prefect")) as db,
           s3_server("mlflow", env, root / "s3.log") as s3,
-          prefect_server(db, root / "prefect-server", env, root / "prefect.log") as api):
+          prefect_server(db, root / "prefect-server", env, root / "prefect.log") as api,
+          contextlib.ExitStack() as stack):
         # MLflow reaches S3 through a link the outage tests can cut
         s3_link = Partition(int(s3.rsplit(":", 1)[1]))
-        port = free_port()  # fixed, so the outage tests can stop and restart it
-        mlflow = Restartable(lambda: mlflow_server(db, f"http://127.0.0.1:{s3_link.port}",
-                                                   "mlflow", env, root / "mlflow.log", port))
-        tracking = mlflow.start()
+        tracking = stack.enter_context(mlflow_server(
+            db, f"http://127.0.0.1:{s3_link.port}", "mlflow", env, root / "mlflow.log"))
+        # ...and the MLflow outage tests' runs reach MLflow through one (cutting a link
+        # costs nothing; stopping and restarting MLflow took ~15 s each time)
+        mlflow_link = Partition(int(tracking.rsplit(":", 1)[1]))
         env.update(PREFECT_API_URL=api, EMBEDLOOP_TRACKING_URI=tracking,
                    EMBEDLOOP_ALERT_WEBHOOK=f"http://127.0.0.1:{hook.server_port}/alert")
         # any candidate wins (the outage tests need runs that reach the commit point):
@@ -84,14 +85,14 @@ def team(tmp_path_factory: pytest.TempPathFactory, sim_logs: Path,
                                    start_new_session=True)
         try:
             yield {"env": env, "tracking": tracking, "api": api, "root": root, "s3": s3,
-                   "serve_log": root / "serve.log", "mlflow": mlflow, "config": config,
+                   "serve_log": root / "serve.log", "mlflow_link": mlflow_link,
+                   "via_mlflow_link": f"http://127.0.0.1:{mlflow_link.port}", "config": config,
                    "db": db, "s3_link": s3_link, "api_link": api_link,
                    "serving": serving, "zygote": zygote}
         finally:
             os.killpg(serving.pid, 15)
             serving.wait(timeout=60)
             hook.shutdown()
-            mlflow.stop()
             shutil.rmtree(root / "home", ignore_errors=True)  # ~700 MB of model copies
 
 
@@ -193,12 +194,14 @@ def test_rollback_through_the_served_deployment_after_an_api_outage(
 
 
 def retrain_with_outage_at(team: dict[str, Any], point: str, logs: Path,
-                           outage: Callable[[], None], restore: Callable[[], None],
-                           ) -> subprocess.CompletedProcess[str]:
+                           outage: Callable[[], None], restore: Callable[[], None], *,
+                           tracking: str | None = None) -> subprocess.CompletedProcess[str]:
     """`embedloop retrain` on `logs`, recorded in the team's Prefect server; at `point`
-    the pipeline waits while `outage` happens, then goes on. `restore` mends it after."""
+    the pipeline waits while `outage` happens, then goes on. `restore` mends it after.
+    `tracking`: where the run finds MLflow, if not straight at the server."""
     flag = team["root"] / f"paused-{point}"
     env = {**team["env"], "EMBEDLOOP_PAUSE_AT": point, "EMBEDLOOP_PAUSE_FILE": str(flag),
+           "EMBEDLOOP_TRACKING_URI": tracking or team["tracking"],
            # MLflow's client retries for minutes by default; an outage test need not wait
            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
     process = team["zygote"].spawn(["retrain", "--reason", f"outage at {point}", "--config",
@@ -250,12 +253,14 @@ def ledger_text(team: dict[str, Any]) -> str:
 
 def test_mlflow_down_after_the_alias_move_is_a_complete_promotion_said_so(
         team: dict[str, Any], tiny_beir: Path) -> None:
-    """Between moving `champion` and swapping the index, MLflow goes away: the swap (local)
-    still happens, so production is whole, and the one-line error says it is."""
+    """Between moving `champion` and swapping the index, MLflow goes out of reach: the swap
+    (local) still happens, so production is whole, and the one-line error says it is."""
     wait_for_deployments(team)
     before = production(team)
     result = retrain_with_outage_at(team, "promote", later_week(team, tiny_beir, 7),
-                                    team["mlflow"].stop, team["mlflow"].start)
+                                    lambda: team["mlflow_link"].set_cut(True),
+                                    lambda: team["mlflow_link"].set_cut(False),
+                                    tracking=team["via_mlflow_link"])
     assert result.returncode == 1, result.stderr[-3000:]
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("embedloop retrain: error: the promotion is complete (champion v")
@@ -266,12 +271,14 @@ def test_mlflow_down_after_the_alias_move_is_a_complete_promotion_said_so(
 
 def test_mlflow_down_before_the_alias_move_fails_and_changes_nothing(
         team: dict[str, Any], tiny_beir: Path) -> None:
-    """MLflow gone after the candidate's index is written, before `champion` moves: a
-    clear failure; production and the ledger stay as they were."""
+    """MLflow out of reach after the candidate's index is written, before `champion`
+    moves: a clear failure; production and the ledger stay as they were."""
     wait_for_deployments(team)
     before, ledger = production(team), ledger_text(team)
     result = retrain_with_outage_at(team, "publish", later_week(team, tiny_beir, 8),
-                                    team["mlflow"].stop, team["mlflow"].start)
+                                    lambda: team["mlflow_link"].set_cut(True),
+                                    lambda: team["mlflow_link"].set_cut(False),
+                                    tracking=team["via_mlflow_link"])
     assert result.returncode == 1, result.stderr[-3000:]
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("embedloop retrain: ") and "Traceback" not in result.stderr
