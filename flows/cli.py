@@ -39,6 +39,8 @@ from embedloop.errors import EmbedloopError, Refused, one_line
 if TYPE_CHECKING:  # pandas is imported by the commands that need it: `--help` stays quick
     import pandas as pd
 
+    from embedloop.index.base import IndexManifest
+
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 
 
@@ -131,6 +133,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_retrain(args)
 
 
+def ranker_line(manifest: IndexManifest) -> str:
+    """What the live index version ranks with: the vectors alone, or fused with BM25."""
+    if not manifest.lexical:
+        return "dense (the model's vectors)"
+    fusion, analyzer = manifest.lexical["fusion"], manifest.lexical["analyzer"]
+    how = (f"{fusion['weight']:g} dense + {1 - fusion['weight']:g} BM25, min-max scaled"
+           if fusion["method"] == "convex" else "reciprocal rank fusion")
+    return (f"hybrid: {how}, top {fusion['depth']} of each side (BM25: "
+            f"{analyzer['language']}, CJK as {analyzer['cjk']})")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from embedloop.ingest.ledger import EvidenceLedger
     from embedloop.production.champion import Production
@@ -171,6 +184,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                   and state.document_encoder != state.champion else "")
         print(f"live index  {state.live_index}: {m.n_docs} docs, built by v{m.model_version} "
               f"at {m.created_at}{shared}{flag}")
+        print(f"ranker      {ranker_line(m)}")
     else:
         print("live index  none")
     print(f"indexes     {production.store.describe()}")

@@ -14,10 +14,13 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from embedloop.errors import ConfigError
 from embedloop.index.base import BACKENDS, HNSW_MIN_DOCS, IVF_MIN_DOCS, IndexPlace
+
+if TYPE_CHECKING:
+    from embedloop.search.hybrid import LexicalSpec
 
 DEFAULT_MODEL_NAME = "embedloop-minilm"
 
@@ -136,6 +139,19 @@ class Settings:
     # the interleaved sessions with the canary) for this many sessions; users credibly
     # preferring the previous one roll it back, with an alert.
     watch_sessions: int = 1_000
+    # What search ranks with: "dense" (the model's vectors) or "hybrid" (BM25 beside them,
+    # each side's top fusion_depth fused: search/fusion.py, search/hybrid.py). A hybrid
+    # index version holds both sides and moves as one. fusion_weight is the dense side's
+    # share (1: dense only, 0: BM25 only); fusion_method "convex" (min-max scaled scores)
+    # or "rrf" (reciprocal ranks). BM25's analyser: Snowball stemmer and stopwords for
+    # lexical_language ("none": neither), and CJK text as character unigrams and bigrams
+    # ("bigrams") or jieba's words ("jieba"); BENCHMARKS.md "Hybrid retrieval".
+    retriever: str = "dense"
+    fusion_weight: float = 0.5
+    fusion_method: str = "convex"
+    fusion_depth: int = 100
+    lexical_language: str = "english"
+    lexical_cjk: str = "bigrams"
     # encoding
     max_seq_length: int | None = None  # None keeps the model's own (256 for MiniLM)
     encode_batch_size: int = 64
@@ -176,6 +192,18 @@ class Settings:
 
     # Where things live. All state is under `home`, so a test or a second
     # deployment is isolated by pointing `home` elsewhere.
+    @property
+    def lexical_spec(self) -> LexicalSpec | None:
+        """What hybrid index versions are built with; None for a dense deployment."""
+        if self.retriever != "hybrid":
+            return None
+        from embedloop.search.fusion import Fusion
+        from embedloop.search.hybrid import LexicalSpec
+        from embedloop.search.sparse import Analyzer
+
+        return LexicalSpec(Analyzer(self.lexical_language, self.lexical_cjk),
+                           Fusion(self.fusion_weight, self.fusion_method, self.fusion_depth))
+
     @property
     def mlruns_dir(self) -> Path:
         return self.home / "mlruns"
@@ -346,11 +374,15 @@ def _check(settings: Settings) -> None:
     """Settings that cannot work fail when they are read, not hours into a run."""
     from embedloop.judge.evaluation import METRICS
     from embedloop.models.exported import ENCODE_BACKENDS
+    from embedloop.search.fusion import FUSION_METHODS
+    from embedloop.search.sparse import CJK_MODES
 
     choices = {"eval_labels": ("graded", "binary"), "primary_metric": METRICS,
                "task_runner": ("threads", "dask"), "index_backend": tuple(sorted(BACKENDS)),
                "encode_precision": PRECISIONS, "train_side": TRAIN_SIDES,
-               "encode_backend": ("auto", *ENCODE_BACKENDS)}
+               "encode_backend": ("auto", *ENCODE_BACKENDS),
+               "retriever": ("dense", "hybrid"), "fusion_method": FUSION_METHODS,
+               "lexical_cjk": CJK_MODES}
     for name, allowed in choices.items():
         if getattr(settings, name) not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not "
@@ -373,6 +405,14 @@ def _check(settings: Settings) -> None:
                           f"batch are the in-batch negatives), not {training.batch_size}")
     if training.epochs <= 0 and training.max_steps <= 0:
         raise ConfigError("training needs epochs > 0 (or max_steps > 0)")
+    if settings.retriever == "hybrid":
+        if settings.index_backend == "milvus":
+            raise ConfigError('retriever = "hybrid" is not yet stored in Milvus: use '
+                              'index_backend = "faiss", or retriever = "dense"')
+        try:
+            settings.lexical_spec  # noqa: B018 - the analyser's language and the fusion
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if settings.index_ivf_min_docs < settings.index_hnsw_min_docs:
         raise ConfigError(f"index_ivf_min_docs ({settings.index_ivf_min_docs}) must not be "
                           f"below index_hnsw_min_docs ({settings.index_hnsw_min_docs})")

@@ -21,11 +21,14 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from embedloop.errors import IndexUnavailable
+
+if TYPE_CHECKING:
+    from embedloop.search.hybrid import LexicalSide
 
 # Below ~100k documents exact search is fast enough (a 384-d flat scan of 100k vectors is
 # ~40 MB and a few ms per query) and loses nothing; above it HNSW keeps queries in the
@@ -52,6 +55,9 @@ class IndexManifest:
     # The prefix each role's text got (base_models.model_prompts); None: not recorded
     # (an index saved before prompts were).
     prompts: dict[str, str] | None = None
+    # A hybrid version's lexical side: its analyser and fusion (search/hybrid.py); None:
+    # dense only.
+    lexical: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,6 +80,9 @@ class VectorIndex(ABC):
         self.manifest = manifest
         # the model's prompts when it encoded the documents (set by whoever encodes them)
         self.prompts: dict[str, str] | None = manifest.prompts if manifest else None
+        # BM25 over the same documents, fused with the dense ranking (search/hybrid.py);
+        # set by whoever builds or loads a hybrid version
+        self.lexical: LexicalSide | None = None
 
     @property
     @abstractmethod

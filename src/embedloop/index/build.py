@@ -8,6 +8,7 @@ so a large re-index spreads over workers.
 
 from __future__ import annotations
 
+import copy as copy_module
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from embedloop.report.log import Log
 
 if TYPE_CHECKING:
     from embedloop.config import Settings
+    from embedloop.search.hybrid import LexicalSpec
 
 # (model, its folder, chunks of texts, encode options) -> one array of vectors per chunk
 EncodeChunks = Callable[[Any, str, list[list[str]], dict[str, Any]], list[np.ndarray]]
@@ -72,9 +74,11 @@ def encode_corpus(corpus: pd.DataFrame, model: Any, model_path: str, precision: 
 def index_corpus(store: IndexStore, corpus: pd.DataFrame, model: Any, model_path: str,
                  precision: str, encoding: CorpusEncoding,
                  encode_chunks: EncodeChunks = encode_one_by_one, log: Log | None = None,
-                 runner: str = "in-process") -> VectorIndex:
+                 runner: str = "in-process", lexical: LexicalSpec | None = None,
+                 ) -> VectorIndex:
     """The corpus encoded by `model` (at `model_path`), in an index of the kind the live
-    one would be, in memory, holding the model's prompts."""
+    one would be, in memory, holding the model's prompts; with its BM25 side if the
+    deployment is hybrid (`lexical`)."""
     log = log or logging.getLogger(__name__)
     if precision in EXPORTED and encoding.backend == "auto":
         refusal = export_refusal(model)
@@ -86,7 +90,25 @@ def index_corpus(store: IndexStore, corpus: pd.DataFrame, model: Any, model_path
     built = store.build(vectors, list(corpus["doc_id"]), precision=precision,
                         titles=list(corpus["title"]))
     built.prompts = model_prompts(model)
+    if lexical is not None:
+        built.lexical = lexical.build(document_texts(corpus), list(corpus["doc_id"]))
     return built
+
+
+def with_lexical(index: VectorIndex, corpus: pd.DataFrame,
+                 lexical: LexicalSpec | None) -> VectorIndex:
+    """`index`, whose vectors are the corpus's, with the lexical side the deployment asks
+    for. A stored version built otherwise (dense, before the deployment turned hybrid, or
+    with another analyser or fusion) comes back as a new, unsaved index over the same
+    vectors: it is judged as it will be served, and saved as a new version if published."""
+    have = index.lexical.spec if index.lexical else None
+    if have == lexical:
+        return index
+    copy = copy_module.copy(index)
+    copy.manifest = None
+    copy.lexical = (lexical.build(document_texts(corpus), list(corpus["doc_id"]))
+                    if lexical else None)
+    return copy
 
 
 @dataclass(frozen=True)
@@ -101,7 +123,9 @@ class CorpusIndexer:
     encode_chunks: EncodeChunks = encode_one_by_one
     log: Log | None = None
     runner: str = "in-process"  # where the chunks are encoded, for the log
+    lexical: LexicalSpec | None = None  # a hybrid deployment's BM25 side and fusion
 
     def __call__(self, model: Any, model_path: str) -> VectorIndex:
         return index_corpus(self.store, self.corpus, model, model_path, self.precision,
-                            self.encoding, self.encode_chunks, self.log, self.runner)
+                            self.encoding, self.encode_chunks, self.log, self.runner,
+                            self.lexical)

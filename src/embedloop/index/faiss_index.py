@@ -2,11 +2,11 @@
 
     indexes/
       versions/v0001/  index.faiss  doc_ids.json  titles.json  manifest.json
-      versions/v0002/  ...
+      versions/v0002/  ...  sparse/   (a hybrid version's BM25 side: search/hybrid.py)
       live -> versions/v0002        (a symlink, replaced with one rename)
 
-A version directory is complete (and fsynced) before it is renamed into place, and
-`live` moves with a single `os.replace`.
+A version directory is complete (and fsynced), both sides of a hybrid one included,
+before it is renamed into place, and `live` moves with a single `os.replace`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from embedloop.index.base import (
     IndexStore,
     VectorIndex,
 )
+
+if TYPE_CHECKING:
+    from embedloop.search.hybrid import LexicalSide
 
 FILES = ("index.faiss", "doc_ids.json", "titles.json", "manifest.json")
 
@@ -165,21 +168,29 @@ class FaissIndexStore(IndexStore):
             dim=index.dim, n_docs=len(index.doc_ids), corpus_fingerprint=corpus_fingerprint,
             precision=index.precision, kind=index.kind,
             created_at=datetime.now(UTC).isoformat(timespec="seconds"), params=index.params,
-            prompts=index.prompts)
+            prompts=index.prompts,
+            lexical=index.lexical.spec.describe() if index.lexical else None)
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         staging = self.versions_dir / f".staging-{version}-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
-        faiss.write_index(index.index, str(staging / "index.faiss"))
-        (staging / "doc_ids.json").write_text(json.dumps(index.doc_ids))
-        # Titles travel with the index so a search never re-reads (and re-validates) the
-        # corpus: a query is answered from this folder and the model alone.
-        (staging / "titles.json").write_text(json.dumps(index.titles
-                                                        or [""] * len(index.doc_ids)))
-        (staging / "manifest.json").write_text(json.dumps(manifest.to_json(), indent=1))
-        for name in FILES:
-            with (staging / name).open("rb") as f:
-                os.fsync(f.fileno())
+        try:
+            faiss.write_index(index.index, str(staging / "index.faiss"))
+            (staging / "doc_ids.json").write_text(json.dumps(index.doc_ids))
+            # Titles travel with the index so a search never re-reads (and re-validates)
+            # the corpus: a query is answered from this folder and the model alone.
+            (staging / "titles.json").write_text(json.dumps(index.titles
+                                                            or [""] * len(index.doc_ids)))
+            written = [staging / name for name in FILES if name != "manifest.json"]
+            if index.lexical:
+                written += index.lexical.save(staging)
+            (staging / "manifest.json").write_text(json.dumps(manifest.to_json(), indent=1))
+            for path in [*written, staging / "manifest.json"]:
+                with path.open("rb") as f:
+                    os.fsync(f.fileno())
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)  # no half-written version stays
+            raise
         os.rename(staging, self.versions_dir / version)
         index.manifest = manifest
         return manifest
@@ -211,4 +222,22 @@ class FaissIndexStore(IndexStore):
         if index.ntotal != len(doc_ids) or index.ntotal != manifest.n_docs:
             raise IndexUnavailable(f"index {version} is damaged: {index.ntotal} vectors, "
                                    f"{len(doc_ids)} ids, manifest says {manifest.n_docs}")
-        return FaissIndex(index, doc_ids, manifest.precision, spec, titles, manifest)
+        loaded = FaissIndex(index, doc_ids, manifest.precision, spec, titles, manifest)
+        if manifest.lexical:
+            loaded.lexical = load_lexical(directory, manifest.lexical, doc_ids, version)
+        return loaded
+
+
+def load_lexical(directory: Path, entry: dict[str, Any], doc_ids: list[str],
+                 version: str) -> LexicalSide:
+    """A hybrid version's BM25 side, which must index the dense side's documents."""
+    from embedloop.search.hybrid import LexicalSide
+
+    try:
+        lexical = LexicalSide.load(directory, entry)
+    except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+        raise IndexUnavailable(f"index {version}'s BM25 side is damaged: {exc}") from None
+    if lexical.sparse.doc_ids != doc_ids:
+        raise IndexUnavailable(f"index {version} is damaged: its BM25 side holds other "
+                               f"documents than its vectors")
+    return lexical

@@ -155,6 +155,9 @@ class MilvusIndexStore(IndexStore):
                      corpus_fingerprint: str) -> IndexManifest:
         from pymilvus import DataType, MilvusClient
 
+        if index.lexical is not None:  # config.py refuses the combination; this says why
+            raise IndexUnavailable("a hybrid index (BM25 beside the vectors) is not yet "
+                                   "stored in Milvus: use retriever = \"dense\" with Milvus")
         found = self._all_versions()
         version = f"v{(int(found[-1][1:]) + 1) if found else 1:04d}"
         done = self.versions()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from embedloop.errors import IndexUnavailable
 from embedloop.faults import crash_point, pause_point
 from embedloop.index.base import IndexManifest, IndexStore, VectorIndex, open_index_store
-from embedloop.index.build import CorpusIndexer
+from embedloop.index.build import CorpusIndexer, with_lexical
 from embedloop.models.base_models import model_prompts
 from embedloop.production.registry import CHAMPION, PREVIOUS, Registry, is_intact, seal
 
@@ -325,11 +325,17 @@ class Production:
                         corpus_fingerprint: str) -> tuple[VectorIndex, str | None]:
         """The index the champion (`model`) is judged on: the live one, searching as a
         candidate's would (IndexStore.as_built), which already holds its vectors;
-        re-encoded only if the corpus changed since it was built (a note says so)."""
+        re-encoded only if the corpus changed since it was built (a note says so). Its
+        lexical side is the deployment's: one built otherwise is rebuilt over the same
+        vectors (with_lexical), unsaved, and a note says so."""
         built = self.store.as_built(self.champion_index())
-        if built.manifest is not None and built.manifest.corpus_fingerprint == corpus_fingerprint:
-            return built, None
         version = built.manifest.version if built.manifest else "?"
+        if built.manifest is not None and built.manifest.corpus_fingerprint == corpus_fingerprint:
+            judged = with_lexical(built, index_corpus.corpus, index_corpus.lexical)
+            return judged, (None if judged is built else (
+                f"index {version}'s lexical side is not the one the settings ask for "
+                f"({'none' if index_corpus.lexical is None else 'BM25, fused'}): rebuilt it "
+                f"over the same vectors for this run"))
         return index_corpus(model, model_path), (
             f"the corpus changed since index {version} was built; the incumbent was "
             f"re-encoded for a fair comparison")

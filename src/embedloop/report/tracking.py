@@ -73,6 +73,10 @@ def start_tracking(registry: Registry, settings: Settings, trigger: str, reason:
         "mine_negatives": settings.mine_negatives,
         "negative_relative_margin": settings.negative_relative_margin,
         "weight_by_relevance": settings.weight_by_relevance, "train_side": settings.train_side,
+        "retriever": settings.retriever,
+        **({"fusion_weight": settings.fusion_weight, "fusion_method": settings.fusion_method,
+            "fusion_depth": settings.fusion_depth, "lexical_language": settings.lexical_language,
+            "lexical_cjk": settings.lexical_cjk} if settings.retriever == "hybrid" else {}),
         **{f"train.{k}": v for k, v in dataclasses.asdict(settings.training).items()},
         **({"device": runtime.device, "precision": f"{runtime.precision} ({runtime.why})",
             "encoder": f"{runtime.encoder} ({runtime.encoder_why or runtime.why})"}

@@ -1,5 +1,6 @@
 """Retrieval: a model and the index of its document vectors, queries in, ranked documents
-out; and its evaluation against judged queries.
+out; and its evaluation against judged queries. A hybrid index version brings its BM25
+side and fusion (search/hybrid.py): the ranking is then the fused one.
 
 The one place where queries are encoded and searched: the retrain flow (incumbent and
 candidate, mining negatives), `embedloop search`, and the benchmarks all go through a
@@ -43,8 +44,14 @@ class Retriever:
         # are comparable.
         vectors = encode(self.model, queries, role="query", batch_size=self.batch_size,
                          precision=self.index.precision)
+        lexical = self.index.lexical
+        if lexical is None:
+            ranked = self.index.search(vectors, k)
+        else:  # each side's top `depth`, fused: the top k of any k <= depth agree
+            ranked = lexical.fuse(self.index.search(vectors, max(k, lexical.fusion.depth)),
+                                  queries, k)
         return [[Hit(doc_id, score, self._titles.get(doc_id, "")) for doc_id, score in hits]
-                for hits in self.index.search(vectors, k)]
+                for hits in ranked]
 
     @functools.cached_property
     def _titles(self) -> dict[str, str]:

@@ -1,0 +1,75 @@
+"""The lexical side of an index version: a BM25 index of the same documents and how its
+ranking is fused with the dense one.
+
+It lives in the index version's folder, beside the dense vectors, and is written before
+that folder is renamed into place: promotion, rollback and the canary move the two sides
+together, and a crash between their saves leaves no version at all (index/faiss_index.py).
+The manifest records the analyser and the fusion, so a version always searches as it was
+built and judged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from embedloop.search.fusion import Fusion
+from embedloop.search.sparse import Analyzer, SparseIndex
+
+FOLDER = "sparse"  # inside an index version's folder
+
+
+@dataclass(frozen=True)
+class LexicalSpec:
+    """What a deployment's hybrid indexes are built with (the settings' `retriever`,
+    `fusion_*` and `lexical_*`)."""
+
+    analyzer: Analyzer = Analyzer()
+    fusion: Fusion = Fusion()
+
+    def describe(self) -> dict[str, Any]:
+        """As the manifest records it."""
+        return {"analyzer": asdict(self.analyzer), "fusion": asdict(self.fusion)}
+
+    @classmethod
+    def from_manifest(cls, entry: dict[str, Any]) -> LexicalSpec:
+        return cls(Analyzer(**entry["analyzer"]), Fusion(**entry["fusion"]))
+
+    def build(self, texts: Sequence[str], doc_ids: Sequence[str]) -> LexicalSide:
+        return LexicalSide(SparseIndex.build(texts, doc_ids, self.analyzer), self.fusion)
+
+
+@dataclass
+class LexicalSide:
+    sparse: SparseIndex
+    fusion: Fusion
+
+    @property
+    def spec(self) -> LexicalSpec:
+        return LexicalSpec(self.sparse.analyzer, self.fusion)
+
+    def save(self, version_folder: Path) -> list[Path]:
+        """Written into a version folder being staged; returns the files, to be synced."""
+        folder = version_folder / FOLDER
+        self.sparse.save(folder)
+        return sorted(p for p in folder.iterdir() if p.is_file())
+
+    @classmethod
+    def load(cls, version_folder: Path, entry: dict[str, Any]) -> LexicalSide:
+        """Memory-mapped: a large corpus's BM25 matrix is paged in as queries touch it."""
+        spec = LexicalSpec.from_manifest(entry)
+        sparse = SparseIndex.load(version_folder / FOLDER, mmap=True)
+        if sparse.analyzer != spec.analyzer:
+            raise ValueError(f"its BM25 index was built with {sparse.analyzer}, the manifest "
+                             f"says {spec.analyzer}")
+        return cls(sparse, spec.fusion)
+
+    def fuse(self, dense: Sequence[Sequence[tuple[str, float]]], queries: Sequence[str],
+             k: int) -> list[list[tuple[str, float]]]:
+        """Each query's dense ranking (at least `depth` deep) fused with its BM25 one."""
+        fusion = self.fusion if k <= self.fusion.depth else Fusion(
+            self.fusion.weight, self.fusion.method, k)
+        sparse = self.sparse.search(queries, fusion.depth)
+        return [fusion.fuse(d, s, k) for d, s in zip(dense, sparse, strict=True)]
