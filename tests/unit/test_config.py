@@ -25,6 +25,11 @@ def test_file_then_environment_then_overrides(tmp_path: Path,
     ({"min_clicks": "many"}, "setting 'min_clicks'"),
     ({"no_such_setting": 1}, "unknown setting"),
     ({"training": {"epocs": 1}}, "unknown setting"),
+    ({"retriever": "sparse"}, "retriever must be one of dense, hybrid"),
+    ({"retriever": "hybrid", "index_backend": "milvus"}, "not yet stored in Milvus"),
+    ({"retriever": "hybrid", "fusion_weight": 1.5}, r"fusion weight must lie in \[0, 1\]"),
+    ({"retriever": "hybrid", "lexical_language": "klingon"}, "no stemmer for language"),
+    ({"lexical_cjk": "words"}, "lexical_cjk must be one of bigrams, jieba"),
 ])
 def test_bad_settings_are_one_clear_error(tmp_path: Path, overrides: dict,
                                           message: str) -> None:
