@@ -133,12 +133,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_retrain(args)
 
 
-def ranker_line(manifest: IndexManifest) -> str:
-    """What the live index version ranks with: the vectors alone, or fused with BM25."""
+def ranker_line(manifest: IndexManifest, weight: float | None = None) -> str:
+    """What the live index version ranks with: the vectors alone, or fused with BM25 (at
+    `weight`, the champion's own, else the version's)."""
     if not manifest.lexical:
         return "dense (the model's vectors)"
     fusion, analyzer = manifest.lexical["fusion"], manifest.lexical["analyzer"]
-    how = (f"{fusion['weight']:g} dense + {1 - fusion['weight']:g} BM25, min-max scaled"
+    weight = fusion["weight"] if weight is None else weight
+    how = (f"{weight:g} dense + {1 - weight:g} BM25, min-max scaled"
            if fusion["method"] == "convex" else "reciprocal rank fusion")
     return (f"hybrid: {how}, top {fusion['depth']} of each side (BM25: "
             f"{analyzer['language']}, CJK as {analyzer['cjk']})")
@@ -184,7 +186,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                   and state.document_encoder != state.champion else "")
         print(f"live index  {state.live_index}: {m.n_docs} docs, built by v{m.model_version} "
               f"at {m.created_at}{shared}{flag}")
-        print(f"ranker      {ranker_line(m)}")
+        weight = registry.fusion_weight(champion) if champion and m.lexical else None
+        print(f"ranker      v{champion or '-'} with index {state.live_index}: "
+              f"{ranker_line(m, weight)}")
     else:
         print("live index  none")
     print(f"indexes     {production.store.describe()}")
@@ -269,26 +273,35 @@ def cmd_search(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if not args.text.strip():
         raise EmbedloopError("the query is empty")
-    answer = None if args.local else _ask_the_service(settings, args.text, args.k)
+    answer = None if args.local else _ask_the_service(settings, args.text, args.k,
+                                                      args.sides)
     if answer is None:  # no service running for this deployment: load the pair here
         from embedloop.production.champion import Production
 
         retriever = Production.from_settings(settings).retriever(
             max_seq_length=settings.max_seq_length)
-        hits = [(h.doc_id, h.score, h.title) for h in retriever.search([args.text], args.k)[0]]
+        hits = [(h.doc_id, h.score, h.title, h.sides)
+                for h in retriever.search([args.text], args.k, sides=args.sides)[0]]
         source = "loaded in this process"
     else:
-        hits = [(r["doc_id"], r["score"], r.get("title", "")) for r in answer["results"]]
+        hits = [(r["doc_id"], r["score"], r.get("title", ""), r.get("sides"))
+                for r in answer["results"]]
         source = (f"answered by the service on {settings.api_host}:{settings.api_port}: model "
                   f"v{answer['model_version']}, index {answer['index_version']}")
-    for rank, (doc_id, score, title) in enumerate(hits, start=1):
+    if args.sides and any(sides for *_, sides in hits):
+        print("     fused   dense    BM25")
+    for rank, (doc_id, score, title, sides) in enumerate(hits, start=1):
         shown = f"  {title[:70]}" if title and title != doc_id else ""
-        print(f"{rank:>3}. {score:.4f}  {doc_id}{shown}")
+        each = ("" if not (args.sides and sides) else "  " + "  ".join(
+            "     -" if sides.get(side) is None else f"{sides[side]:6.3f}"
+            for side in ("dense", "bm25")))
+        print(f"{rank:>3}. {score:.4f}{each}  {doc_id}{shown}")
     print(f"({source})", file=sys.stderr)
     return EXIT_OK
 
 
-def _ask_the_service(settings: Settings, text: str, k: int) -> dict[str, Any] | None:
+def _ask_the_service(settings: Settings, text: str, k: int,
+                     sides: bool = False) -> dict[str, Any] | None:
     """The running `embedloop api` of this deployment answers in milliseconds; loading the
     model here takes seconds. None when there is none: nothing listens, or what answers
     serves another pair than this deployment's live one (another home on this host)."""
@@ -297,7 +310,7 @@ def _ask_the_service(settings: Settings, text: str, k: int) -> dict[str, Any] | 
     import urllib.parse
     import urllib.request
 
-    query = urllib.parse.urlencode({"q": text, "k": k})
+    query = urllib.parse.urlencode({"q": text, "k": k, **({"sides": "true"} if sides else {})})
     request = urllib.request.Request(f"http://{settings.api_host}:{settings.api_port}/search?"
                                      f"{query}")
     token = os.environ.get("EMBEDLOOP_API_TOKEN")
@@ -489,6 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--local", action="store_true",
                    help="load the model here even if `embedloop api` is running")
+    p.add_argument("--sides", action="store_true",
+                   help="a hybrid ranker's dense and BM25 scores beside the fused one")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("validate", parents=[common, data],

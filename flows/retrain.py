@@ -64,6 +64,7 @@ from embedloop.tasks.canary import judge_users_stage, start_canary_stage
 from embedloop.tasks.evaluate import (
     candidate_stage,
     evaluate_stage,
+    fusion_weight_stage,
     incumbent_stage,
     judge_offline_stage,
 )
@@ -224,15 +225,22 @@ def judge(settings: Settings, production: Production, champion: Champion, learne
     """The candidate beside the incumbent on the same queries, judged, and registered."""
     candidate = candidate_stage(learned.tuned, indexer, learned.incumbent,
                                 settings.encode_batch_size)
+    fusion = None
+    if candidate.index.lexical is not None and settings.fusion_weights:
+        candidate, fusion = fusion_weight_stage(
+            candidate, learned.incumbent, settings.fusion_weights, learned.data,
+            settings.min_holdout_queries, settings.harm_alpha, settings.primary_metric)
+        done.keep(fusion)
     evaluation = done.keep(evaluate_stage(candidate, learned.incumbent, learned.data,
                                           guard_qrels, settings.judged_queries, indexer.corpus,
                                           settings.primary_metric, settings.encode_batch_size))
     judgement = done.keep(judge_offline_stage(Policy.from_settings(settings),
                                               settings.state_dir, evaluation, run_id))
-    log_evaluation_stage(production.registry, run_id, evaluation, judgement)
+    log_evaluation_stage(production.registry, run_id, evaluation, judgement, fusion)
     version = done.keep(Registered(register_stage(
         production, run_id, learned.tuned, champion, judgement, batch_id,
-        len(learned.data.pairs), settings.primary_metric))).version
+        len(learned.data.pairs), settings.primary_metric,
+        candidate.index.lexical.fusion.weight if candidate.index.lexical else None))).version
     return Judged(version, judgement, candidate.index)
 
 

@@ -84,4 +84,5 @@ def corpus_indexer(settings: Settings, store: IndexStore, corpus: pd.DataFrame,
     return CorpusIndexer(store, corpus, precision, CorpusEncoding.from_settings(settings),
                          chunks_on_runner(settings.task_runner, settings.dask_address,
                                           settings.encode_workers, settings.encode_timeout_s),
-                         RunLogger(), settings.task_runner, settings.lexical_spec)
+                         RunLogger(), settings.task_runner, settings.lexical_spec,
+                         learns_weight=bool(settings.fusion_weights))

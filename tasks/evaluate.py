@@ -14,6 +14,7 @@ from embedloop.ingest.corpus import corpus_fingerprint, load_judged_queries
 from embedloop.ingest.ledger import EvidenceLedger
 from embedloop.judge.offline import Evaluation, evaluate_both, judge_offline
 from embedloop.judge.policy import Judge, Judgement, Policy
+from embedloop.learn.fusion import FusionChoice, tune_fusion
 from embedloop.learn.pairs import TrainingData
 from embedloop.learn.training import FineTuneResult
 from embedloop.models.encoding import load_model
@@ -41,6 +42,18 @@ def candidate_stage(tuned: FineTuneResult, index_corpus: CorpusIndexer, incumben
     if tuned.side == "query":
         return Retriever(tuned.model, incumbent.index, batch_size)
     return Retriever(tuned.model, index_corpus(tuned.model, str(tuned.path)), batch_size)
+
+
+@stage(name="fusion weight")
+def fusion_weight_stage(candidate: Retriever, incumbent: Retriever, weights: tuple[float, ...],
+                        data: TrainingData, min_queries: int, alpha: float, metric: str
+                        ) -> tuple[Retriever, FusionChoice]:
+    """A hybrid candidate's fusion weight, chosen on the tune queries (learn/fusion.py)."""
+    assert incumbent.index.lexical is not None, "a hybrid candidate has a hybrid incumbent"
+    retriever, choice = tune_fusion(candidate, incumbent.index.lexical.fusion.weight, weights,
+                                    data, min_queries, alpha, metric)
+    get_run_logger().info("fusion weight: %s", choice.why)
+    return retriever, choice
 
 
 @stage(name="evaluate")

@@ -18,7 +18,7 @@ from embedloop.judge.policy import Judgement
 from embedloop.learn.training import FineTuneResult
 from embedloop.models.encoding import load_model
 from embedloop.production.champion import Champion, Production
-from embedloop.production.registry import DOCUMENT_ENCODER
+from embedloop.production.registry import DOCUMENT_ENCODER, FUSION_WEIGHT
 from embedloop.tasks._stage import stage
 
 
@@ -40,15 +40,18 @@ def ensure_champion_stage(production: Production, base_model: str,
 @stage(name="register")
 def register_stage(production: Production, run_id: str, tuned: FineTuneResult,
                    champion: Champion, judgement: Judgement, batch_id: str, pairs: int,
-                   metric: str) -> str:
+                   metric: str, fusion_weight: float | None = None) -> str:
     """Every judged candidate is registered, whatever the judge said, with what it said
     and why. A query-side candidate is tagged with the document encoder it shares (the
-    champion's), which is how production finds the index it searches."""
+    champion's), which is how production finds the index it searches; a hybrid one with
+    the fusion weight it was judged with, which it is served with."""
     pause_point("register")
     description, tags = candidate_record(judgement, tuned.side, champion.version, batch_id,
                                          pairs, metric)
     if tuned.side == "query":
         tags[DOCUMENT_ENCODER] = production.document_encoder(champion.version)
+    if fusion_weight is not None:
+        tags[FUSION_WEIGHT] = f"{fusion_weight:g}"
     return production.register(run_id, tuned.model, tuned.path, description=description,
                                tags=tags)
 

@@ -193,3 +193,48 @@ def test_a_canary_that_cannot_be_cleared_does_not_fail_a_promotion_that_happened
     assert (state.champion, state.live_index, state.canaries) == (v3, "v0003", ())
     assert "could not be updated" in production.notes[-1]
     assert [o.kind for o in production.opponents(v3)] == ["watch"]  # the stale canary: never
+
+
+def test_a_hybrid_rankers_fusion_weight_moves_with_its_model(production: Production) -> None:
+    """The ranker version: a model, the index its document encoder built (both sides) and
+    the fusion weight it was judged with. A query-side version shares its parent's index
+    but not its weight: promotion, the watch and rollback each serve a version with its
+    own."""
+    from embedloop.production.registry import DOCUMENT_ENCODER, FUSION_WEIGHT
+    from embedloop.search.fusion import Fusion
+    from embedloop.search.hybrid import LexicalSpec
+    from embedloop.search.sparse import Analyzer
+
+    v1 = new_version(production, with_index=False)
+    index = FaissIndex.build(np.eye(3, dtype=np.float32)[:2], ["a", "b"], "fp32")
+    index.lexical = LexicalSpec(Analyzer(), Fusion(weight=0.5)).build(
+        ["bone fractures and vitamin D", "breast cancer risk"], ["a", "b"])
+    built = production.save_index(index, v1, "c").version
+    run_id = production.registry.start_run("test", {})
+    v2 = str(production.registry.client.create_model_version(
+        MODEL, source=f"runs:/{run_id}/model", run_id=run_id,
+        tags={DOCUMENT_ENCODER: v1, FUSION_WEIGHT: "0.8"}).version)
+
+    def weight(index: object) -> float:
+        return index.lexical.fusion.weight  # type: ignore[attr-defined]
+
+    production.promote(v1)
+    assert weight(production.champion_index()) == 0.5  # untagged: the version's own
+    production.promote(v2)
+    assert production.state().live_index == built  # the same index version...
+    assert weight(production.champion_index()) == 0.8  # ...searched with v2's weight
+    (watch,) = production.opponents(v2)
+    assert weight(production.load_index(watch.index_version, watch.version)) == 0.5
+    # a canary with a weight of its own is served with it, beside the champion's
+    run_id = production.registry.start_run("test", {})
+    v3 = str(production.registry.client.create_model_version(
+        MODEL, source=f"runs:/{run_id}/model", run_id=run_id,
+        tags={DOCUMENT_ENCODER: v1, FUSION_WEIGHT: "0.3"}).version)
+    production.start_canary(v3)
+    canary = next(o for o in production.opponents(v2) if o.kind == "canary")
+    assert canary.index_version == built
+    assert weight(production.load_index(canary.index_version, canary.version)) == 0.3
+    assert weight(production.champion_index()) == 0.8
+    production.rollback()
+    assert weight(production.champion_index()) == 0.5
+    assert weight(production.store.load(built)) == 0.5  # the stored version is unchanged

@@ -23,12 +23,14 @@ import torch
 
 from embedloop.config import load_settings
 from embedloop.flows.cli import _ask_the_service
+from embedloop.index.build import with_fusion
 from embedloop.index.faiss_index import FaissIndex, FaissIndexStore
 from embedloop.ingest.corpus import document_texts, load_corpus
 from embedloop.learn.pairs import in_eval_pool, normalize_query
 from embedloop.models.encoding import encode, load_model
 from embedloop.production.champion import Production
-from embedloop.production.registry import Registry, seal
+from embedloop.production.registry import FUSION_WEIGHT, Registry, seal
+from embedloop.search.hybrid import LexicalSpec
 from embedloop.search.retrieval import Retriever
 from embedloop.serve.api import create_app
 from embedloop.serve.service import LiveSearch
@@ -109,12 +111,15 @@ def service(tmp_path_factory: pytest.TempPathFactory, tiny_beir: Path,
             parameter.add_(0.02 * torch.randn_like(parameter))
     model.save(str(nudged))
     expected: dict[tuple[str, str], list[float]] = {}
-    for path in (base_model_path, str(nudged)):
+    # v1 dense; v2 a hybrid ranker: BM25 beside its vectors, fused with its own weight
+    # (its tag, not the index version's 0.5)
+    for path, weight in ((base_model_path, None), (str(nudged), 0.7)):
         # A registered version whose weights are the local copy a deployment keeps (what
         # the service loads); uploading them as an MLflow artifact would only cost time.
         run_id = registry.start_run("test", {})
         version = str(registry.client.create_model_version(
-            "svc", source=f"runs:/{run_id}/model", run_id=run_id).version)
+            "svc", source=f"runs:/{run_id}/model", run_id=run_id,
+            tags={} if weight is None else {FUSION_WEIGHT: str(weight)}).version)
         copy = root / ".embedloop" / "models" / f"v{version}"
         shutil.copytree(path, copy / "model")
         seal(copy)
@@ -122,8 +127,11 @@ def service(tmp_path_factory: pytest.TempPathFactory, tiny_beir: Path,
         vectors = encode(model, texts, role="document", precision="fp32")
         index = FaissIndex.build(vectors, ids, "fp32",
                                  titles=list(corpus["title"]))
+        if weight is not None:
+            index.lexical = LexicalSpec().build(texts, ids)
         manifest = production.save_index(index, version, "c")
-        hits = Retriever(model, index).search([QUERY], 3)[0]
+        served = index if weight is None else with_fusion(index, weight)
+        hits = Retriever(model, served).search([QUERY], 3)[0]
         expected[version, manifest.version] = [h.score for h in hits]
     production.promote("1")
 
@@ -261,6 +269,26 @@ def test_promotions_and_rollbacks_swap_under_load_without_mixing(service: Servic
         np.testing.assert_allclose([r["score"] for r in body["results"]],
                                    service.expected[pair], atol=1e-4)
     assert max(swap_seconds) < 10, swap_seconds
+
+
+def test_a_hybrid_ranker_shows_each_sides_score_on_request(service: Service) -> None:
+    status, body = service.get("/search", q=QUERY, k=3, sides="true")
+    assert status == 200 and body["ranker"] == {"kind": "dense"}
+    assert all("sides" not in r for r in body["results"])  # one side: nothing to show
+    service.production.promote("2")
+    try:
+        service.wait_for(("2", "v0002"))
+        status, body = service.get("/search", q=QUERY, k=3, sides="true")
+        assert status == 200 and body["ranker"]["kind"] == "hybrid"
+        assert body["ranker"]["fusion"]["weight"] == 0.7  # v2's own, not the index's 0.5
+        for result in body["results"]:
+            assert set(result["sides"]) == {"dense", "bm25"}
+        top = body["results"][0]["sides"]  # the fused winner was ranked by at least one
+        assert top["dense"] is not None or top["bm25"] is not None
+        assert all("sides" not in r for r in service.get("/search", q=QUERY, k=3)[1]["results"])
+    finally:
+        service.production.rollback()
+        service.wait_for(("1", "v0001"))
 
 
 def interleaved(service: Service) -> list[dict[str, object]]:

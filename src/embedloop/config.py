@@ -146,8 +146,13 @@ class Settings:
     # or "rrf" (reciprocal ranks). BM25's analyser: Snowball stemmer and stopwords for
     # lexical_language ("none": neither), and CJK text as character unigrams and bigrams
     # ("bigrams") or jieba's words ("jieba"); BENCHMARKS.md "Hybrid retrieval".
+    # The fusion weight is part of each candidate: the one of `fusion_weights` that ranks
+    # the tune queries best, if credibly (harm_alpha) better than the incumbent's, else the
+    # incumbent's (learn/fusion.py); it moves with the model (promotion, canary, rollback).
+    # fusion_weight is the first hybrid version's; an empty fusion_weights fixes it.
     retriever: str = "dense"
     fusion_weight: float = 0.5
+    fusion_weights: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
     fusion_method: str = "convex"
     fusion_depth: int = 100
     lexical_language: str = "english"
@@ -357,6 +362,7 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
     ("negative_max_similarity", lambda v: 0 < v <= 1, "in (0, 1]"),
     ("tune_fraction", lambda v: 0 <= v < 1, "in [0, 1) (a share of the training queries)"),
     ("mixing_weights", lambda v: all(0 <= w <= 1 for w in v), "weights in [0, 1]"),
+    ("fusion_weights", lambda v: all(0 <= w <= 1 for w in v), "weights in [0, 1]"),
     ("harm_margin", lambda v: v >= 0, "0 or more"),
     ("harm_alpha", lambda v: 0 < v < 1, "in (0, 1)"),
     ("min_click_relevance", lambda v: v >= 0, "0 or more"),

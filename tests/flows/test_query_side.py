@@ -18,7 +18,7 @@ from embedloop.config import load_settings
 from embedloop.flows.cli import main
 from embedloop.index.faiss_index import FaissIndexStore
 from embedloop.production.champion import Production
-from embedloop.production.registry import CHAMPION, DOCUMENT_ENCODER
+from embedloop.production.registry import CHAMPION, DOCUMENT_ENCODER, FUSION_WEIGHT
 from tests.helpers import ANY_CANDIDATE_WINS, first_week_logs, make_home, search
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -61,7 +61,7 @@ def test_query_side_cycles_keep_the_index_and_full_cycles_rebuild_it(
         assert main(["status", "--config", str(config)]) == 0
     assert "live index  v0001: 200 docs, built by v1" in out.getvalue()
     assert "v2 trained its query side only and shares that document encoder" in out.getvalue()
-    assert "ranker      dense" in out.getvalue()
+    assert "ranker      v2 with index v0001: dense" in out.getvalue()
 
     # 2. the deployment turns hybrid: the incumbent is judged with BM25 beside v1's
     #    vectors, and that index (the same vectors, no encoding) goes live with v3
@@ -78,10 +78,25 @@ def test_query_side_cycles_keep_the_index_and_full_cycles_rebuild_it(
     assert store.load("v0002").index.ntotal == 200 and store.load("v0001").lexical is None
     with contextlib.redirect_stdout(io.StringIO()) as out:
         assert main(["status", "--config", str(config)]) == 0
-    assert "ranker      hybrid: 0.6 dense + 0.4 BM25, min-max scaled, top 100" in out.getvalue()
+    assert ("ranker      v3 with index v0002: hybrid: 0.6 dense + 0.4 BM25, min-max scaled, "
+            "top 100") in out.getvalue()
     live = Production.from_settings(settings).retriever()  # what `embedloop search` uses
     assert live.index.lexical is not None and live.index.lexical.fusion.weight == 0.6
     assert len(search(settings, "protein", k=3)) == 3
+    # the fusion weight is the candidate's: chosen on the tune queries (the day-0 one
+    # kept, here), on record with its version, in the summary and beside the per-side
+    # metrics in MLflow
+    assert production.registry.version_info("3").tags[FUSION_WEIGHT] == "0.6"
+    assert second["fusion_weight"] == 0.6 and second["fusion_why"].startswith("kept 0.6")
+    tracked = production.registry.client.get_run(second["mlflow_run_id"]).data
+    assert tracked.params["candidate.fusion_weight"] == "0.6"
+    assert {f"{who}.{side}.ndcg_at_10" for who in ("candidate", "incumbent")
+            for side in ("dense", "bm25")} <= set(tracked.metrics)
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert main(["search", "protein", "-k", "3", "--local", "--sides",
+                     "--config", str(config)]) == 0
+    lines = out.getvalue().splitlines()
+    assert lines[0].split() == ["fused", "dense", "BM25"] and len(lines) == 4
 
     # 3. query side after the corpus changed: the incumbent is re-encoded to compare
     #    fairly, BM25 rebuilt over the new corpus, and that index (v1's document encoder,

@@ -28,6 +28,7 @@ def test_file_then_environment_then_overrides(tmp_path: Path,
     ({"retriever": "sparse"}, "retriever must be one of dense, hybrid"),
     ({"retriever": "hybrid", "index_backend": "milvus"}, "not yet stored in Milvus"),
     ({"retriever": "hybrid", "fusion_weight": 1.5}, r"fusion weight must lie in \[0, 1\]"),
+    ({"fusion_weights": [0.5, 2]}, r"fusion_weights must be weights in \[0, 1\]"),
     ({"retriever": "hybrid", "lexical_language": "klingon"}, "no stemmer for language"),
     ({"lexical_cjk": "words"}, "lexical_cjk must be one of bigrams, jieba"),
 ])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from embedloop.search.fusion import Fusion, min_max
@@ -86,3 +87,37 @@ def test_equal_scores_on_one_side_are_all_best() -> None:
     assert min_max([("x", 2.0), ("y", 2.0)]) == {"x": 1.0, "y": 1.0}
     with pytest.raises(ValueError, match="fusion weight"):
         Fusion(weight=1.5)
+
+
+def test_a_fusion_weight_moves_only_when_the_tune_queries_credibly_prefer_it() -> None:
+    from embedloop.learn.fusion import choose_fusion_weight
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.3, 0.7, 60)
+    # 0.7 is better on 55 of 60 queries: credible, it moves
+    better = {0.5: base, 0.6: base + 0.01, 0.7: base + np.where(np.arange(60) < 55, 0.05, -0.01)}
+    chosen = choose_fusion_weight(better, incumbent=0.5)
+    assert chosen.weight == 0.7 and chosen.p_not_better < 0.05 and "0.7:" in chosen.why
+    # the best mean by noise alone (a few queries up, as many down): the incumbent's stays
+    noisy = {0.5: base, 0.9: base + np.where(np.arange(60) % 2 == 0, 0.06, -0.05)}
+    kept = choose_fusion_weight(noisy, incumbent=0.5)
+    assert kept.weight == 0.5 and kept.p_not_better >= 0.05 and "not credibly" in kept.why
+    # equal means: the incumbent's, and a plain best (alpha 1) still breaks ties towards it
+    tied = {0.3: base, 0.5: base, 0.8: base}
+    assert choose_fusion_weight(tied, incumbent=0.5, alpha=1.0).weight == 0.5
+
+
+def test_fusion_scores_rank_each_weight_as_fusion_defines_and_condense_to_shown() -> None:
+    from embedloop.learn.fusion import fusion_scores
+    from embedloop.search.retrieval import Sides
+
+    # the dense side ranks d3 then d1, BM25 finds d2: the weight decides where d2 goes
+    sides = Sides(dense=[[("d3", 0.9), ("d1", 0.5), ("d4", 0.1)]],
+                  bm25=[[("d2", 7.0), ("d1", 1.0)]])
+    qrels = {"q": {"d2": 1.0}}
+    scores = fusion_scores(sides, ["q"], qrels, {}, Fusion(), [0.0, 1.0])
+    assert scores[0.0][0] == 1.0  # BM25 only: d2 first
+    assert scores[1.0][0] == pytest.approx(1 / np.log2(4))  # dense only: d3, d1, d2 (tie, id)
+    # over what users were shown (d1 and d2): dense only puts d2 second
+    shown = fusion_scores(sides, ["q"], qrels, {"q": {"d1", "d2"}}, Fusion(), [1.0])
+    assert shown[1.0][0] == pytest.approx(1 / np.log2(3))

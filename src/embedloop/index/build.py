@@ -9,6 +9,7 @@ so a large re-index spreads over workers.
 from __future__ import annotations
 
 import copy as copy_module
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,19 +96,36 @@ def index_corpus(store: IndexStore, corpus: pd.DataFrame, model: Any, model_path
     return built
 
 
-def with_lexical(index: VectorIndex, corpus: pd.DataFrame,
-                 lexical: LexicalSpec | None) -> VectorIndex:
+def with_lexical(index: VectorIndex, corpus: pd.DataFrame, lexical: LexicalSpec | None,
+                 keep_weight: bool = False) -> VectorIndex:
     """`index`, whose vectors are the corpus's, with the lexical side the deployment asks
     for. A stored version built otherwise (dense, before the deployment turned hybrid, or
     with another analyser or fusion) comes back as a new, unsaved index over the same
-    vectors: it is judged as it will be served, and saved as a new version if published."""
+    vectors: it is judged as it will be served, and saved as a new version if published.
+    `keep_weight` (the weight is learned): the fusion weight `index` has stands, and the
+    spec's is only the first hybrid version's."""
     have = index.lexical.spec if index.lexical else None
+    if keep_weight and have is not None and lexical is not None:
+        lexical = dataclasses.replace(lexical, fusion=dataclasses.replace(
+            lexical.fusion, weight=have.fusion.weight))
     if have == lexical:
         return index
     copy = copy_module.copy(index)
     copy.manifest = None
     copy.lexical = (lexical.build(document_texts(corpus), list(corpus["doc_id"]))
                     if lexical else None)
+    return copy
+
+
+def with_fusion(index: VectorIndex, weight: float) -> VectorIndex:
+    """A hybrid `index` fused with another dense share: the same stored version (same
+    sides, same manifest), searched as a model judged with `weight` searches it."""
+    assert index.lexical is not None, "a dense index has no fusion"
+    if index.lexical.fusion.weight == weight:
+        return index
+    copy = copy_module.copy(index)
+    copy.lexical = index.lexical.with_fusion(
+        dataclasses.replace(index.lexical.fusion, weight=weight))
     return copy
 
 
@@ -124,6 +142,7 @@ class CorpusIndexer:
     log: Log | None = None
     runner: str = "in-process"  # where the chunks are encoded, for the log
     lexical: LexicalSpec | None = None  # a hybrid deployment's BM25 side and fusion
+    learns_weight: bool = False  # its fusion weight is learned (settings.fusion_weights)
 
     def __call__(self, model: Any, model_path: str) -> VectorIndex:
         return index_corpus(self.store, self.corpus, model, model_path, self.precision,

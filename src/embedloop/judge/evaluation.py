@@ -59,6 +59,8 @@ class EvalReport:
     primary_metric: str = "ndcg@10"
     greater_is_better: bool = True
     rankings: Mapping[str, Sequence[str]] = field(default_factory=dict)  # what was scored
+    # a hybrid ranker's sides scored alone ("dense", "bm25"): what the fusion is made of
+    sides: Mapping[str, EvalReport] = field(default_factory=dict)
 
     @property
     def means(self) -> dict[str, float]:

@@ -69,6 +69,9 @@ class Recipe:
     training: TrainingConfig = TrainingConfig()
     max_seq_length: int | None = None
     encode_batch_size: int = 64
+    # a hybrid deployment's fusion weights to choose from (learn/fusion.py); empty: dense,
+    # or a fixed weight
+    fusion_weights: tuple[float, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Recipe:
@@ -81,25 +84,32 @@ class Recipe:
                    settings.tune_fraction, settings.mixing_weights,
                    settings.min_holdout_queries, settings.harm_alpha, settings.harm_margin,
                    settings.primary_metric, settings.training, settings.max_seq_length,
-                   settings.encode_batch_size)
+                   settings.encode_batch_size,
+                   settings.fusion_weights if settings.retriever == "hybrid" else ())
 
     @property
     def mixes(self) -> bool:
         return self.train_side == "query" and bool(self.mixing_weights)
+
+    @property
+    def tunes(self) -> bool:
+        """Tune queries are held out: to mix the candidate, or to choose its fusion."""
+        return self.mixes or bool(self.fusion_weights)
 
 
 def build_pairs(recipe: Recipe, accepted: pd.DataFrame, corpus: pd.DataFrame,
                 never_train: set[str] | None = None,
                 history: pd.DataFrame | None = None) -> TrainingData:
     """Training pairs from the batch (and replayed history), and the queries held out:
-    the evaluation pool, and, when the candidate is mixed, the tune queries."""
+    the evaluation pool, and, when the candidate is mixed or its fusion chosen, the tune
+    queries."""
     texts = dict(zip(corpus["doc_id"], document_texts(corpus), strict=True))
     data = build_training_data(accepted, texts, recipe.holdout_fraction, never_train,
                                history=history, min_relevance=recipe.min_click_relevance,
                                graded_labels=recipe.graded_labels,
                                hard_negatives=recipe.hard_negatives,
                                replay_fraction=recipe.replay_fraction,
-                               tune_fraction=recipe.tune_fraction if recipe.mixes else 0.0,
+                               tune_fraction=recipe.tune_fraction if recipe.tunes else 0.0,
                                seed=recipe.training.seed)
     if recipe.weight_by_relevance:
         data = dataclasses.replace(data, pairs=data.pairs.assign(weight=data.pairs["relevance"]))

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from embedloop.errors import IndexUnavailable
 from embedloop.faults import crash_point, pause_point
 from embedloop.index.base import IndexManifest, IndexStore, VectorIndex, open_index_store
-from embedloop.index.build import CorpusIndexer, with_lexical
+from embedloop.index.build import CorpusIndexer, with_fusion, with_lexical
 from embedloop.models.base_models import model_prompts
 from embedloop.production.registry import CHAMPION, PREVIOUS, Registry, is_intact, seal
 
@@ -166,9 +166,17 @@ class Production:
     def champion_index(self) -> VectorIndex:
         """The index the champion built (see champion_pair), loaded."""
         champion, version = self.champion_pair()
-        index = self.store.load(version)
-        self.check_index(index, champion)  # the files under the manifest too
-        return index
+        return self.load_index(version, champion)
+
+    def load_index(self, index_version: str, model_version: str) -> VectorIndex:
+        """Index `index_version`, as model `model_version` searches it: refused unless that
+        model's document encoder built it; a hybrid one fused with the weight the model
+        was judged with (its FUSION_WEIGHT tag), so a ranker version's model, sides and
+        fusion move together through promotion, canary and rollback."""
+        index = self.store.load(index_version)
+        self.check_index(index, model_version)  # the files under the manifest too
+        weight = self.registry.fusion_weight(model_version) if index.lexical else None
+        return index if weight is None else with_fusion(index, weight)
 
     def retriever(self, version: str | None = None, *, device: str | None = None,
                   max_seq_length: int | None = None, batch_size: int = 64) -> Retriever:
@@ -183,7 +191,7 @@ class Production:
             built = self.index_for(version)
             if built is None:
                 raise IndexUnavailable(f"v{version} has no index")
-            index = self.store.load(built)
+            index = self.load_index(built, version)
         model = load_model(self.model_path(version), device, max_seq_length)
         return Retriever(model, index, batch_size)
 
@@ -331,7 +339,8 @@ class Production:
         built = self.store.as_built(self.champion_index())
         version = built.manifest.version if built.manifest else "?"
         if built.manifest is not None and built.manifest.corpus_fingerprint == corpus_fingerprint:
-            judged = with_lexical(built, index_corpus.corpus, index_corpus.lexical)
+            judged = with_lexical(built, index_corpus.corpus, index_corpus.lexical,
+                                  keep_weight=index_corpus.learns_weight)
             return judged, (None if judged is built else (
                 f"index {version}'s lexical side is not the one the settings ask for "
                 f"({'none' if index_corpus.lexical is None else 'BM25, fused'}): rebuilt it "

@@ -27,6 +27,9 @@ PREVIOUS = "previous"
 # per slot: `canary`, then `canary-2`, `canary-3`, ... (canary_slots at once).
 CANARY = "canary"
 DOCUMENT_ENCODER = "document_encoder"  # version tag: whose document route this one shares
+# Version tag of a hybrid ranker: the dense side's share in its fusion, chosen with the
+# model (learn/fusion.py) and moving with it; absent: the index version's own fusion.
+FUSION_WEIGHT = "fusion_weight"
 # Written into the logged model's requirements instead of letting MLflow infer them
 # (inference imports the model in a subprocess: ~9 s a run).
 MODEL_REQUIREMENTS = ["sentence-transformers", "torch", "transformers"]
@@ -186,6 +189,11 @@ class Registry:
         trained query-side (then its documents are encoded, and indexed, by an earlier
         version's document route, unchanged)."""
         return self.version_info(version).tags.get(DOCUMENT_ENCODER, str(version))
+
+    def fusion_weight(self, version: str) -> float | None:
+        """The fusion weight `version` was judged with, if it was judged as a hybrid."""
+        weight = self.version_info(version).tags.get(FUSION_WEIGHT)
+        return float(weight) if weight is not None else None
 
     def aliases(self) -> dict[str, str]:
         """Every alias of the registered model and its version, in one call."""

@@ -35,6 +35,9 @@ class RunSummary:
     # the share of the fine-tune the candidate keeps (1 unmixed) and why
     mixing_weight: float | None = None
     mixing_why: str = ""
+    # a hybrid candidate's fusion weight (the dense side's share) and why
+    fusion_weight: float | None = None
+    fusion_why: str = ""
     candidate: dict[str, float] = field(default_factory=dict)  # on the pool
     incumbent: dict[str, float] = field(default_factory=dict)
     offline: str = ""  # the judge's action on this run's candidate (judge.Action)
@@ -84,6 +87,9 @@ class RunSummary:
             if self.mixing_weight is not None:
                 out.append(("mix", f"{self.mixing_weight:g} of the fine-tune: "
                                    f"{self.mixing_why}"))
+            if self.fusion_weight is not None:
+                out.append(("fusion weight", f"{self.fusion_weight:g} dense: "
+                                             f"{self.fusion_why}"))
             out += [
                     ("evaluation pool", f"{self.eval_queries} queries never trained on "
                                         f"({self.pool_new} new in this batch)")]
@@ -194,7 +200,8 @@ class Shipped:
 
 
 # What a run's stages return: Ingested, LogValidation, UsersEvidence, JudgedAgainst,
-# TrainingData, MinedNegatives, FineTuneResult, Evaluation, Judgement, Registered, Shipped.
+# TrainingData, MinedNegatives, FineTuneResult, FusionChoice, Evaluation, Judgement,
+# Registered, Shipped.
 StageResult = Any
 R = TypeVar("R")
 K = TypeVar("K")
@@ -218,6 +225,7 @@ def summarize(start: RunStart, results: StageResults, outcome: str, why: str, *,
     """The summary of a run from what its stages returned, as far as it got."""
     # here, not at the top: these load torch, which the CLI's quick commands never need
     from embedloop.judge.offline import Evaluation
+    from embedloop.learn.fusion import FusionChoice
     from embedloop.learn.pairs import MinedNegatives, TrainingData
     from embedloop.learn.training import FineTuneResult
 
@@ -226,7 +234,7 @@ def summarize(start: RunStart, results: StageResults, outcome: str, why: str, *,
     negatives, tuned = results.latest(MinedNegatives), results.latest(FineTuneResult)
     evaluation, judgement = results.latest(Evaluation), results.latest(Judgement)
     shipped, against = results.latest(Shipped), results.latest(JudgedAgainst)
-    registered = results.latest(Registered)
+    registered, fusion = results.latest(Registered), results.latest(FusionChoice)
     recent, candidate, incumbent = {}, {}, {}
     if evaluation is not None:
         candidate, incumbent = evaluation.candidate.means, evaluation.incumbent.means
@@ -248,6 +256,7 @@ def summarize(start: RunStart, results: StageResults, outcome: str, why: str, *,
         train_side=tuned.side if tuned else "",
         mixing_weight=tuned.mixing.weight if tuned and tuned.mixing else None,
         mixing_why=tuned.mixing.why if tuned and tuned.mixing else "",
+        fusion_weight=fusion.weight if fusion else None, fusion_why=fusion.why if fusion else "",
         candidate=candidate, incumbent=incumbent,
         offline=judgement.action.value if judgement else "",
         evidence=judgement.metrics() if judgement else {}, recent=recent,

@@ -25,6 +25,7 @@ from embedloop.report.history import champion_history
 from embedloop.report.summary import RunSummary
 
 if TYPE_CHECKING:
+    from embedloop.learn.fusion import FusionChoice
     from embedloop.learn.pairs import MinedNegatives, TrainingData
     from embedloop.learn.training import FineTuneResult
 
@@ -130,9 +131,11 @@ def log_validation(registry: Registry, run_id: str, validation: LogValidation,
 
 
 def log_evaluation(registry: Registry, run_id: str, evaluation: Any,
-                   judgement: Judgement) -> None:
-    """Both models' metrics on the pool, the judge's numbers under their typed keys
-    (evidence.py), the per-query table (whole rankings and condensed), and the plot.
+                   judgement: Judgement, fusion: FusionChoice | None = None) -> None:
+    """Both models' metrics on the pool (a hybrid ranker's each side's beside the fused
+    ones), the judge's numbers under their typed keys (evidence.py), the per-query table
+    (whole rankings and condensed), and the plot; a hybrid candidate's fusion weight, the
+    incumbent's, and the tune queries' score at every weight (a curve).
     `evaluation` is embedloop.judge.offline.Evaluation."""
     import matplotlib
 
@@ -145,7 +148,19 @@ def log_evaluation(registry: Registry, run_id: str, evaluation: Any,
         **{f"{name}.{metric.replace('@', '_at_')}": value
            for name, report in (("candidate", candidate), ("incumbent", incumbent))
            for metric, value in report.means.items()},
+        **{f"{name}.{side}.{metric.replace('@', '_at_')}": value
+           for name, report in (("candidate", candidate), ("incumbent", incumbent))
+           for side, alone in report.sides.items() for metric, value in alone.means.items()},
         **judgement.metrics(), "eval_queries": candidate.n_queries})  # the pool's size
+    if fusion is not None:
+        log_values(registry, run_id, params={"candidate.fusion_weight": fusion.weight,
+                                             "incumbent.fusion_weight": fusion.incumbent,
+                                             "fusion.tune_queries": fusion.tune_queries},
+                   tags={"fusion.why": fusion.why})
+        for weight, score in fusion.scores.items():  # a curve in the run's metric charts
+            log_values(registry, run_id, step=round(weight * 100),
+                       metrics={f"fusion.tune_{candidate.primary_metric.replace('@', '_at_')}":
+                                score})
     metric = candidate.primary_metric
     table = candidate.per_query.merge(incumbent.per_query, on="query",
                                       suffixes=("_candidate", "_incumbent"))

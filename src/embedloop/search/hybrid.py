@@ -11,7 +11,7 @@ built and judged.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +66,14 @@ class LexicalSide:
                              f"says {spec.analyzer}")
         return cls(sparse, spec.fusion)
 
-    def fuse(self, dense: Sequence[Sequence[tuple[str, float]]], queries: Sequence[str],
-             k: int) -> list[list[tuple[str, float]]]:
-        """Each query's dense ranking (at least `depth` deep) fused with its BM25 one."""
-        fusion = self.fusion if k <= self.fusion.depth else Fusion(
-            self.fusion.weight, self.fusion.method, k)
-        sparse = self.sparse.search(queries, fusion.depth)
+    def fuse(self, dense: Sequence[Sequence[tuple[str, float]]],
+             sparse: Sequence[Sequence[tuple[str, float]]], k: int
+             ) -> list[list[tuple[str, float]]]:
+        """Each query's dense and BM25 rankings (each at least `depth` deep, or all a side
+        found) fused into its top k."""
+        fusion = self.fusion if k <= self.fusion.depth else replace(self.fusion, depth=k)
         return [fusion.fuse(d, s, k) for d, s in zip(dense, sparse, strict=True)]
+
+    def with_fusion(self, fusion: Fusion) -> LexicalSide:
+        """The same BM25 index fused otherwise (a candidate's learned weight)."""
+        return LexicalSide(self.sparse, fusion)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from dataclasses import asdict
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
@@ -26,6 +27,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
 from embedloop.errors import one_line
+from embedloop.index.base import VectorIndex
 from embedloop.serve.service import LiveSearch, Metrics
 
 TOKEN_ENV = "EMBEDLOOP_API_TOKEN"
@@ -34,6 +36,14 @@ TOKEN_ENV = "EMBEDLOOP_API_TOKEN"
 class EmbedRequest(BaseModel):
     texts: list[str] = Field(min_length=1)
     kind: Literal["query", "document"] = "query"
+
+
+def ranker(index: VectorIndex) -> dict[str, Any]:
+    """What a pair ranks with: the vectors alone, or fused with BM25 (and how)."""
+    if index.lexical is None:
+        return {"kind": "dense"}
+    return {"kind": "hybrid", "fusion": asdict(index.lexical.fusion),
+            "analyzer": asdict(index.lexical.sparse.analyzer)}
 
 
 def create_app(live: LiveSearch, *, token: str | None = None, max_query_chars: int = 10_000,
@@ -68,7 +78,8 @@ def create_app(live: LiveSearch, *, token: str | None = None, max_query_chars: i
 
     @app.get("/search", dependencies=[Depends(authorized), Depends(serving)])
     async def search(q: str = Query(min_length=1, max_length=max_query_chars),
-                     k: int = Query(10, ge=1, le=max_k), session: str = "") -> dict[str, Any]:
+                     k: int = Query(10, ge=1, le=max_k), session: str = "",
+                     sides: bool = False) -> dict[str, Any]:
         if not q.strip():
             raise HTTPException(422, "q: the query is blank")
         # Awaited, not run in a thread: the batcher's worker does the model's work.
@@ -78,12 +89,18 @@ def create_app(live: LiveSearch, *, token: str | None = None, max_query_chars: i
         answer = pending.answer(champion, other)
         results = [{"doc_id": h.doc_id, "score": round(h.score, 6), "title": h.title}
                    for h in answer.hits]
+        if sides:  # a hybrid ranker's raw score on each side (null: not in its top depth)
+            for result, hit in zip(results, answer.hits, strict=True):
+                if hit.sides is not None:
+                    result["sides"] = {side: None if score is None else round(score, 6)
+                                       for side, score in hit.sides.items()}
         for result, team in zip(results, answer.teams or (), strict=False):
             if team is not None:  # the model version that placed it; none if both would
                 result["team"] = team
         body = {"results": results, "model": live.production.model_name,
                 "model_version": answer.pair.model_version,
-                "index_version": answer.pair.index_version}
+                "index_version": answer.pair.index_version,
+                "ranker": ranker(answer.pair.retriever.index)}
         if answer.opponent is not None:  # "canary" or "watch"
             body["interleaved"] = {"kind": answer.kind,
                                    "model_version": answer.opponent.model_version,

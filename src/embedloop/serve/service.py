@@ -192,8 +192,11 @@ class QueryBatcher:
                 by_pair.setdefault(id(item[0]), []).append(item)
             for items in by_pair.values():
                 try:
+                    # a hybrid ranker's hits carry each side's score: /search shows them
+                    # on request, and they cost a dict lookup per hit
                     found = items[0][0].retriever.search([text for _, text, _, _ in items],
-                                                         max(k for _, _, k, _ in items))
+                                                         max(k for _, _, k, _ in items),
+                                                         sides=True)
                 except Exception as exc:
                     for *_, done in items:
                         done.set_exception(exc)
@@ -383,8 +386,7 @@ class LiveSearch:
     def _load(self, model_version: str, index_version: str) -> LivePair:
         from embedloop.models.encoding import load_model
 
-        index = self.production.store.load(index_version)
-        self.production.check_index(index, model_version)
+        index = self.production.load_index(index_version, model_version)
         model = load_model(self.production.model_path(model_version), self.device,
                            self.max_seq_length)
         retriever = Retriever(model, index, self.batch_size)
