@@ -141,3 +141,35 @@ def test_the_store_answers_for_what_a_killed_process_completed(tmp_path: Path) -
     assert store.versions() == saved and store.live_version() == "v0001"
     assert store.load().doc_ids[:2] == ["s1-0", "s1-1"]
     assert store.load("v0003").manifest.model_version == "3"
+
+
+def test_a_hybrid_version_serves_the_bm25_it_was_judged_with(tmp_path: Path) -> None:
+    """The BM25 side goes into Milvus as each document's weight vector: the version,
+    loaded back, ranks each side and the fused list as the in-memory index it was judged
+    on (bm25s), through the same fusion."""
+    from embedloop.search.fusion import Fusion
+    from embedloop.search.hybrid import LexicalSpec
+    from embedloop.search.sparse import Analyzer
+
+    texts = ["vitamin D and bone fractures in the elderly", "BRCA1 mutation breast cancer",
+             "microRNA regulation of T cell differentiation", "北京的公园和体育大学",
+             "bone density loss after vitamin deficiency", "", "T cell receptor signalling"]
+    ids = [f"d{i}" for i in range(len(texts))]
+    store = MilvusIndexStore(str(tmp_path / "milvus.db"), "m")
+    judged = store.build(unit_vectors(len(texts)), ids, precision="fp32")
+    judged.lexical = LexicalSpec(Analyzer(), Fusion(weight=0.3, depth=5)).build(texts, ids)
+    manifest = store.save_version(judged, model_name="m", model_version="1",
+                                  corpus_fingerprint="c")
+    assert manifest.lexical == judged.lexical.spec.describe()
+    served = store.load(manifest.version)
+    assert served.lexical is not None and served.lexical.spec == judged.lexical.spec
+    queries = ["vitamin D bone", "T cell", "体育大学", "nothing matches zzz"]
+    got, want = served.lexical.sparse.search(queries, 5), judged.lexical.sparse.search(queries, 5)
+    assert [[d for d, _ in hits] for hits in got] == [[d for d, _ in hits] for hits in want]
+    np.testing.assert_allclose([s for hits in got for _, s in hits],
+                               [s for hits in want for _, s in hits], rtol=1e-5)
+    vectors = unit_vectors(len(queries), seed=9)
+    fused = served.lexical.fuse(served.search(vectors, 5), got, 3)
+    assert fused == judged.lexical.fuse(judged.search(vectors, 5), want, 3)
+    # what a candidate is judged on: the live version read back, its BM25 side with it
+    assert store.as_built(served).lexical is served.lexical

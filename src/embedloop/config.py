@@ -412,9 +412,6 @@ def _check(settings: Settings) -> None:
     if training.epochs <= 0 and training.max_steps <= 0:
         raise ConfigError("training needs epochs > 0 (or max_steps > 0)")
     if settings.retriever == "hybrid":
-        if settings.index_backend == "milvus":
-            raise ConfigError('retriever = "hybrid" is not yet stored in Milvus: use '
-                              'index_backend = "faiss", or retriever = "dense"')
         try:
             settings.lexical_spec  # noqa: B018 - the analyser's language and the fusion
         except ValueError as exc:

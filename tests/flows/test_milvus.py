@@ -1,7 +1,8 @@
 """The retrain and rollback flows with the Milvus backend (Milvus Lite, embedded): each
 model version's index is its own collection, promotion and rollback move the `live`
 alias in one step, and a promotion cut off between the registry alias and the Milvus
-alias is answered around, then finished."""
+alias is answered around, then finished. The deployment is hybrid: each version's BM25
+side is in its collection too, and moves with it."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def test_promotion_rollback_and_a_cut_off_swap_on_milvus(tmp_path: Path, sim_log
 
     logs = first_week_logs(tmp_path, sim_logs)
     config = make_home(tmp_path / "home", logs, tiny_beir / "corpus.jsonl",
-                       index_backend="milvus", **ANY_CANDIDATE_WINS)
+                       index_backend="milvus", retriever="hybrid", **ANY_CANDIDATE_WINS)
     settings = load_settings(config)
 
     # a full cycle: the candidate's index is uploaded as a new collection and goes live
@@ -45,6 +46,11 @@ def test_promotion_rollback_and_a_cut_off_swap_on_milvus(tmp_path: Path, sim_log
     assert {store.manifest(v).model_version for v in store.versions()} == {"1", "2"}
     assert production.state().aligned
     assert len(search(settings, "protein folding", k=3)) == 3
+    assert all(store.manifest(v).lexical == settings.lexical_spec.describe()
+               for v in store.versions())
+    live = store.load()
+    assert type(live.lexical.sparse).__name__ == "MilvusSparse"  # served from Milvus
+    assert live.lexical.sparse.search(["protein"], 3)[0]
 
     # a query-side cycle trains against the vectors stored in Milvus; nothing uploaded
     (logs / "2.jsonl").write_bytes((sim_logs / "batch-002.jsonl").read_bytes())

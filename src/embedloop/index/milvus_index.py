@@ -2,6 +2,8 @@
 
     <prefix>_v0001, <prefix>_v0002, ...   one collection per index version:
                                           row (primary key), doc_id, title, vector
+                                          (+ sparse: a hybrid version's BM25 weights)
+    <prefix>_v0002_terms                  a hybrid version's vocabulary: term -> id
     <prefix>_live                         an alias naming one of them, moved with one
                                           `alter_alias`: searches see the old version or
                                           the new one, never a mix
@@ -11,6 +13,14 @@ and indexed: a collection without one is a save cut off midway, never listed, an
 dropped by the next save. `milvus_uri` names the server (Milvus standalone or a cluster,
 `http://host:19530`; the token comes from EMBEDLOOP_MILVUS_TOKEN) or, by default, a
 Milvus Lite file under the state directory, embedded, as the tests run it.
+
+A hybrid version's BM25 side goes into Milvus too, as each document's BM25 weight vector
+(bm25s's, search/sparse.py) in a sparse field searched by inner product: exactly the
+scores the in-memory BM25 gave when the version was judged, with the query analysed here
+by the analyser and vocabulary the version records. Each side's top `depth` is fetched
+and fused on the client (search/fusion.py), so the ranker judged is the ranker served;
+Milvus's own BM25 function (its analyser, its IDF) or its server-side rerankers would
+rank otherwise.
 
 A candidate is evaluated on an exact in-memory FAISS index (`build`), and the incumbent
 on its live version read back into one (`as_built`); only a published or canaried index
@@ -23,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,8 +43,15 @@ from embedloop.errors import IndexUnavailable
 from embedloop.faults import crash_point
 from embedloop.index.base import VERSION, IndexManifest, IndexPlace, IndexStore, VectorIndex
 from embedloop.index.faiss_index import FaissIndex, IndexSpec
+from embedloop.search.hybrid import LexicalSide, LexicalSpec
+from embedloop.search.sparse import Analyzer, SparseIndex, query_vector
 
 MANIFEST = "embedloop.manifest"
+SPARSE = "sparse"  # a hybrid version's field of BM25 weight vectors
+TERMS = "_terms"  # suffix of a hybrid version's vocabulary collection
+# Milvus stores no empty sparse vector: a document without a term gets a weight on a
+# dimension no query has (term ids count up from 0), which never adds to a score.
+NO_TERMS = {2**31 - 1: 1.0}
 TOKEN_ENV = "EMBEDLOOP_MILVUS_TOKEN"
 UPLOAD_ROWS = 5_000  # rows per insert: well under Milvus' 64 MB message limit at 1024-d
 MAX_TITLE = 1_000  # characters kept for display (VARCHAR limits are in bytes)
@@ -77,6 +95,34 @@ class MilvusIndex(VectorIndex):
                                 output_fields=["row", "vector"])
         by_row = {int(r["row"]): r["vector"] for r in got}
         return np.array([by_row[int(r)] for r in rows], dtype=np.float32)
+
+
+class MilvusSparse:
+    """A version's BM25 side in Milvus (LexicalIndex): its documents' weight vectors,
+    searched by inner product, which is their BM25 score for the query's term counts."""
+
+    def __init__(self, client: Any, collection: str, doc_ids: list[str],
+                 vocabulary: dict[str, int], analyzer: Analyzer) -> None:
+        self.client, self.collection = client, collection
+        self.doc_ids, self.vocabulary, self.analyzer = doc_ids, vocabulary, analyzer
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
+        """Per query, up to k (doc id, score) with score > 0, best first, equal scores
+        in doc id order (as SparseIndex.search; at the k-th place a tie may resolve
+        otherwise). A query with no term of the corpus matches nothing."""
+        vectors = [query_vector(self.analyzer, self.vocabulary, q) for q in queries]
+        out: list[list[tuple[str, float]]] = [[] for _ in queries]
+        asked = [i for i, v in enumerate(vectors) if v]
+        if not asked:
+            return out
+        found = self.client.search(self.collection, data=[vectors[i] for i in asked],
+                                   limit=k, anns_field=SPARSE, output_fields=[],
+                                   search_params={"metric_type": "IP"})
+        for i, hits in zip(asked, found, strict=True):
+            ranked = [(self.doc_ids[int(h["row"])], float(h["distance"])) for h in hits]
+            out[i] = sorted(((d, s) for d, s in ranked if s > 0),
+                            key=lambda hit: (-hit[1], hit[0]))
+        return out
 
 
 class MilvusIndexStore(IndexStore):
@@ -123,6 +169,7 @@ class MilvusIndexStore(IndexStore):
         vectors = np.vstack(parts) if parts else np.zeros((0, index.dim), dtype=np.float32)
         built = self.build(vectors, ids, precision=index.precision, titles=index.titles)
         built.manifest, built.prompts = index.manifest, index.prompts
+        built.lexical = index.lexical  # exact already: inner products over every match
         return built
 
     def _all_versions(self) -> list[str]:
@@ -155,15 +202,17 @@ class MilvusIndexStore(IndexStore):
                      corpus_fingerprint: str) -> IndexManifest:
         from pymilvus import DataType, MilvusClient
 
-        if index.lexical is not None:  # config.py refuses the combination; this says why
-            raise IndexUnavailable("a hybrid index (BM25 beside the vectors) is not yet "
-                                   "stored in Milvus: use retriever = \"dense\" with Milvus")
+        sparse = index.lexical.sparse if index.lexical is not None else None
+        if sparse is not None and not isinstance(sparse, SparseIndex):
+            raise IndexUnavailable(f"a BM25 side held as {type(sparse).__name__} cannot be "
+                                   f"saved again: build it from the corpus")
         found = self._all_versions()
         version = f"v{(int(found[-1][1:]) + 1) if found else 1:04d}"
         done = self.versions()
         if found and found[-1] not in done:  # a save cut off midway: never listed, reused
             version = found[-1]
             self.client.drop_collection(self._collection(version))
+            self.client.drop_collection(self._collection(version) + TERMS)
         collection = self._collection(version)
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("row", DataType.INT64, is_primary=True)
@@ -173,14 +222,22 @@ class MilvusIndexStore(IndexStore):
         params = self.client.prepare_index_params()
         params.add_index(field_name="vector", index_type="HNSW", metric_type="IP",
                          params={"M": HNSW["M"], "efConstruction": HNSW["efConstruction"]})
+        if sparse is not None:
+            schema.add_field(SPARSE, DataType.SPARSE_FLOAT_VECTOR)
+            params.add_index(field_name=SPARSE, index_type="SPARSE_INVERTED_INDEX",
+                             metric_type="IP")
+            self._save_vocabulary(collection + TERMS, sparse.vocabulary)
         self.client.create_collection(collection, schema=schema, index_params=params)
         titles = index.titles or [""] * len(index.doc_ids)
         for start in range(0, len(index.doc_ids), UPLOAD_ROWS):
             rows = np.arange(start, min(start + UPLOAD_ROWS, len(index.doc_ids)))
             vectors = index._vectors(rows)
+            weights = sparse.document_vectors(rows) if sparse is not None else None
             self.client.insert(collection, [
                 {"row": int(r), "doc_id": index.doc_ids[r], "title": titles[r][:MAX_TITLE],
-                 "vector": vectors[i].tolist()} for i, r in enumerate(rows)])
+                 "vector": vectors[i].tolist(),
+                 **({SPARSE: weights[i] or NO_TERMS} if weights is not None else {})}
+                for i, r in enumerate(rows)])
         self.client.flush(collection)
         crash_point("milvus upload")  # rows in, no manifest: a save cut off midway
         manifest = IndexManifest(
@@ -188,12 +245,42 @@ class MilvusIndexStore(IndexStore):
             dim=index.dim, n_docs=len(index.doc_ids), corpus_fingerprint=corpus_fingerprint,
             precision=index.precision, kind="milvus-hnsw-ip",
             created_at=datetime.now(UTC).isoformat(timespec="seconds"), params=dict(HNSW),
-            prompts=index.prompts)
+            prompts=index.prompts,
+            lexical=index.lexical.spec.describe() if index.lexical else None)
         # Written last: from here on the version exists.
         self.client.alter_collection_properties(collection,
                                                 {MANIFEST: json.dumps(manifest.to_json())})
         index.manifest = manifest
         return manifest
+
+    def _save_vocabulary(self, collection: str, vocabulary: dict[str, int]) -> None:
+        """term -> id, as rows (a Milvus collection needs a vector field: a constant one)."""
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("term", DataType.VARCHAR, max_length=65_535)
+        schema.add_field("unused", DataType.FLOAT_VECTOR, dim=2)
+        params = self.client.prepare_index_params()
+        params.add_index(field_name="unused", index_type="FLAT", metric_type="IP")
+        self.client.create_collection(collection, schema=schema, index_params=params)
+        items = sorted(vocabulary.items(), key=lambda item: item[1])
+        for start in range(0, len(items), UPLOAD_ROWS * 4):
+            self.client.insert(collection, [{"id": i, "term": term, "unused": [0.0, 0.0]}
+                                            for term, i in items[start:start + UPLOAD_ROWS * 4]])
+        self.client.flush(collection)
+
+    def _load_vocabulary(self, collection: str) -> dict[str, int]:
+        self.client.load_collection(collection)
+        iterator = self.client.query_iterator(collection, batch_size=10_000,
+                                              output_fields=["id", "term"])
+        vocabulary: dict[str, int] = {}
+        try:
+            while batch := iterator.next():
+                vocabulary.update((r["term"], int(r["id"])) for r in batch)
+        finally:
+            iterator.close()
+        return vocabulary
 
     def set_live(self, version: str) -> None:
         collection = self._collection(version)
@@ -211,6 +298,8 @@ class MilvusIndexStore(IndexStore):
         try:
             self.client.load_collection(collection)
             found = [(int(r["row"]), r["doc_id"], r["title"]) for r in self._scan(collection)]
+            vocabulary = (self._load_vocabulary(collection + TERMS) if manifest.lexical
+                          else None)
         except Exception as exc:
             raise IndexUnavailable(f"index {version} is damaged: {type(exc).__name__}: "
                                    f"{exc}") from None
@@ -218,8 +307,18 @@ class MilvusIndexStore(IndexStore):
         if [r for r, _, _ in found] != list(range(manifest.n_docs)):
             raise IndexUnavailable(f"index {version} is damaged: {len(found)} rows, manifest "
                                    f"says {manifest.n_docs}")
-        return MilvusIndex(self.client, collection, [d for _, d, _ in found],
-                           [t for _, _, t in found], manifest)
+        doc_ids = [d for _, d, _ in found]
+        index = MilvusIndex(self.client, collection, doc_ids, [t for _, _, t in found],
+                            manifest)
+        if manifest.lexical and vocabulary is not None:
+            if not vocabulary:
+                raise IndexUnavailable(f"index {version}'s BM25 side is damaged: no "
+                                       f"vocabulary")
+            spec = LexicalSpec.from_manifest(manifest.lexical)
+            index.lexical = LexicalSide(
+                MilvusSparse(self.client, collection, doc_ids, vocabulary, spec.analyzer),
+                spec.fusion)
+        return index
 
     def _scan(self, collection: str) -> list[dict[str, Any]]:
         iterator = self.client.query_iterator(collection, batch_size=10_000,

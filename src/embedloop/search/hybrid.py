@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from embedloop.search.fusion import Fusion
 from embedloop.search.sparse import Analyzer, SparseIndex
@@ -41,9 +41,19 @@ class LexicalSpec:
         return LexicalSide(SparseIndex.build(texts, doc_ids, self.analyzer), self.fusion)
 
 
+class LexicalIndex(Protocol):
+    """BM25 over an index version's documents: bm25s in memory or memory-mapped
+    (SparseIndex), or the same weights in a vector store (index/milvus_index.py)."""
+
+    analyzer: Analyzer
+    doc_ids: list[str]
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[tuple[str, float]]]: ...
+
+
 @dataclass
 class LexicalSide:
-    sparse: SparseIndex
+    sparse: LexicalIndex
     fusion: Fusion
 
     @property
@@ -53,6 +63,9 @@ class LexicalSide:
     def save(self, version_folder: Path) -> list[Path]:
         """Written into a version folder being staged; returns the files, to be synced."""
         folder = version_folder / FOLDER
+        if not isinstance(self.sparse, SparseIndex):
+            raise TypeError(f"a BM25 side stored as {type(self.sparse).__name__} is saved "
+                            f"where it lives")
         self.sparse.save(folder)
         return sorted(p for p in folder.iterdir() if p.is_file())
 

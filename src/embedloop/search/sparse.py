@@ -88,6 +88,16 @@ def _jieba_cut(text: str) -> list[str]:
     return list(rjieba.cut(text))
 
 
+def query_vector(analyzer: Analyzer, vocabulary: dict[str, int], query: str
+                 ) -> dict[int, float]:
+    """`query`'s term counts by term id; terms the corpus lacks are left out."""
+    counts: dict[int, float] = {}
+    for term in analyzer.terms(query):
+        if term in vocabulary:
+            counts[vocabulary[term]] = counts.get(vocabulary[term], 0.0) + 1.0
+    return counts
+
+
 @dataclass
 class SparseIndex:
     """BM25 scores of every term in every document, and the analyser that made them."""
@@ -129,6 +139,32 @@ class SparseIndex:
             order = matched[np.lexsort((self._id_order[matched], -scores[matched]))][:k]
             out.append([(self.doc_ids[i], float(scores[i])) for i in order])
         return out
+
+    # -- as sparse vectors: what a vector store searches (index/milvus_index.py) ---------
+    # bm25s keeps each term's weight in each document (IDF and length norm folded in),
+    # and a query's score is the sum of its terms' weights: the dot product of the
+    # document's weight vector and the query's term counts, by term id. A store that
+    # searches sparse vectors by inner product ranks exactly as `search` does.
+    @property
+    def vocabulary(self) -> dict[str, int]:
+        """Term -> term id (the sparse vectors' dimensions)."""
+        return {str(term): int(i) for term, i in self.bm25.vocab_dict.items()}
+
+    def document_vectors(self, rows: Sequence[int]) -> list[dict[int, float]]:
+        """The BM25 weight vectors of documents `rows`, {term id: weight}."""
+        scores = self.bm25.scores  # by term (CSC): indptr over terms, indices are rows
+        indptr = np.asarray(scores["indptr"])
+        terms = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+        docs, weights = np.asarray(scores["indices"]), np.asarray(scores["data"])
+        wanted = np.asarray(rows, dtype=np.int64)
+        keep = np.isin(docs, wanted)
+        out: dict[int, dict[int, float]] = {int(r): {} for r in wanted}
+        for doc, term, weight in zip(docs[keep], terms[keep], weights[keep], strict=True):
+            out[int(doc)][int(term)] = float(weight)
+        return [out[int(r)] for r in wanted]
+
+    def query_vector(self, query: str) -> dict[int, float]:
+        return query_vector(self.analyzer, self.vocabulary, query)
 
     @functools.cached_property
     def _id_order(self) -> np.ndarray:
