@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml requirements.lock
 demo: setup
 	$(BIN)/embedloop demo
 	$(BIN)/embedloop status
-	$(BIN)/embedloop search "drop rows with missing values" -k 5
+	$(BIN)/embedloop search "drop rows with missing values" -k 5 --sides
 
 # The multilingual demo: Chinese questions over Chinese Wikipedia paragraphs (CMRC 2018,
 # from ../shared) with the offline multilingual-e5-small, in its own home (demo-zh/).

@@ -122,17 +122,20 @@ def main() -> None:
     # names; nearest to a cross pair (one model's query against the other's index), or to
     # the other pair, is a mixed answer. (Nearest, not equal: in bf16 a query encoded in
     # a batch scores up to ~1.5e-3 apart from the same query encoded alone.)
+    # A hybrid ranker version is also its fusion weight (two query-side versions share an
+    # index version but not their weights): (model, index, weight) names a pair.
     retrievers = {}
     for version in versions:
         retriever = production.retriever(version, max_seq_length=settings.max_seq_length)
         assert retriever.index.manifest is not None
-        retrievers[version, retriever.index.manifest.version] = retriever
-    expected: dict[tuple[str, str], dict[str, list[float]]] = {}
+        retrievers[version, retriever.index.manifest.version, weight_of(retriever)] = retriever
+    expected: dict[tuple[str, str, float | None], dict[str, list[float]]] = {}
     for model_pair, by_model in retrievers.items():
         for index_pair, by_index in retrievers.items():
             mixed = Retriever(by_model.model, by_index.index, by_model.batch_size)
-            expected[model_pair[0], index_pair[1]] = {
+            expected[model_pair[0], index_pair[1], index_pair[2]] = {
                 q: [h.score for h in mixed.search([q], 10)[0]] for q in queries}
+    hybrid_share = time_the_sides(next(iter(retrievers.values())), queries)
     # 3. batching, in this process (before the service competes for the CPU)
     retriever = next(iter(retrievers.values()))
     model, precision = retriever.model, retriever.index.precision
@@ -209,8 +212,10 @@ def main() -> None:
             scores = [r["score"] for r in body["results"]]
             nearest = min(expected, key=lambda pair: max(
                 abs(a - b) for a, b in zip(scores, expected[pair][q], strict=True)))
-            if nearest != (body["model_version"], body["index_version"]):
-                mixed.append((nearest, body["model_version"], body["index_version"], q))
+            named = (body["model_version"], body["index_version"],
+                     body.get("ranker", {}).get("fusion", {}).get("weight"))
+            if nearest != named:
+                mixed.append((nearest, named, q))
         pairs = {(b["model_version"], b["index_version"]) for _, b, _, _ in answers if b}
         print(f"\nswaps under load: 16 clients, {args.swaps} promotions and {args.swaps} "
               f"rollbacks: {len(answers)} requests, {len(failed)} failed, {len(mixed)} "
@@ -220,6 +225,9 @@ def main() -> None:
     finally:
         stop(server)
 
+    if hybrid_share:
+        print("\nwhere a hybrid search's time goes, one query at a time in this process "
+              "(ms per query): " + ", ".join(f"{k} {v:.2f}" for k, v in hybrid_share.items()))
     print(f"\nbatching: 8 queries one by one {1000 * min(one_by_one):.1f} ms, as one batch "
           f"{1000 * min(batched):.1f} ms ({min(one_by_one) / min(batched):.2f}x), model "
           f"encode only ({precision})")
@@ -228,7 +236,39 @@ def main() -> None:
     out.write_text(json.dumps({"levels": levels, "swap_requests": len(answers),
                                "swap_failed": len(failed), "swap_mixed": len(mixed),
                                "swap_seconds": swap_s, "batch_one_by_one_s": min(one_by_one),
-                               "batch_of_8_s": min(batched)}, indent=1))
+                               "batch_of_8_s": min(batched), "hybrid_ms": hybrid_share},
+                              indent=1))
+
+
+def weight_of(retriever: Any) -> float | None:
+    lexical = retriever.index.lexical
+    return None if lexical is None else lexical.fusion.weight
+
+
+def time_the_sides(retriever: Any, queries: list[str]) -> dict[str, float]:
+    """A hybrid ranker's search, step by step, one query at a time: encoding the query,
+    the dense index's top depth, BM25's top depth, and the fusion (empty if dense)."""
+    from embedloop.models.encoding import encode
+
+    lexical = retriever.index.lexical
+    if lexical is None:
+        return {}
+    depth, spent = lexical.fusion.depth, dict.fromkeys(("encode", "dense", "bm25", "fuse"), 0.0)
+    for q in queries:
+        t0 = time.perf_counter()
+        vector = encode(retriever.model, [q], role="query", precision=retriever.index.precision)
+        t1 = time.perf_counter()
+        dense = retriever.index.search(vector, depth)
+        t2 = time.perf_counter()
+        sparse = lexical.sparse.search([q], depth)
+        t3 = time.perf_counter()
+        lexical.fuse(dense, sparse, 10)
+        t4 = time.perf_counter()
+        for step, took in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            spent[step] += took
+    spent = {k: 1000 * v / len(queries) for k, v in spent.items()}
+    total = sum(spent.values())
+    return {**spent, "BM25 + fusion share": 100 * (spent["bm25"] + spent["fuse"]) / total}
 
 
 def serve(args: argparse.Namespace, max_batch: int) -> tuple[subprocess.Popen[bytes], str]:

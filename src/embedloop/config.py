@@ -139,9 +139,11 @@ class Settings:
     # the interleaved sessions with the canary) for this many sessions; users credibly
     # preferring the previous one roll it back, with an alert.
     watch_sessions: int = 1_000
-    # What search ranks with: "dense" (the model's vectors) or "hybrid" (BM25 beside them,
-    # each side's top fusion_depth fused: search/fusion.py, search/hybrid.py). A hybrid
-    # index version holds both sides and moves as one. fusion_weight is the dense side's
+    # What search ranks with: "hybrid" (BM25 beside the model's vectors, each side's top
+    # fusion_depth fused: search/fusion.py, search/hybrid.py), or "dense" (the vectors
+    # alone). Hybrid is the default: it ranks better than either side on every set
+    # measured (BENCHMARKS.md "Hybrid retrieval"). A hybrid index version holds both sides
+    # and moves as one. fusion_weight is the dense side's
     # share (1: dense only, 0: BM25 only); fusion_method "convex" (min-max scaled scores)
     # or "rrf" (reciprocal ranks). BM25's analyser: Snowball stemmer and stopwords for
     # lexical_language ("none": neither), and CJK text as character unigrams and bigrams
@@ -150,7 +152,7 @@ class Settings:
     # the tune queries best, if credibly (harm_alpha) better than the incumbent's, else the
     # incumbent's (learn/fusion.py); it moves with the model (promotion, canary, rollback).
     # fusion_weight is the first hybrid version's; an empty fusion_weights fixes it.
-    retriever: str = "dense"
+    retriever: str = "hybrid"
     fusion_weight: float = 0.5
     fusion_weights: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
     fusion_method: str = "convex"

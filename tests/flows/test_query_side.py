@@ -38,12 +38,12 @@ def test_query_side_cycles_keep_the_index_and_full_cycles_rebuild_it(
     hybrid = {"retriever": "hybrid", "fusion_weight": 0.6}
     logs = first_week_logs(tmp_path, sim_logs)
     config = make_home(tmp_path / "home", logs, tiny_beir / "corpus.jsonl",
-                       prompts=E5_PROMPTS, **ANY_CANDIDATE_WINS)
+                       prompts=E5_PROMPTS, retriever="dense", **ANY_CANDIDATE_WINS)
     settings = load_settings(config)
     production = Production.from_settings(settings)
     store = FaissIndexStore(settings.index_dir)
 
-    # 1. query side: v2 searches v1's index; nothing is encoded, nothing re-indexed
+    # 1. query side, dense: v2 searches v1's index; nothing is encoded, nothing re-indexed
     first = run(config)
     assert first["outcome"] == "promoted" and first["train_side"] == "query"
     assert (first["champion_version"], first["live_index"]) == ("2", "v0001")

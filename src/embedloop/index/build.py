@@ -117,6 +117,15 @@ def with_lexical(index: VectorIndex, corpus: pd.DataFrame, lexical: LexicalSpec 
     return copy
 
 
+def dense_only(index: VectorIndex) -> VectorIndex:
+    """`index` searched by its vectors alone (a hybrid version's BM25 side left out)."""
+    if index.lexical is None:
+        return index
+    copy = copy_module.copy(index)
+    copy.lexical = None
+    return copy
+
+
 def with_fusion(index: VectorIndex, weight: float) -> VectorIndex:
     """A hybrid `index` fused with another dense share: the same stored version (same
     sides, same manifest), searched as a model judged with `weight` searches it."""

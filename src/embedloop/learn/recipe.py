@@ -22,6 +22,7 @@ import pandas as pd
 
 from embedloop.config import TrainingConfig
 from embedloop.index.base import VectorIndex
+from embedloop.index.build import dense_only
 from embedloop.ingest.corpus import document_texts
 from embedloop.judge.evaluation import condensed
 from embedloop.learn.pairs import (
@@ -176,8 +177,12 @@ def train_candidate(recipe: Recipe, base_model: str, data: TrainingData, work_di
 def mixed_back(recipe: Recipe, base_model: str, tuned: FineTuneResult, data: TrainingData,
                documents: VectorIndex) -> FineTuneResult:
     """The fine-tune mixed back towards its parent by as much as the tune queries ask:
-    each mix searches the champion's index, scored over the documents users were shown."""
+    each mix searches the champion's index, scored over the documents users were shown.
+    By its vectors alone: the mix guards the query encoder against drift, and a hybrid
+    ranker's BM25 side would hide a wrecked encoder (it ranks the fused list nearly as
+    well), leaving the fusion weight nothing sound to learn on."""
     qrels, shown = data.tune_qrels, data.shown_for(data.tune_qrels)
+    documents = dense_only(documents)
 
     def score(model: Any) -> np.ndarray:
         report = evaluate_retrieval(Retriever(model, documents, recipe.encode_batch_size),
