@@ -121,3 +121,23 @@ def test_fusion_scores_rank_each_weight_as_fusion_defines_and_condense_to_shown(
     # over what users were shown (d1 and d2): dense only puts d2 second
     shown = fusion_scores(sides, ["q"], qrels, {"q": {"d1", "d2"}}, Fusion(), [1.0])
     assert shown[1.0][0] == pytest.approx(1 / np.log2(3))
+
+
+def test_the_served_fusion_is_the_defined_one_on_random_lists_with_ties() -> None:
+    """`fuse` (numpy, on every query's path) against `fuse_reference` (the docstring's
+    definition in plain Python): the same documents, scores and order, ties included."""
+    import random
+
+    rng = random.Random(1)
+    for _ in range(300):
+        docs = [f"d{rng.randrange(300)}" for _ in range(300)]
+        dense = sorted(((d, rng.choice([0.5, round(rng.random(), 2)]))
+                        for d in list(dict.fromkeys(docs[:150]))[:rng.randrange(0, 120)]),
+                       key=lambda hit: -hit[1])
+        sparse = sorted(((d, rng.choice([1.0, rng.random() * 10]))
+                         for d in list(dict.fromkeys(docs[150:]))[:rng.randrange(0, 120)]),
+                        key=lambda hit: -hit[1])
+        for fusion in (Fusion(weight=rng.choice([0.0, 0.3, 1.0]), depth=rng.choice([5, 100])),
+                       Fusion(weight=0.4, method="rrf", depth=50)):
+            for k in (1, 10, 100):
+                assert fusion.fuse(dense, sparse, k) == fusion.fuse_reference(dense, sparse, k)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from dataclasses import asdict
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
@@ -27,7 +26,6 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
 from embedloop.errors import one_line
-from embedloop.index.base import VectorIndex
 from embedloop.serve.service import LiveSearch, Metrics
 
 TOKEN_ENV = "EMBEDLOOP_API_TOKEN"
@@ -36,14 +34,6 @@ TOKEN_ENV = "EMBEDLOOP_API_TOKEN"
 class EmbedRequest(BaseModel):
     texts: list[str] = Field(min_length=1)
     kind: Literal["query", "document"] = "query"
-
-
-def ranker(index: VectorIndex) -> dict[str, Any]:
-    """What a pair ranks with: the vectors alone, or fused with BM25 (and how)."""
-    if index.lexical is None:
-        return {"kind": "dense"}
-    return {"kind": "hybrid", "fusion": asdict(index.lexical.fusion),
-            "analyzer": asdict(index.lexical.sparse.analyzer)}
 
 
 def create_app(live: LiveSearch, *, token: str | None = None, max_query_chars: int = 10_000,
@@ -83,7 +73,7 @@ def create_app(live: LiveSearch, *, token: str | None = None, max_query_chars: i
         if not q.strip():
             raise HTTPException(422, "q: the query is blank")
         # Awaited, not run in a thread: the batcher's worker does the model's work.
-        pending = live.submit(q, k, session)
+        pending = live.submit(q, k, session, sides)
         champion = await asyncio.wrap_future(pending.champion)
         other = await asyncio.wrap_future(pending.opponent) if pending.opponent else None
         answer = pending.answer(champion, other)
@@ -100,7 +90,7 @@ def create_app(live: LiveSearch, *, token: str | None = None, max_query_chars: i
         body = {"results": results, "model": live.production.model_name,
                 "model_version": answer.pair.model_version,
                 "index_version": answer.pair.index_version,
-                "ranker": ranker(answer.pair.retriever.index)}
+                "ranker": answer.pair.ranker}
         if answer.opponent is not None:  # "canary" or "watch"
             body["interleaved"] = {"kind": answer.kind,
                                    "model_version": answer.opponent.model_version,

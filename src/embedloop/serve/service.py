@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,15 @@ class LivePair:
     model_version: str
     index_version: str
     loaded_at: float
+
+    @functools.cached_property
+    def ranker(self) -> dict[str, Any]:
+        """What it ranks with: the vectors alone, or fused with BM25 (and how)."""
+        lexical = self.retriever.index.lexical
+        if lexical is None:
+            return {"kind": "dense"}
+        return {"kind": "hybrid", "fusion": asdict(lexical.fusion),
+                "analyzer": asdict(lexical.sparse.analyzer)}
 
 
 @dataclass
@@ -159,6 +169,10 @@ def _pair_gauge(name: str, help_text: str, pair: LivePair | None) -> list[str]:
     return lines
 
 
+# a query waiting for the batcher: its pair, text, k, answer, and whether it wants sides
+Waiting = tuple[LivePair, str, int, Future[list[Hit]], bool]
+
+
 class QueryBatcher:
     """Concurrent queries answered together: one worker thread takes every query waiting
     (up to `max_batch`), encodes them in one model call per pair and searches them in
@@ -169,14 +183,15 @@ class QueryBatcher:
 
     def __init__(self, max_batch: int = 32) -> None:
         self.max_batch = max_batch
-        self._queue: queue.Queue[tuple[LivePair, str, int, Future[list[Hit]]]] = queue.Queue()
+        self._queue: queue.Queue[Waiting] = queue.Queue()
         self._worker = threading.Thread(target=self._work, name="embedloop-batcher",
                                         daemon=True)
         self._worker.start()
 
-    def submit(self, pair: LivePair, text: str, k: int) -> Future[list[Hit]]:
+    def submit(self, pair: LivePair, text: str, k: int, sides: bool = False
+               ) -> Future[list[Hit]]:
         done: Future[list[Hit]] = Future()
-        self._queue.put((pair, text, k, done))
+        self._queue.put((pair, text, k, done, sides))
         return done
 
     def _work(self) -> None:
@@ -187,21 +202,20 @@ class QueryBatcher:
                     waiting.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            by_pair: dict[int, list[tuple[LivePair, str, int, Future[list[Hit]]]]] = {}
+            by_pair: dict[int, list[Waiting]] = {}
             for item in waiting:  # a swap mid-queue: each query keeps the pair it was given
                 by_pair.setdefault(id(item[0]), []).append(item)
             for items in by_pair.values():
                 try:
-                    # a hybrid ranker's hits carry each side's score: /search shows them
-                    # on request, and they cost a dict lookup per hit
-                    found = items[0][0].retriever.search([text for _, text, _, _ in items],
-                                                         max(k for _, _, k, _ in items),
-                                                         sides=True)
+                    # each side's score on a hybrid ranker's hits, if any query asked
+                    found = items[0][0].retriever.search(
+                        [item[1] for item in items], max(item[2] for item in items),
+                        sides=any(item[4] for item in items))
                 except Exception as exc:
-                    for *_, done in items:
-                        done.set_exception(exc)
+                    for item in items:
+                        item[3].set_exception(exc)
                     continue
-                for (_, _, k, done), hits in zip(items, found, strict=True):
+                for (_, _, k, done, _), hits in zip(items, found, strict=True):
                     done.set_result(hits[:k])
 
 
@@ -244,12 +258,12 @@ class LiveSearch:
             raise RuntimeError(self.error or "no model loaded yet")
         return pair
 
-    def submit(self, text: str, k: int, session: str = "") -> Pending:
+    def submit(self, text: str, k: int, session: str = "", sides: bool = False) -> Pending:
         """The pair(s) that will answer, and the answers to come (async servers await
         them). The opponents are read once too, and only used with the champion they are
         interleaved with."""
         pair, opponents = self.current(), self.opponents
-        pending = Pending(pair, self.batcher.submit(pair, text, k), k, session, text)
+        pending = Pending(pair, self.batcher.submit(pair, text, k, sides), k, session, text)
         if (opponents is not None and opponents[0] == pair.model_version and opponents[1]
                 and interleaved_session(session, text, self.canary_share,
                                         self.pool_fraction)):
@@ -257,7 +271,7 @@ class LiveSearch:
             with self.metrics.lock:
                 self.metrics.interleaved += 1
             return dataclasses.replace(pending, opponent_pair=other, kind=kind,
-                                       opponent=self.batcher.submit(other, text, k))
+                                       opponent=self.batcher.submit(other, text, k, sides))
         return pending
 
     def search(self, text: str, k: int, session: str = "") -> Answer:
