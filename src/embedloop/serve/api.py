@@ -40,11 +40,14 @@ def create_app(live: LiveSearch, *, token: str | None = None, max_query_chars: i
                max_k: int = 1000, max_texts: int = 256) -> FastAPI:
     app = FastAPI(title="embedloop search", docs_url=None, redoc_url=None, openapi_url=None)
 
-    def authorized(authorization: str | None = Header(default=None)) -> None:
+    # Both checks are async: FastAPI runs a plain `def` dependency on its thread pool, two
+    # thread hand-offs per search for a few comparisons (BENCHMARKS.md: the hybrid ranker
+    # under load).
+    async def authorized(authorization: str | None = Header(default=None)) -> None:
         if token and not secrets.compare_digest(authorization or "", f"Bearer {token}"):
             raise HTTPException(401, "missing or wrong bearer token")
 
-    def serving() -> None:
+    async def serving() -> None:
         if live.pair is None:
             raise HTTPException(503, f"no model to serve yet: {live.error or 'loading'}")
 
