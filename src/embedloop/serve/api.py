@@ -72,7 +72,7 @@ def create_app(live: LiveSearch, *, token: str | None = None, max_query_chars: i
     @app.get("/search", dependencies=[Depends(authorized), Depends(serving)])
     async def search(q: str = Query(min_length=1, max_length=max_query_chars),
                      k: int = Query(10, ge=1, le=max_k), session: str = "",
-                     sides: bool = False) -> dict[str, Any]:
+                     sides: bool = False) -> JSONResponse:
         if not q.strip():
             raise HTTPException(422, "q: the query is blank")
         # Awaited, not run in a thread: the batcher's worker does the model's work.
@@ -98,7 +98,8 @@ def create_app(live: LiveSearch, *, token: str | None = None, max_query_chars: i
             body["interleaved"] = {"kind": answer.kind,
                                    "model_version": answer.opponent.model_version,
                                    "index_version": answer.opponent.index_version}
-        return body
+        # plain JSON already: returned as is, not walked again by FastAPI's encoder
+        return JSONResponse(body)
 
     @app.post("/embed", dependencies=[Depends(authorized), Depends(serving)])
     def embed(body: EmbedRequest) -> dict[str, Any]:
