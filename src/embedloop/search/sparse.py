@@ -152,16 +152,22 @@ class SparseIndex:
 
     def document_vectors(self, rows: Sequence[int]) -> list[dict[int, float]]:
         """The BM25 weight vectors of documents `rows`, {term id: weight}."""
-        scores = self.bm25.scores  # by term (CSC): indptr over terms, indices are rows
-        indptr = np.asarray(scores["indptr"])
-        terms = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
-        docs, weights = np.asarray(scores["indices"]), np.asarray(scores["data"])
-        wanted = np.asarray(rows, dtype=np.int64)
-        keep = np.isin(docs, wanted)
-        out: dict[int, dict[int, float]] = {int(r): {} for r in wanted}
-        for doc, term, weight in zip(docs[keep], terms[keep], weights[keep], strict=True):
-            out[int(doc)][int(term)] = float(weight)
-        return [out[int(r)] for r in wanted]
+        by_doc = self._by_document
+        return [{int(t): float(w) for t, w in zip(
+                    by_doc.indices[by_doc.indptr[r]:by_doc.indptr[r + 1]],
+                    by_doc.data[by_doc.indptr[r]:by_doc.indptr[r + 1]], strict=True)}
+                for r in rows]
+
+    @functools.cached_property
+    def _by_document(self) -> Any:
+        """bm25s's weights (kept by term: CSC, indptr over terms) by document, once: an
+        upload in chunks reads each document's row instead of scanning every weight."""
+        from scipy.sparse import csc_matrix
+
+        scores = self.bm25.scores
+        shape = (int(scores["num_docs"]), len(scores["indptr"]) - 1)
+        return csc_matrix((scores["data"], scores["indices"], scores["indptr"]),
+                          shape=shape).tocsr()
 
     def query_vector(self, query: str) -> dict[int, float]:
         return query_vector(self.analyzer, self.vocabulary, query)
